@@ -1,0 +1,126 @@
+"""BaseLogger (always on): the experiment folder and its per-epoch log.txt line.
+ExperimentLogger: Lightning's logger interface over metrics.csv and TensorBoard events."""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
+
+from utils import ExperimentDir, MetricsWriter, format_epoch_line
+
+
+class BaseLogger(pl.Callback):
+    """Creates `save/<name>` (or continues it on resume) and writes one log.txt line per epoch.
+
+    Only global rank 0 touches the folder. The elapsed time survives a resume in the callback's
+    state, so the estimated total stays meaningful.
+
+    Args:
+        exp: the experiment folder.
+        config: the merged config to save as config.yaml; command: the command line to record.
+        resume: continue an existing folder instead of creating one.
+        overwrite: move an existing folder of the same name aside first (never delete it).
+    """
+
+    def __init__(self, exp: ExperimentDir, config: Mapping, command: Sequence[str], resume: bool = False,
+                 overwrite: bool = False) -> None:
+        self.exp, self._config, self._command = exp, dict(config), list(command)
+        self._resume, self._overwrite = resume, overwrite
+        self._ready = False
+        self._elapsed_before = 0.0  # training seconds of earlier sessions of this run
+        self._start = self._epoch_start = time.perf_counter()
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not trainer.is_global_zero or self._ready:
+            return
+        self._ready = True
+        if self._resume:
+            self.exp.write_config(self._config, self._command)
+            self.exp.log(f'resumed: {" ".join(self._command)}')
+        else:
+            moved = self.exp.create(self._config, self._command, overwrite=self._overwrite)
+            if moved is not None:
+                print(f'moved the old {self.exp.path} to {moved}')
+            self.exp.log(f'command: {" ".join(self._command)}')
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+        if trainer.is_global_zero:
+            self.exp.log(model_summary(pl_module))
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        now = time.perf_counter()
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        line = format_epoch_line(trainer.current_epoch + 1, trainer.max_epochs, metrics, now - self._epoch_start,
+                                 self._elapsed_before + now - self._start, trainer.current_epoch + 1)
+        bar = trainer.progress_bar_callback
+        bar.print(line) if bar is not None and hasattr(bar, 'print') else print(line)
+        self.exp.log(line)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {'elapsed': self._elapsed_before + time.perf_counter() - self._start}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._elapsed_before = state_dict.get('elapsed', 0.0)
+
+
+def model_summary(module: Any) -> str:
+    """Parameter counts per top-level submodule and in total, for the head of log.txt."""
+    def count(m: Any) -> int:
+        return sum(p.numel() for p in m.parameters())
+    parts = [f'{name} {count(child):,}' for name, child in module.named_children() if count(child)]
+    return f'parameters: {count(module):,} total' + (f' ({", ".join(parts)})' if parts else '')
+
+
+class ExperimentLogger(Logger):
+    """Sends Lightning's logged metrics to the experiment's metrics.csv and TensorBoard (tb/)."""
+
+    def __init__(self, exp: ExperimentDir) -> None:
+        super().__init__()
+        self.exp = exp
+        self._writer: Optional[MetricsWriter] = None
+
+    @property
+    def name(self) -> str:
+        return self.exp.path.name
+
+    @property
+    def version(self) -> str:
+        return ''
+
+    @property
+    def log_dir(self) -> str:
+        return str(self.exp.path)
+
+    @property
+    def writer(self) -> MetricsWriter:
+        if self._writer is None:
+            self._writer = MetricsWriter(self.exp.path)
+        return self._writer
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
+        self.writer.log(metrics, step or 0)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass  # the whole config is in config.yaml
+
+    @rank_zero_only
+    def save(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._writer is not None:
+            self._writer.close()

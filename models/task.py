@@ -1,0 +1,79 @@
+"""What the `base` training wrapper trains, without Lightning: train.py uses it directly."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from utils import LOSSES, METRICS, MODELS, RunningMeans, Spec, make_optimizer, make_scheduler
+
+STAGES = ('train', 'val', 'test')
+
+
+def batch_size(batch: Any) -> int:
+    """Number of samples in a batch dict (the first dimension of its first tensor)."""
+    values = batch.values() if isinstance(batch, Mapping) else batch
+    return next(len(v) for v in values if isinstance(v, torch.Tensor))
+
+
+class Task(nn.Module):
+    """Model, loss and metrics built from specs, plus the optimizer and scheduler they call for.
+
+    Parameters live under `model.` and `loss.`: the state_dict is the same whether the task is
+    trained by train.py or inside the Lightning wrapper, so checkpoints load in either.
+
+    Args:
+        model_spec, loss_spec: `{name, args}` from the model and loss registries.
+        optim_spec: a `torch.optim` class by name, e.g. `{name: Adam, args: {lr: 1e-3}}`.
+        scheduler_spec: a `torch.optim.lr_scheduler` class by name plus `interval` (epoch|step),
+            `frequency`, `monitor` (for ReduceLROnPlateau) and `warmup` (linear, in intervals).
+        metrics: `{short name: torchmetrics spec}`, computed on val and test (and on train if
+            `train_metrics`), logged as `val/<short name>`.
+        target_key: the batch key the metrics compare predictions with.
+    """
+
+    def __init__(self, model_spec: Spec['models'], loss_spec: Spec['losses'], optim_spec: Spec['optimizers'],
+                 scheduler_spec: Optional[Spec['schedulers']] = None,
+                 metrics: Optional[dict[str, Spec['metrics']]] = None, target_key: str = 'label',
+                 train_metrics: bool = False) -> None:
+        super().__init__()
+        self.model = MODELS.make(model_spec)
+        self.loss = LOSSES.make(loss_spec)
+        self.optim_spec, self.scheduler_spec = optim_spec, scheduler_spec
+        self.target_key = target_key
+        stages = STAGES if train_metrics else ('val', 'test')
+        self.metrics = nn.ModuleDict({
+            stage: nn.ModuleDict({name: METRICS.make(spec) for name, spec in (metrics or {}).items()})
+            for stage in stages})
+        self.running = {stage: RunningMeans() for stage in STAGES}
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> Any:
+        return self.model(batch)
+
+    def step(self, batch: Mapping[str, torch.Tensor], stage: str) -> tuple[Any, dict[str, torch.Tensor]]:
+        """Forward and loss on one batch; accumulates the loss terms and metrics of `stage`."""
+        pred = self.model(batch)
+        terms = self.loss(pred, batch)
+        self.running[stage].add(terms, batch_size(batch))
+        if stage in self.metrics:
+            for metric in self.metrics[stage].values():
+                metric.update(pred, batch[self.target_key])
+        return pred, terms
+
+    def epoch_metrics(self, stage: str, all_reduce: Optional[Callable] = None) -> dict[str, float]:
+        """`{'<stage>/<term>': mean}` over the epoch (across processes), then reset for the next."""
+        values = {f'{stage}/{k}': v for k, v in self.running[stage].compute(all_reduce).items()}
+        self.running[stage].reset()
+        for name, metric in self.metrics[stage].items() if stage in self.metrics else ():
+            if metric.update_count:
+                values[f'{stage}/{name}'] = float(metric.compute())
+            metric.reset()
+        return values
+
+    def configure_optimizers(self) -> dict:
+        """`{'optimizer': ..., 'lr_scheduler': {'scheduler', 'interval', 'frequency', 'monitor'}}`."""
+        optimizer = make_optimizer(self.optim_spec, self.parameters())
+        scheduler = make_scheduler(self.scheduler_spec, optimizer)
+        return {'optimizer': optimizer, 'lr_scheduler': scheduler} if scheduler else {'optimizer': optimizer}

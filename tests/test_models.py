@@ -1,0 +1,24 @@
+"""Every registered model and loss, tested the day it is registered (as timm does)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from utils import LOSSES, MODELS
+
+
+@pytest.mark.parametrize('name', MODELS.names())
+def test_every_model_maps_a_batch_of_digits_to_ten_logits(name: str) -> None:
+    model = MODELS.make({'name': name})
+    batch = {'image': torch.rand(4, 1, 8, 8), 'label': torch.tensor([0, 1, 2, 3])}
+    logits = model(batch)
+    assert logits.shape == (4, 10)
+    loss = LOSSES.make({'name': 'ce'})(logits, batch)['loss']
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_mse_returns_the_loss_and_a_logged_term() -> None:
+    terms = LOSSES.make({'name': 'mse'})(torch.tensor([[1.0], [3.0]]), {'target': torch.tensor([0.0, 1.0])})
+    assert terms['loss'].item() == pytest.approx(2.5)
+    assert terms['mae'].item() == pytest.approx(1.5)

@@ -1,0 +1,122 @@
+"""Train with PyTorch Lightning from a YAML config.
+
+    python train_pl.py --config configs/digits.yaml                       # default device
+    python train_pl.py --config configs/digits.yaml --gpu 1,2 --name exp  # CUDA 1 and 2, DDP
+    python train_pl.py --config configs/digits.yaml trainer_params.max_epochs=3
+    python train_pl.py --resume save/exp trainer_params.max_epochs=40     # continue a run
+    python train_pl.py --list models                                      # what is registered
+
+The run goes to save/<name>/: config.yaml, src/, log.txt, metrics.csv, tb/, ckpt/.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from utils import (CALLBACKS, DATA_MODULES, WRAPPERS, Config, ConfigError, ExperimentDir, build, check_kwargs,
+                   check_sections, check_spec, parse_gpu_flag, resolve_run, run_cli, select_cuda_devices)
+
+# Trainer and ModelCheckpoint arguments lightyaml sets itself, and what to do instead.
+TRAINER_OWN = {
+    'callbacks': 'list callbacks in the top-level callbacks section',
+    'logger': 'lightyaml logs to the experiment folder (metrics.csv, tb/); remove this key',
+    'default_root_dir': 'runs go to save/<name>; choose the name with --name',
+    'enable_checkpointing': 'checkpoints are configured in the checkpoint section',
+}
+CHECKPOINT_OWN = {'dirpath': 'checkpoints go to save/<name>/ckpt; choose the name with --name'}
+
+
+def validate(cfg: Config) -> None:
+    """Every problem of the config, one line each, before anything is built or created."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    problems = check_sections(cfg)
+    if 'train_wrapper' in cfg:
+        check_spec(WRAPPERS, cfg['train_wrapper'], 'train_wrapper', cfg, problems, required=True)
+    check_kwargs(pl.Trainer, cfg.get('trainer_params') or {}, 'trainer_params', cfg, problems,
+                 'pl.Trainer', refused=TRAINER_OWN)
+    check_kwargs(ModelCheckpoint, cfg.get('checkpoint') or {}, 'checkpoint', cfg, problems,
+                 'ModelCheckpoint', refused=CHECKPOINT_OWN)
+    callbacks = cfg.get('callbacks') or []
+    if not isinstance(callbacks, list):
+        problems.append(cfg.error('callbacks', f'expected a list of callback specs, got {type(callbacks).__name__}'))
+    else:
+        for i, spec in enumerate(callbacks):
+            check_spec(CALLBACKS, spec, f'callbacks.{i}', cfg, problems, required=True)
+    if problems:
+        raise ConfigError(*problems)
+
+
+def device_params(trainer_params: Mapping, gpu: Optional[str], nodes: Optional[int]) -> dict:
+    """trainer_params with --gpu and --nodes applied: `--gpu 1,2` -> 2 GPUs with DDP."""
+    params = dict(trainer_params)
+    if nodes:
+        params['num_nodes'] = nodes
+    if gpu is None:
+        return params
+    devices = parse_gpu_flag(gpu)
+    if devices == 'cpu':
+        params['accelerator'] = 'cpu'
+        return params
+    params.update(accelerator='gpu', devices=select_cuda_devices(devices))
+    if params['devices'] > 1 or params.get('num_nodes', 1) > 1:
+        params.setdefault('strategy', 'ddp')
+    return params
+
+
+def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Optional[Path] = None,
+          overwrite: bool = False, gpu: Optional[str] = None, nodes: Optional[int] = None) -> dict[str, float]:
+    """Validate the config, build everything, fit, and return the final logged metrics."""
+    validate(cfg)
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from callbacks.base_logger import BaseLogger, ExperimentLogger
+    from callbacks.last_checkpoint import LastCheckpoint
+
+    pl.seed_everything(cfg['seed'], workers=True, verbose=False)
+    data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
+    wrapper = build('the training wrapper', 'train_wrapper', cfg, lambda: WRAPPERS.make(cfg['train_wrapper']))
+    # `save_last` (default on) is served by LastCheckpoint, which refreshes last.ckpt every epoch.
+    checkpoint_args = {'save_last': True, **(cfg.get('checkpoint') or {})}
+    save_last = checkpoint_args.pop('save_last')
+    callbacks = [BaseLogger(exp, cfg, command, resume=resume_ckpt is not None, overwrite=overwrite),
+                 build('ModelCheckpoint', 'checkpoint', cfg, lambda: ModelCheckpoint(dirpath=exp.ckpt_dir,
+                                                                                   **checkpoint_args))]
+    if save_last:
+        callbacks.append(LastCheckpoint(exp.ckpt_dir))
+    for i, spec in enumerate(cfg.get('callbacks') or []):
+        callbacks.append(build(f"callback {spec['name']!r}", f'callbacks.{i}', cfg, lambda: CALLBACKS.make(spec)))
+    params = device_params(cfg.get('trainer_params') or {}, gpu, nodes)
+    trainer = build('pl.Trainer', 'trainer_params', cfg, lambda: pl.Trainer(
+        **params, logger=ExperimentLogger(exp), callbacks=callbacks, default_root_dir=exp.path))
+    loaders = build('the data loaders', 'data_module', cfg, lambda: fit_data(data))
+    trainer.fit(wrapper, ckpt_path=resume_ckpt, **loaders)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def fit_data(data: Any) -> dict[str, Any]:
+    """`trainer.fit` arguments for a LightningDataModule, or for a plain data module's loaders."""
+    import pytorch_lightning as pl
+    if isinstance(data, pl.LightningDataModule):
+        return {'datamodule': data}
+    return {'train_dataloaders': data.train_dataloader(),
+            'val_dataloaders': data.val_dataloader() if data.specs.get('val') else None}
+
+
+def run(args: argparse.Namespace, command: list[str]) -> None:
+    """What `main` does once the command line is parsed."""
+    cfg, exp, ckpt = resolve_run(args)
+    train(cfg, exp, command, ckpt, args.overwrite, args.gpu, args.nodes)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the exit status (2 for a configuration error)."""
+    return run_cli(run, 'train_pl.py', __doc__, argv)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
