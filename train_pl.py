@@ -103,8 +103,7 @@ def fit_data(data: Any) -> dict[str, Any]:
     import pytorch_lightning as pl
     if isinstance(data, pl.LightningDataModule):
         return {'datamodule': data}
-    return {'train_dataloaders': data.train_dataloader(),
-            'val_dataloaders': data.val_dataloader() if data.specs.get('val') else None}
+    return {'train_dataloaders': data.train_dataloader(), 'val_dataloaders': data.val_dataloader()}
 
 
 def run(args: argparse.Namespace, command: list[str]) -> None:

@@ -651,6 +651,17 @@ class ExperimentDir:
         self.record_git()
         return moved
 
+    def start(self, config: Mapping, command: Sequence[str], resume: bool, overwrite: bool = False) -> None:
+        """Create the folder (or, on resume, record the new command in it) and log the command."""
+        if resume:
+            self.write_config(config, command)
+            self.log(f'resumed: {" ".join(command)}')
+            return
+        moved = self.create(config, command, overwrite=overwrite)
+        if moved is not None:
+            print(f'moved the old {_display_path(self.path)} to {_display_path(moved)}')
+        self.log(f'command: {" ".join(command)}')
+
     def write_config(self, config: Mapping, command: Sequence[str]) -> None:
         """config.yaml: the merged config, headed by every command that ran it (as comments, so
         the file still loads as a config)."""
@@ -778,6 +789,14 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def model_summary(module: Any) -> str:
+    """Parameter counts per top-level submodule and in total, for the head of log.txt."""
+    def count(m: Any) -> int:
+        return sum(p.numel() for p in m.parameters())
+    parts = [f'{name} {count(child):,}' for name, child in module.named_children() if count(child)]
+    return f'parameters: {count(module):,} total' + (f' ({", ".join(parts)})' if parts else '')
 
 
 def seed_everything(seed: int) -> None:

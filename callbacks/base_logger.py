@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
-from utils import ExperimentDir, MetricsWriter, format_epoch_line
+from utils import ExperimentDir, MetricsWriter, format_epoch_line, model_summary
 
 
 class BaseLogger(pl.Callback):
@@ -38,14 +38,7 @@ class BaseLogger(pl.Callback):
         if not trainer.is_global_zero or self._ready:
             return
         self._ready = True
-        if self._resume:
-            self.exp.write_config(self._config, self._command)
-            self.exp.log(f'resumed: {" ".join(self._command)}')
-        else:
-            moved = self.exp.create(self._config, self._command, overwrite=self._overwrite)
-            if moved is not None:
-                print(f'moved the old {self.exp.path} to {moved}')
-            self.exp.log(f'command: {" ".join(self._command)}')
+        self.exp.start(self._config, self._command, self._resume, self._overwrite)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -71,14 +64,6 @@ class BaseLogger(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._elapsed_before = state_dict.get('elapsed', 0.0)
-
-
-def model_summary(module: Any) -> str:
-    """Parameter counts per top-level submodule and in total, for the head of log.txt."""
-    def count(m: Any) -> int:
-        return sum(p.numel() for p in m.parameters())
-    parts = [f'{name} {count(child):,}' for name, child in module.named_children() if count(child)]
-    return f'parameters: {count(module):,} total' + (f' ({", ".join(parts)})' if parts else '')
 
 
 class ExperimentLogger(Logger):

@@ -55,12 +55,17 @@ class Task(nn.Module):
     def step(self, batch: Mapping[str, torch.Tensor], stage: str) -> tuple[Any, dict[str, torch.Tensor]]:
         """Forward and loss on one batch; accumulates the loss terms and metrics of `stage`."""
         pred = self.model(batch)
+        return pred, self.compute_loss(pred, batch, stage)
+
+    def compute_loss(self, pred: Any, batch: Mapping[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
+        """The loss terms of a prediction; accumulates them and the metrics of `stage`. (Under DDP
+        the forward must go through the DDP wrapper, so train.py calls this after it.)"""
         terms = self.loss(pred, batch)
         self.running[stage].add(terms, batch_size(batch))
         if stage in self.metrics:
             for metric in self.metrics[stage].values():
-                metric.update(pred, batch[self.target_key])
-        return pred, terms
+                metric.update(pred.detach(), batch[self.target_key])
+        return terms
 
     def epoch_metrics(self, stage: str, all_reduce: Optional[Callable] = None) -> dict[str, float]:
         """`{'<stage>/<term>': mean}` over the epoch (across processes), then reset for the next."""

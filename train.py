@@ -1,0 +1,380 @@
+"""Train without Lightning: the same configs, registries and experiment folder as train_pl.py.
+
+    python train.py --config configs/digits.yaml --name exp               # one device
+    python train.py --config configs/digits.yaml --gpu 1,2                # CUDA 1 and 2, one process each (DDP)
+    torchrun --standalone --nproc_per_node=2 train.py --config configs/digits.yaml \\
+        trainer_params.accelerator=cpu                                   # 2 CPU processes, gloo
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d \\
+        --rdzv_endpoint=HOST:29500 train.py --config ...                 # several machines
+    python train.py --resume save/exp trainer_params.max_epochs=40        # continue a run
+
+It trains what the `base` wrapper trains (models/task.py) with a loop you can read and step
+through. It never imports Lightning, yet its checkpoints use Lightning's layout, so weights move
+freely between the two entry points.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import math
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import torch
+
+from utils import (DATA_MODULES, Config, ConfigError, ExperimentDir, MetricsWriter, build, check_kwargs,
+                   check_scheduler_spec, check_sections, format_epoch_line, global_rank_from_env, model_summary,
+                   parse_gpu_flag, resolve_run, run_cli, seed_everything, select_cuda_devices)
+
+
+@dataclass
+class TrainerParams:
+    """The `trainer_params` train.py honours, with Lightning's meaning and defaults.
+
+    Any other key is refused by name: nothing is silently ignored.
+    """
+    max_epochs: Optional[int] = None          # Lightning's default: 1000 when max_steps is not set either
+    max_steps: int = -1
+    check_val_every_n_epoch: Optional[int] = 1
+    limit_train_batches: Union[int, float, None] = None   # an int counts batches, a float is a fraction
+    limit_val_batches: Union[int, float, None] = None
+    gradient_clip_val: Union[int, float, None] = None
+    accumulate_grad_batches: int = 1
+    precision: Literal[32, '32', '32-true', '16-mixed', 'bf16-mixed'] = '32-true'
+    accelerator: Literal['auto', 'cpu', 'gpu', 'cuda'] = 'auto'
+    devices: Union[int, str, list[int]] = 'auto'   # more than one: one process each (as --gpu does)
+    deterministic: Optional[bool] = None
+    log_every_n_steps: int = 50
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = True         # print the model's modules at the start
+
+
+@dataclass
+class CheckpointParams:
+    """The `checkpoint` keys train.py honours, with ModelCheckpoint's meaning and defaults."""
+    monitor: Optional[str] = None
+    mode: Literal['min', 'max'] = 'min'
+    save_top_k: int = 1
+    save_last: Optional[bool] = True
+    every_n_epochs: Optional[int] = None
+    filename: Optional[str] = None
+
+
+def validate(cfg: Config) -> None:
+    """Every problem of the config for train.py, one line each, before anything is built."""
+    from models.task import Task
+    problems = check_sections(cfg)
+    wrapper = cfg.get('train_wrapper')
+    if isinstance(wrapper, Mapping) and wrapper.get('name') != 'base':
+        problems.append(cfg.error('train_wrapper.name', f"train.py runs the 'base' wrapper only, not "
+                                                        f"{wrapper.get('name')!r}; use train_pl.py for it"))
+    elif isinstance(wrapper, Mapping):
+        check_kwargs(Task, wrapper.get('args') or {}, 'train_wrapper.args', cfg, problems, "wrapper 'base'",
+                     required=True)
+        scheduler = (wrapper.get('args') or {}).get('scheduler_spec')
+        if scheduler:
+            check_scheduler_spec(scheduler, 'train_wrapper.args.scheduler_spec', cfg, problems)
+    check_kwargs(TrainerParams, cfg.get('trainer_params') or {}, 'trainer_params', cfg, problems,
+                 'train.py (use train_pl.py for other Trainer arguments)')
+    check_kwargs(CheckpointParams, cfg.get('checkpoint') or {}, 'checkpoint', cfg, problems,
+                 'train.py (use train_pl.py for other ModelCheckpoint arguments)')
+    if cfg.get('callbacks'):
+        problems.append(cfg.error('callbacks', 'callbacks are Lightning callbacks; use train_pl.py to run them'))
+    if problems:
+        raise ConfigError(*problems)
+
+
+# ----------------------------------------------------------------------------- devices and processes
+
+def requested_processes(params: TrainerParams, gpu: Optional[str]) -> tuple[str, int]:
+    """('cuda' or 'cpu', how many processes) from --gpu, else trainer_params.accelerator/devices."""
+    if gpu is not None:
+        devices = parse_gpu_flag(gpu)
+        return ('cpu', 1) if devices == 'cpu' else ('cuda', select_cuda_devices(devices))
+    wants_cuda = params.accelerator in ('gpu', 'cuda') or (params.accelerator == 'auto' and torch.cuda.is_available())
+    if params.accelerator in ('gpu', 'cuda') and not torch.cuda.is_available():
+        raise ConfigError(f"trainer_params.accelerator: {params.accelerator!r} but no CUDA device is available; "
+                          f"use accelerator: cpu")
+    devices = params.devices
+    count = len(devices) if isinstance(devices, list) else 1 if devices == 'auto' else int(devices)
+    if isinstance(devices, list) and wants_cuda:
+        select_cuda_devices(devices)
+    return ('cuda' if wants_cuda else 'cpu'), count
+
+
+def launch_processes(nproc: int, argv: Sequence[str]) -> None:
+    """Run this script in `nproc` processes through torch.distributed's own launcher (what
+    torchrun uses), one per device; a process that fails ends the others and this call."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend='c10d', rdzv_endpoint='localhost:0', max_restarts=0, monitor_interval=0.5)
+    elastic_launch(config, sys.executable)(os.path.abspath(__file__), *argv)
+
+
+def setup_process(device_type: str) -> tuple[torch.device, int, int]:
+    """(device, rank, world size); under torchrun (or our launcher) joins the process group."""
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    device = torch.device('cuda', local_rank) if device_type == 'cuda' else torch.device('cpu')
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)
+    if world_size > 1:
+        import torch.distributed as dist
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+        return device, dist.get_rank(), world_size
+    return device, 0, 1
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all processes (identity when there is one)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def autocast_and_scaler(precision: Any, device: torch.device) -> tuple[Any, Optional[torch.amp.GradScaler]]:
+    """An autocast context and, for float16, a gradient scaler (Lightning's `precision` meanings)."""
+    if str(precision) in ('32', '32-true'):
+        return contextlib.nullcontext(), None
+    dtype = torch.float16 if precision == '16-mixed' else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
+    return torch.autocast(device.type, dtype=dtype), scaler
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+
+def checkpoint_name(template: Optional[str], metrics: Mapping[str, float]) -> str:
+    """ModelCheckpoint's names: `{epoch}-{val/acc:.3f}` -> `epoch=3-val_acc=0.981`."""
+    def fill(match: re.Match) -> str:
+        key, fmt = match[1], match[2] or ''
+        return f"{key.replace('/', '_')}={format(metrics.get(key, float('nan')), fmt[1:] if fmt else '')}"
+    return re.sub(r'\{([^}:]+)(:[^}]*)?\}', fill, template or '{epoch}-{step}')
+
+
+def save_checkpoint(path: Path, task: Any, optimizer: Any, scheduler: Optional[dict], epoch: int, step: int,
+                    hparams: Mapping, elapsed: float) -> None:
+    """Lightning's layout (state_dict keys as the `base` wrapper's, BaseLogger's training time),
+    written atomically."""
+    try:
+        lightning_version = importlib.metadata.version('pytorch-lightning')
+    except importlib.metadata.PackageNotFoundError:
+        lightning_version = '2.6.6'
+    state = {'epoch': epoch, 'global_step': step, 'pytorch-lightning_version': lightning_version,
+             'state_dict': task.state_dict(), 'optimizer_states': [optimizer.state_dict()],
+             'lr_schedulers': [scheduler['scheduler'].state_dict()] if scheduler else [],
+             'hyper_parameters': dict(hparams), 'callbacks': {'BaseLogger': {'elapsed': elapsed}}}
+    tmp = path.with_name(path.name + '.tmp')
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+class TopK:
+    """The best `k` checkpoints by a monitored value (the latest ones with no monitor)."""
+
+    def __init__(self, params: CheckpointParams, folder: Path) -> None:
+        self.params, self.folder = params, folder
+        self.kept: list[tuple[float, Path]] = []
+
+    def update(self, metrics: Mapping[str, float], save: Any) -> None:
+        p = self.params
+        if p.save_top_k == 0 or (p.every_n_epochs and (metrics['epoch'] + 1) % p.every_n_epochs):
+            return
+        value = metrics.get(p.monitor, math.nan) if p.monitor else float(metrics['step'])
+        if math.isnan(value):
+            return
+        score = value if (p.mode == 'max' or not p.monitor) else -value
+        path = self.folder / f"{checkpoint_name(p.filename, metrics)}.ckpt"
+        if p.save_top_k > 0 and len(self.kept) >= p.save_top_k and score <= min(self.kept)[0]:
+            return
+        save(path)
+        self.kept.append((score, path))
+        self.kept.sort(reverse=True)
+        while p.save_top_k > 0 and len(self.kept) > p.save_top_k:
+            self.kept.pop()[1].unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------- training
+
+def limit(n_batches: int, value: Union[int, float, None]) -> int:
+    """Lightning's limit_*_batches: an int is a count, a float a fraction of the loader."""
+    if value is None:
+        return n_batches
+    return min(n_batches, value if isinstance(value, int) else int(n_batches * value))
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move every tensor of a batch dict to `device`."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def evaluate(task: Any, loader: Any, n_batches: int, stage: str, device: torch.device, autocast: Any) -> dict:
+    """Loss terms and metrics of `stage` over the first `n_batches` batches, across processes."""
+    task.eval()
+    with torch.no_grad(), autocast:
+        for batch_idx, batch in enumerate(loader):
+            if batch_idx >= n_batches:
+                break
+            task.step(to_device(batch, device), stage)
+    task.train()
+    return task.epoch_metrics(stage, all_reduce_sum)
+
+
+def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Optional[Path] = None,
+          overwrite: bool = False, gpu: Optional[str] = None) -> dict[str, float]:
+    """Validate, build, train; returns the last epoch's metrics (on every process)."""
+    validate(cfg)
+    from models.task import Task
+    params = TrainerParams(**(cfg.get('trainer_params') or {}))
+    ckpt_params = CheckpointParams(**(cfg.get('checkpoint') or {}))
+    device_type, nproc = requested_processes(params, gpu)
+    if nproc > 1 and 'WORLD_SIZE' not in os.environ:
+        launch_processes(nproc, command[2:])   # each process runs this function again, under the launcher
+        return {}
+
+    # --- set-up: process group, seeds, data, task, optimizer -----------------------------------
+    device, rank, world_size = setup_process(device_type)
+    master = rank == 0   # only global rank 0 writes files
+    if params.deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+        torch.use_deterministic_algorithms(True)
+    seed_everything(cfg['seed'])
+    data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
+    task = build("the 'base' wrapper", 'train_wrapper', cfg, lambda: Task(**cfg['train_wrapper'].get('args', {})))
+    task.to(device)
+    model = task
+    if world_size > 1:   # gradients are averaged across processes inside backward()
+        model = torch.nn.parallel.DistributedDataParallel(task, device_ids=[device.index] if device.index is not None else None)
+    train_loader = build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
+    val_loader = data.val_dataloader()
+    optimizers = task.configure_optimizers()
+    optimizer, scheduler = optimizers['optimizer'], optimizers.get('lr_scheduler')
+    autocast, scaler = autocast_and_scaler(params.precision, device)
+
+    # --- resume: weights, optimizer, scheduler and counters from the checkpoint ------------------
+    start_epoch, step, elapsed_before = 0, 0, 0.0
+    if resume_ckpt is not None:
+        state = torch.load(resume_ckpt, map_location=device, weights_only=True)
+        task.load_state_dict(state['state_dict'])
+        optimizer.load_state_dict(state['optimizer_states'][0])
+        if scheduler and state['lr_schedulers']:
+            scheduler['scheduler'].load_state_dict(state['lr_schedulers'][0])
+        start_epoch, step = state['epoch'] + 1, state['global_step']
+        elapsed_before = state.get('callbacks', {}).get('BaseLogger', {}).get('elapsed', 0.0)
+
+    # --- the experiment folder -------------------------------------------------------------------
+    writer = top_k = None
+    if master:
+        exp.start(cfg, command, resume=resume_ckpt is not None, overwrite=overwrite)
+        exp.log(model_summary(task))
+        if params.enable_model_summary:
+            print(task)
+        writer, top_k = MetricsWriter(exp.path), TopK(ckpt_params, exp.ckpt_dir)
+    hparams = cfg['train_wrapper'].get('args', {})
+    max_epochs = params.max_epochs if params.max_epochs is not None else (1000 if params.max_steps < 0 else -1)
+    n_train = limit(len(train_loader), params.limit_train_batches)
+    n_val = limit(len(val_loader), params.limit_val_batches) if val_loader is not None else 0
+    start_time, metrics = time.perf_counter(), {}
+
+    # --- the loop ----------------------------------------------------------------------------------
+    epoch = start_epoch
+    while (max_epochs < 0 or epoch < max_epochs) and (params.max_steps < 0 or step < params.max_steps):
+        epoch_start = time.perf_counter()
+        if hasattr(train_loader.sampler, 'set_epoch'):
+            train_loader.sampler.set_epoch(epoch)   # a new shuffle each epoch, the same on every process
+        batches = enumerate(train_loader)
+        if master and params.enable_progress_bar:
+            from tqdm import tqdm
+            batches = tqdm(batches, total=n_train, desc=f'epoch {epoch}', leave=False, dynamic_ncols=True)
+        for batch_idx, batch in batches:
+            if batch_idx >= n_train:
+                break
+            batch = to_device(batch, device)
+            accumulating = (batch_idx + 1) % params.accumulate_grad_batches != 0 and batch_idx + 1 < n_train
+            # no_sync: with DDP, gradients are only exchanged on the batch that steps the optimizer
+            sync = model.no_sync() if accumulating and world_size > 1 else contextlib.nullcontext()
+            with sync:
+                with autocast:
+                    terms = task.compute_loss(model(batch), batch, 'train')
+                loss = terms['loss'] / params.accumulate_grad_batches
+                (scaler.scale(loss) if scaler else loss).backward()
+            if accumulating:
+                continue
+            if params.gradient_clip_val:
+                if scaler:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(task.parameters(), params.gradient_clip_val)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if scheduler and scheduler['interval'] == 'step' and (step + 1) % scheduler['frequency'] == 0:
+                scheduler['scheduler'].step()
+            if (step + 1) % params.log_every_n_steps == 0 and master:
+                step_values = {f'train/{k}_step': v.item() for k, v in terms.items()}
+                writer.log({**step_values, 'epoch': epoch}, step)
+                if hasattr(batches, 'set_postfix'):
+                    batches.set_postfix(loss=f"{step_values['train/loss_step']:.4f}")
+            step += 1
+            if 0 < params.max_steps <= step:
+                break
+
+        # --- end of epoch: train means, validation, scheduler, log line, checkpoints --------------
+        metrics = task.epoch_metrics('train', all_reduce_sum)
+        if val_loader is not None and params.check_val_every_n_epoch and (epoch + 1) % params.check_val_every_n_epoch == 0:
+            metrics.update(evaluate(task, val_loader, n_val, 'val', device, autocast))
+        if scheduler and scheduler['interval'] == 'epoch' and (epoch + 1) % scheduler['frequency'] == 0:
+            if 'monitor' in scheduler:   # ReduceLROnPlateau: skipped when its metric was not computed
+                if scheduler['monitor'] in metrics:
+                    scheduler['scheduler'].step(metrics[scheduler['monitor']])
+            else:
+                scheduler['scheduler'].step()
+        metrics.update(epoch=epoch, step=step - 1)
+        if master:
+            now = time.perf_counter()
+            elapsed = elapsed_before + now - start_time
+            line = format_epoch_line(epoch + 1, max_epochs, metrics, now - epoch_start, elapsed, epoch + 1)
+            print(line)
+            exp.log(line)
+            writer.log({k: v for k, v in metrics.items() if k != 'step'}, step - 1)
+            writer.flush()
+            save = lambda path: save_checkpoint(path, task, optimizer, scheduler, epoch, step, hparams,  # noqa: E731
+                                                elapsed)
+            top_k.update(metrics, save)
+            if ckpt_params.save_last:
+                save(exp.ckpt_dir / 'last.ckpt')
+        epoch += 1
+
+    if writer is not None:
+        writer.close()
+    if world_size > 1:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    return metrics
+
+
+def run(args: argparse.Namespace, command: list[str]) -> None:
+    """What `main` does once the command line is parsed."""
+    if args.nodes:
+        raise ConfigError('--nodes: train.py runs on several machines under torchrun (see its docstring)')
+    cfg, exp, ckpt = resolve_run(args)
+    train(cfg, exp, command, ckpt, args.overwrite, args.gpu)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the exit status (2 for a configuration error)."""
+    return run_cli(run, 'train.py', __doc__, argv)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
