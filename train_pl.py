@@ -91,19 +91,37 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     for i, spec in enumerate(cfg.get('callbacks') or []):
         callbacks.append(build(f"callback {spec['name']!r}", f'callbacks.{i}', cfg, lambda: CALLBACKS.make(spec)))
     params = device_params(cfg.get('trainer_params') or {}, gpu, nodes)
+    if not isinstance(data, pl.LightningDataModule):
+        params.setdefault('use_distributed_sampler', False)   # the data module shards the data itself
     trainer = build('pl.Trainer', 'trainer_params', cfg, lambda: pl.Trainer(
         **params, logger=ExperimentLogger(exp), callbacks=callbacks, default_root_dir=exp.path))
-    loaders = build('the data loaders', 'data_module', cfg, lambda: fit_data(data))
-    trainer.fit(wrapper, ckpt_path=resume_ckpt, **loaders)
+    if trainer.world_size == 1:   # build the datasets now, so that a data error is a config error
+        build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
+    trainer.fit(wrapper, datamodule=lightning_data(data), ckpt_path=resume_ckpt)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
-def fit_data(data: Any) -> dict[str, Any]:
-    """`trainer.fit` arguments for a LightningDataModule, or for a plain data module's loaders."""
+def lightning_data(data: Any) -> Any:
+    """A LightningDataModule as it is; a plain data module behind Lightning's hooks, so that each
+    DDP process makes its loaders (and its share of the data) after the process group is up."""
     import pytorch_lightning as pl
     if isinstance(data, pl.LightningDataModule):
-        return {'datamodule': data}
-    return {'train_dataloaders': data.train_dataloader(), 'val_dataloaders': data.val_dataloader()}
+        return data
+
+    class PlainDataModule(pl.LightningDataModule):
+        def train_dataloader(self) -> Any:
+            return data.train_dataloader()
+
+        def val_dataloader(self) -> Any:
+            return data.val_dataloader() or []
+
+        def test_dataloader(self) -> Any:
+            return data.test_dataloader() or []
+
+        def predict_dataloader(self) -> Any:
+            return data.predict_dataloader() or []
+
+    return PlainDataModule()
 
 
 def run(args: argparse.Namespace, command: list[str]) -> None:

@@ -32,6 +32,11 @@ class BaseWrapper(Task, pl.LightningModule):
     def _sum_across_processes(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.trainer.strategy.reduce(tensor, reduce_op='sum')
 
+    def _log_epoch(self, values: dict[str, float]) -> None:
+        # The values are already exact over all processes (sums and counts reduced together);
+        # a 'max' sync of identical values keeps them bit-exact and tells Lightning they are synced.
+        self.log_dict(values, on_step=False, on_epoch=True, sync_dist=True, reduce_fx='max')
+
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         _, terms = self.step(batch, 'train')
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
@@ -45,19 +50,19 @@ class BaseWrapper(Task, pl.LightningModule):
         last = (trainer.is_last_batch or batch_idx + 1 >= trainer.num_training_batches
                 or 0 < trainer.max_steps <= trainer.global_step)
         if last:
-            self.log_dict(self.epoch_metrics('train', self._sum_across_processes), on_step=False, on_epoch=True)
+            self._log_epoch(self.epoch_metrics('train', self._sum_across_processes))
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self.step(batch, 'val')
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.epoch_metrics('val', self._sum_across_processes))
+        self._log_epoch(self.epoch_metrics('val', self._sum_across_processes))
 
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self.step(batch, 'test')
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.epoch_metrics('test', self._sum_across_processes))
+        self._log_epoch(self.epoch_metrics('test', self._sum_across_processes))
 
     def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> Any:
         return self.model(batch)
