@@ -24,15 +24,16 @@ import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import torch
 
-from utils import (DATA_MODULES, Config, ConfigError, ExperimentDir, MetricsWriter, build, check_kwargs,
-                   check_scheduler_spec, check_sections, format_epoch_line, global_rank_from_env, model_summary,
-                   parse_gpu_flag, resolve_run, run_cli, seed_everything, select_cuda_devices)
+from utils import (DATA_MODULES, Config, ConfigError, ExperimentDir, MetricsWriter, NonFiniteLossError, build,
+                   check_kwargs, check_sections, format_epoch_line, load_weights, model_summary,
+                   parse_gpu_flag, resolve_run, rng_state, run_cli, seed_everything, select_cuda_devices,
+                   set_rng_state)
 
 
 @dataclass
@@ -73,15 +74,14 @@ def validate(cfg: Config) -> None:
     from models.task import Task
     problems = check_sections(cfg)
     wrapper = cfg.get('train_wrapper')
-    if isinstance(wrapper, Mapping) and wrapper.get('name') != 'base':
+    if wrapper is not None and not isinstance(wrapper, Mapping):
+        problems.append(cfg.error('train_wrapper', f"expected {{name: base, args: {{...}}}}, got {wrapper!r}"))
+    elif isinstance(wrapper, Mapping) and wrapper.get('name') != 'base':
         problems.append(cfg.error('train_wrapper.name', f"train.py runs the 'base' wrapper only, not "
                                                         f"{wrapper.get('name')!r}; use train_pl.py for it"))
     elif isinstance(wrapper, Mapping):
         check_kwargs(Task, wrapper.get('args') or {}, 'train_wrapper.args', cfg, problems, "wrapper 'base'",
                      required=True)
-        scheduler = (wrapper.get('args') or {}).get('scheduler_spec')
-        if scheduler:
-            check_scheduler_spec(scheduler, 'train_wrapper.args.scheduler_spec', cfg, problems)
     check_kwargs(TrainerParams, cfg.get('trainer_params') or {}, 'trainer_params', cfg, problems,
                  'train.py (use train_pl.py for other Trainer arguments)')
     check_kwargs(CheckpointParams, cfg.get('checkpoint') or {}, 'checkpoint', cfg, problems,
@@ -160,10 +160,10 @@ def checkpoint_name(template: Optional[str], metrics: Mapping[str, float]) -> st
     return re.sub(r'\{([^}:]+)(:[^}]*)?\}', fill, template or '{epoch}-{step}')
 
 
-def save_checkpoint(path: Path, task: Any, optimizer: Any, scheduler: Optional[dict], epoch: int, step: int,
-                    hparams: Mapping, elapsed: float) -> None:
-    """Lightning's layout (state_dict keys as the `base` wrapper's, BaseLogger's training time),
-    written atomically."""
+def save_checkpoint(path: Path, task: Any, optimizer: Any, scheduler: Optional[dict], scaler: Any, epoch: int,
+                    step: int, hparams: Mapping, callbacks: Mapping[str, Any]) -> None:
+    """Lightning's layout (state_dict keys as the `base` wrapper's; the generator states where
+    LastCheckpoint keeps them), written atomically: a kill mid-write leaves the old file."""
     try:
         lightning_version = importlib.metadata.version('pytorch-lightning')
     except importlib.metadata.PackageNotFoundError:
@@ -171,7 +171,9 @@ def save_checkpoint(path: Path, task: Any, optimizer: Any, scheduler: Optional[d
     state = {'epoch': epoch, 'global_step': step, 'pytorch-lightning_version': lightning_version,
              'state_dict': task.state_dict(), 'optimizer_states': [optimizer.state_dict()],
              'lr_schedulers': [scheduler['scheduler'].state_dict()] if scheduler else [],
-             'hyper_parameters': dict(hparams), 'callbacks': {'BaseLogger': {'elapsed': elapsed}}}
+             'hyper_parameters': dict(hparams), 'callbacks': {**callbacks, 'LastCheckpoint': {'rng': rng_state()}}}
+    if scaler is not None:
+        state['MixedPrecision'] = scaler.state_dict()
     tmp = path.with_name(path.name + '.tmp')
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -183,6 +185,12 @@ class TopK:
     def __init__(self, params: CheckpointParams, folder: Path) -> None:
         self.params, self.folder = params, folder
         self.kept: list[tuple[float, Path]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {'kept': [[score, path.name] for score, path in self.kept]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.kept = [(score, self.folder / name) for score, name in state.get('kept', [])]
 
     def update(self, metrics: Mapping[str, float], save: Any) -> None:
         p = self.params
@@ -216,6 +224,14 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def check_finite(task: Any, epoch: int, step: int) -> None:
+    """Stop before a NaN or infinite loss reaches a checkpoint (the last good one stays)."""
+    bad = task.nonfinite_terms()
+    if bad:
+        raise NonFiniteLossError(epoch + 1, getattr(task, 'finite_until', -1) + 1, step, bad)
+    task.finite_until = step
+
+
 def evaluate(task: Any, loader: Any, n_batches: int, stage: str, device: torch.device, autocast: Any) -> dict:
     """Loss terms and metrics of `stage` over the first `n_batches` batches, across processes."""
     task.eval()
@@ -229,7 +245,7 @@ def evaluate(task: Any, loader: Any, n_batches: int, stage: str, device: torch.d
 
 
 def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Optional[Path] = None,
-          overwrite: bool = False, gpu: Optional[str] = None) -> dict[str, float]:
+          overwrite: bool = False, gpu: Optional[str] = None, init_from: Optional[Path] = None) -> dict[str, float]:
     """Validate, build, train; returns the last epoch's metrics (on every process)."""
     validate(cfg)
     from models.task import Task
@@ -249,6 +265,8 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     seed_everything(cfg['seed'])
     data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
     task = build("the 'base' wrapper", 'train_wrapper', cfg, lambda: Task(**cfg['train_wrapper'].get('args', {})))
+    if init_from is not None:   # fine-tuning: the weights only; optimizer, schedule and counters start fresh
+        load_weights(task, init_from)
     task.to(device)
     model = task
     if world_size > 1:   # gradients are averaged across processes inside backward()
@@ -267,8 +285,13 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
         optimizer.load_state_dict(state['optimizer_states'][0])
         if scheduler and state['lr_schedulers']:
             scheduler['scheduler'].load_state_dict(state['lr_schedulers'][0])
+        if scaler is not None and 'MixedPrecision' in state:
+            scaler.load_state_dict(state['MixedPrecision'])
+        for change in task.apply_changed_specs(optimizer, scheduler, state['hyper_parameters']):
+            print(f'resume: {change} (from the config)')
         start_epoch, step = state['epoch'] + 1, state['global_step']
-        elapsed_before = state.get('callbacks', {}).get('BaseLogger', {}).get('elapsed', 0.0)
+        set_rng_state(state['callbacks']['LastCheckpoint']['rng'])   # the next shuffle and dropout masks
+        elapsed_before = state['callbacks'].get('BaseLogger', {}).get('elapsed', 0.0)
 
     # --- the experiment folder -------------------------------------------------------------------
     writer = top_k = None
@@ -278,6 +301,8 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
         if params.enable_model_summary:
             print(task)
         writer, top_k = MetricsWriter(exp.path), TopK(ckpt_params, exp.ckpt_dir)
+        if resume_ckpt is not None:
+            top_k.load_state_dict(state['callbacks'].get('TopK', {}))
     hparams = cfg['train_wrapper'].get('args', {})
     max_epochs = params.max_epochs if params.max_epochs is not None else (1000 if params.max_steps < 0 else -1)
     n_train = limit(len(train_loader), params.limit_train_batches)
@@ -287,7 +312,7 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     # --- the loop ----------------------------------------------------------------------------------
     epoch = start_epoch
     while (max_epochs < 0 or epoch < max_epochs) and (params.max_steps < 0 or step < params.max_steps):
-        epoch_start = time.perf_counter()
+        epoch_start, task.finite_until = time.perf_counter(), step - 1
         if hasattr(train_loader.sampler, 'set_epoch'):
             train_loader.sampler.set_epoch(epoch)   # a new shuffle each epoch, the same on every process
         batches = enumerate(train_loader)
@@ -320,6 +345,8 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
             optimizer.zero_grad(set_to_none=True)
             if scheduler and scheduler['interval'] == 'step' and (step + 1) % scheduler['frequency'] == 0:
                 scheduler['scheduler'].step()
+            if (step + 1) % params.log_every_n_steps == 0:
+                check_finite(task, epoch, step)
             if (step + 1) % params.log_every_n_steps == 0 and master:
                 step_values = {f'train/{k}_step': v.item() for k, v in terms.items()}
                 writer.log({**step_values, 'epoch': epoch}, step)
@@ -330,6 +357,7 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
                 break
 
         # --- end of epoch: train means, validation, scheduler, log line, checkpoints --------------
+        check_finite(task, epoch, step - 1)
         metrics = task.epoch_metrics('train', all_reduce_sum)
         if val_loader is not None and params.check_val_every_n_epoch and (epoch + 1) % params.check_val_every_n_epoch == 0:
             metrics.update(evaluate(task, val_loader, n_val, 'val', device, autocast))
@@ -348,8 +376,9 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
             exp.log(line)
             writer.log({k: v for k, v in metrics.items() if k != 'step'}, step - 1)
             writer.flush()
-            save = lambda path: save_checkpoint(path, task, optimizer, scheduler, epoch, step, hparams,  # noqa: E731
-                                                elapsed)
+            def save(path: Path) -> None:
+                save_checkpoint(path, task, optimizer, scheduler, scaler, epoch, step, hparams,
+                                {'BaseLogger': {'elapsed': elapsed}, 'TopK': top_k.state_dict()})
             top_k.update(metrics, save)
             if ckpt_params.save_last:
                 save(exp.ckpt_dir / 'last.ckpt')
@@ -367,8 +396,8 @@ def run(args: argparse.Namespace, command: list[str]) -> None:
     """What `main` does once the command line is parsed."""
     if args.nodes:
         raise ConfigError('--nodes: train.py runs on several machines under torchrun (see its docstring)')
-    cfg, exp, ckpt = resolve_run(args)
-    train(cfg, exp, command, ckpt, args.overwrite, args.gpu)
+    cfg, exp, ckpt, init_from = resolve_run(args)
+    train(cfg, exp, command, ckpt, args.overwrite, args.gpu, init_from)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

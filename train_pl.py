@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from utils import (CALLBACKS, DATA_MODULES, WRAPPERS, Config, ConfigError, ExperimentDir, build, check_kwargs,
-                   check_sections, check_spec, parse_gpu_flag, resolve_run, run_cli, select_cuda_devices)
+                   check_sections, check_spec, load_weights, parse_gpu_flag, resolve_run, run_cli,
+                   select_cuda_devices)
 
 # Trainer and ModelCheckpoint arguments lightyaml sets itself, and what to do instead.
 TRAINER_OWN = {
@@ -68,7 +69,8 @@ def device_params(trainer_params: Mapping, gpu: Optional[str], nodes: Optional[i
 
 
 def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Optional[Path] = None,
-          overwrite: bool = False, gpu: Optional[str] = None, nodes: Optional[int] = None) -> dict[str, float]:
+          overwrite: bool = False, gpu: Optional[str] = None, nodes: Optional[int] = None,
+          init_from: Optional[Path] = None) -> dict[str, float]:
     """Validate the config, build everything, fit, and return the final logged metrics."""
     validate(cfg)
     import pytorch_lightning as pl
@@ -80,6 +82,8 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     pl.seed_everything(cfg['seed'], workers=True, verbose=False)
     data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
     wrapper = build('the training wrapper', 'train_wrapper', cfg, lambda: WRAPPERS.make(cfg['train_wrapper']))
+    if init_from is not None:   # fine-tuning: the weights only; optimizer, schedule and counters start fresh
+        load_weights(wrapper, init_from)
     # `save_last` (default on) is served by LastCheckpoint, which refreshes last.ckpt every epoch.
     checkpoint_args = {'save_last': True, **(cfg.get('checkpoint') or {})}
     save_last = checkpoint_args.pop('save_last')
@@ -97,7 +101,7 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
         **params, logger=ExperimentLogger(exp), callbacks=callbacks, default_root_dir=exp.path))
     if trainer.world_size == 1:   # build the datasets now, so that a data error is a config error
         build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
-    trainer.fit(wrapper, datamodule=lightning_data(data), ckpt_path=resume_ckpt)
+    trainer.fit(wrapper, datamodule=lightning_data(data), ckpt_path=resume_ckpt, weights_only=True)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
@@ -126,8 +130,8 @@ def lightning_data(data: Any) -> Any:
 
 def run(args: argparse.Namespace, command: list[str]) -> None:
     """What `main` does once the command line is parsed."""
-    cfg, exp, ckpt = resolve_run(args)
-    train(cfg, exp, command, ckpt, args.overwrite, args.gpu, args.nodes)
+    cfg, exp, ckpt, init_from = resolve_run(args)
+    train(cfg, exp, command, ckpt, args.overwrite, args.gpu, args.nodes, init_from)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

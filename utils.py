@@ -45,6 +45,16 @@ class ConfigError(Exception):
         super().__init__('\n'.join(self.problems))
 
 
+class NonFiniteLossError(Exception):
+    """Training produced a NaN or infinite loss term; the run stops, its last checkpoint stays."""
+
+    def __init__(self, epoch: int, first_step: int, last_step: int, terms: Sequence[str]) -> None:
+        steps = f'step {last_step}' if first_step >= last_step else f'steps {first_step} and {last_step}'
+        super().__init__(f"non-finite training loss in epoch {epoch} (between {steps}): "
+                         f"{', '.join(terms)} became NaN or infinite; training stopped, the last good "
+                         f"checkpoint is kept")
+
+
 def did_you_mean(word: str, candidates: Sequence[str]) -> str:
     """' (did you mean 'x' or 'y'?)' for the closest candidates, or ''."""
     matches = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=3, cutoff=0.6)
@@ -460,6 +470,9 @@ def check_spec(registry: Registry, spec: Any, key: str, cfg: Config, problems: l
     if 'name' not in spec:
         problems.append(cfg.error(key, f'missing name: which {registry.kind}? one of {", ".join(registry.names())}'))
         return
+    if not isinstance(spec['name'], str):
+        problems.append(cfg.error(f'{key}.name', f"expected the name of a {registry.kind}, got {spec['name']!r}"))
+        return
     try:
         cls = registry.get(spec['name'])
     except ConfigError as e:
@@ -799,6 +812,75 @@ def model_summary(module: Any) -> str:
     return f'parameters: {count(module):,} total' + (f' ({", ".join(parts)})' if parts else '')
 
 
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch generator states, in types `torch.load(weights_only=True)` reads."""
+    import numpy as np
+    import torch
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {'python': random.getstate(), 'numpy': [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                    gauss], 'torch': torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what `rng_state` captured, so a resumed run draws the same numbers."""
+    import numpy as np
+    import torch
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def read_checkpoint(path: Path, flag: str) -> dict:
+    """A checkpoint's contents (tensors memory-mapped, `weights_only=True`); a missing, corrupt or
+    foreign file is a ConfigError naming the flag."""
+    import torch
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception as e:
+        raise ConfigError(f'{flag}: cannot read the checkpoint {_display_path(path)} '
+                          f'({type(e).__name__}: {str(e).splitlines()[0][:120]})') from None
+    if not isinstance(state, dict) or 'state_dict' not in state:
+        raise ConfigError(f'{flag}: {_display_path(path)} is not a lightyaml/Lightning checkpoint (no state_dict)')
+    return state
+
+
+def find_checkpoint(target: str, flag: str) -> Path:
+    """A .ckpt file as given, or an experiment folder's ckpt/last.ckpt; checked to be readable."""
+    path = Path(target)
+    if path.is_dir():
+        path = ExperimentDir(path).ckpt_dir / 'last.ckpt'
+        if not path.is_file():
+            raise ConfigError(f'{flag} {target}: no checkpoint in this folder ({_display_path(path)} is missing)'
+                              + ('; start it again with --overwrite' if flag == '--resume' else ''))
+    elif not path.is_file():
+        raise ConfigError(f'{flag} {target}: no such experiment folder or checkpoint file')
+    read_checkpoint(path, f'{flag} {target}')
+    return path
+
+
+def load_weights(module: Any, path: Path, flag: str = '--init-from') -> None:
+    """Load only the weights of a checkpoint into `module`; every mismatch is listed in one line."""
+    weights = read_checkpoint(path, f'{flag} {_display_path(path)}')['state_dict']
+    own = module.state_dict()
+    shapes = [f'{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
+              if k in weights and weights[k].shape != v.shape]
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    problems = ([f"shapes differ (checkpoint vs model): {'; '.join(shapes)}"] if shapes else []) + \
+               ([f"missing in the checkpoint: {', '.join(missing)}"] if missing else []) + \
+               ([f"not in the model: {', '.join(unexpected)}"] if unexpected else [])
+    if problems:
+        raise ConfigError(f'{flag} {_display_path(path)}: ' + '; '.join(problems))
+    module.load_state_dict({k: weights[k] for k in own})
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     import numpy as np
@@ -832,6 +914,8 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument('--gpu', help="CUDA devices to use, e.g. '0' or '1,2' (DDP with several), or 'cpu'")
     parser.add_argument('--nodes', type=int, help='number of machines (multi-node DDP)')
     parser.add_argument('--resume', help='an experiment folder (continues its last checkpoint) or a .ckpt file')
+    parser.add_argument('--init-from', help='start a new run from the model weights of an experiment folder '
+                                            '(its last.ckpt) or a .ckpt file; optimizer and counters start fresh')
     parser.add_argument('--overwrite', action='store_true',
                         help='if the experiment folder exists, move it aside to <name>.old-<time> and start anew')
     parser.add_argument('--save-root', default=str(PROJECT_ROOT / 'save'), help='where experiment folders go')
@@ -867,30 +951,35 @@ def select_cuda_devices(ids: Sequence[int], device_count: Optional[Callable[[], 
     return len(ids)
 
 
-def resolve_run(args: argparse.Namespace) -> tuple[Config, ExperimentDir, Optional[Path]]:
-    """From --config/--resume/--name/--tag: the merged config, the experiment folder, and the
-    checkpoint to continue from (None for a new run). A new run's folder must be free."""
-    ckpt = None
+class Run(typing.NamedTuple):
+    """What the command line asks for, resolved and checked before anything is created."""
+    cfg: Config
+    exp: ExperimentDir
+    resume: Optional[Path]      # the checkpoint to continue from (counters, optimizer, RNG)
+    init_from: Optional[Path]   # a checkpoint to take only the weights from
+
+
+def resolve_run(args: argparse.Namespace) -> Run:
+    """From --config/--resume/--init-from/--name/--tag: the merged config, the experiment folder
+    and the checkpoints involved. A new run's folder must be free; checkpoints must be readable."""
+    ckpt = init = None
+    if args.resume and args.init_from:
+        raise ConfigError('--resume and --init-from: choose one (resume continues a run; --init-from starts a new '
+                          'one from its weights)')
+    if args.init_from:
+        init = find_checkpoint(args.init_from, '--init-from')
     if args.resume:
         target = Path(args.resume)
-        if target.is_dir():
-            if args.config:
-                raise ConfigError(f'--config with --resume {args.resume}: a resumed run uses its own '
-                                  f'config.yaml (give changes as overrides)')
-            exp, config_path = ExperimentDir(target), target / 'config.yaml'
-            ckpt = exp.ckpt_dir / 'last.ckpt'
-            if not config_path.is_file():
-                raise ConfigError(f'--resume {args.resume}: no config.yaml in this folder; is it an experiment folder?')
-            if not ckpt.is_file():
-                raise ConfigError(f'--resume {args.resume}: no checkpoint to continue from ({_display_path(ckpt)} '
-                                  f'is missing); start it again with --overwrite')
-        elif target.is_file():
-            ckpt, exp = target, ExperimentDir(target.resolve().parent.parent)
-            config_path = Path(args.config) if args.config else exp.path / 'config.yaml'
-            if not config_path.is_file():
-                raise ConfigError(f'--resume {args.resume}: no config.yaml beside this checkpoint; give --config')
-        else:
-            raise ConfigError(f'--resume {args.resume}: no such experiment folder or checkpoint file')
+        exp = ExperimentDir(target if target.is_dir() else target.resolve().parent.parent)
+        if target.is_dir() and args.config:
+            raise ConfigError(f'--config with --resume {args.resume}: a resumed run uses its own '
+                              f'config.yaml (give changes as overrides)')
+        if target.is_dir() and not (target / 'config.yaml').is_file():
+            raise ConfigError(f'--resume {args.resume}: no config.yaml in this folder; is it an experiment folder?')
+        ckpt = find_checkpoint(args.resume, '--resume')
+        config_path = Path(args.config) if args.config else exp.path / 'config.yaml'
+        if not config_path.is_file():
+            raise ConfigError(f'--resume {args.resume}: no config.yaml beside this checkpoint; give --config')
     else:
         if not args.config:
             raise ConfigError('--config is required (or --resume an experiment folder); e.g. --config configs/digits.yaml')
@@ -904,7 +993,7 @@ def resolve_run(args: argparse.Namespace) -> tuple[Config, ExperimentDir, Option
         config_path = Path(args.config)
     cfg = load_config(config_path, args.overrides)
     resolve_seed(cfg)
-    return cfg, exp, ckpt
+    return Run(cfg, exp, ckpt, init)
 
 
 def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, doc: str,
@@ -925,3 +1014,8 @@ def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, do
         for problem in e.problems:
             print(f'error: {problem}', file=sys.stderr)
         return 2
+    except NonFiniteLossError as e:
+        if args.debug:
+            raise
+        print(f'error: {e}', file=sys.stderr)
+        return 1

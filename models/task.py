@@ -32,14 +32,22 @@ class Task(nn.Module):
         metrics: `{short name: torchmetrics spec}`, computed on val and test (and on train if
             `train_metrics`), logged as `val/<short name>`.
         target_key: the batch key the metrics compare predictions with.
+        channels_last: keep the model's 4-D weights in NHWC memory order (faster convolutions
+            with tensor cores and oneDNN); results agree within float tolerance.
+        compile: `torch.compile` the model's forward in place (parameter names, and so
+            checkpoints, stay the same); the first steps are slow while it compiles.
     """
 
     def __init__(self, model_spec: Spec['models'], loss_spec: Spec['losses'], optim_spec: Spec['optimizers'],
                  scheduler_spec: Optional[Spec['schedulers']] = None,
                  metrics: Optional[dict[str, Spec['metrics']]] = None, target_key: str = 'label',
-                 train_metrics: bool = False) -> None:
+                 train_metrics: bool = False, channels_last: bool = False, compile: bool = False) -> None:
         super().__init__()
         self.model = MODELS.make(model_spec)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if compile:
+            self.model.compile()
         self.loss = LOSSES.make(loss_spec)
         self.optim_spec, self.scheduler_spec = optim_spec, scheduler_spec
         self.target_key = target_key
@@ -82,3 +90,36 @@ class Task(nn.Module):
         optimizer = make_optimizer(self.optim_spec, self.parameters())
         scheduler = make_scheduler(self.scheduler_spec, optimizer)
         return {'optimizer': optimizer, 'lr_scheduler': scheduler} if scheduler else {'optimizer': optimizer}
+
+    def nonfinite_terms(self) -> list[str]:
+        """Loss terms whose training sums went NaN or infinite this epoch (one host sync; called
+        only where a sync happens anyway: at the logging interval and at the end of the epoch)."""
+        return [k for k, v in self.running['train'].sums.items() if not torch.isfinite(v).all()]
+
+    def apply_changed_specs(self, optimizer: Any, scheduler: Optional[dict], saved: Mapping) -> list[str]:
+        """After a resume: optimizer and scheduler arguments the config now gives differently from
+        the checkpoint's `saved` hyper-parameters replace the restored ones (a new `lr` rescales
+        the schedule's current rate and its base). Returns what changed, for the log."""
+        changes = []
+        old_args = dict((saved.get('optim_spec') or {}).get('args') or {})
+        for key, new in ((self.optim_spec or {}).get('args') or {}).items():
+            old = old_args.get(key)
+            if old == new or key not in optimizer.param_groups[0]:
+                continue
+            for group in optimizer.param_groups:
+                if key == 'lr':
+                    group['lr'] = group['lr'] * new / old if old else new
+                    if 'initial_lr' in group:
+                        group['initial_lr'] = new
+                else:
+                    group[key] = new
+            if key == 'lr' and scheduler is not None and hasattr(scheduler['scheduler'], 'base_lrs'):
+                scheduler['scheduler'].base_lrs = [new] * len(optimizer.param_groups)
+            changes.append(f'optimizer {key} {old} -> {new}')
+        old_args = dict((saved.get('scheduler_spec') or {}).get('args') or {})
+        for key, new in ((self.scheduler_spec or {}).get('args') or {}).items():
+            current = getattr(scheduler['scheduler'], key, None) if scheduler else None
+            if old_args.get(key) != new and type(current) is type(new):
+                setattr(scheduler['scheduler'], key, new)
+                changes.append(f'scheduler {key} {old_args.get(key)} -> {new}')
+        return changes

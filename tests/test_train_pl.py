@@ -37,9 +37,9 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """The README's quickstart, exactly: the default config, trained once for this module."""
     save_root = tmp_path_factory.mktemp('save')
     import train_pl
-    from utils import ExperimentDir, make_parser, resolve_run
+    from utils import make_parser, resolve_run
     args = make_parser('').parse_args(['--config', DIGITS, '--save-root', str(save_root)])
-    cfg, exp, _ = resolve_run(args)
+    cfg, exp, _, _ = resolve_run(args)
     metrics = train_pl.train(cfg, exp, ['python', 'train_pl.py', '--config', DIGITS])
     return exp.path, metrics
 
@@ -140,5 +140,5 @@ def test_resume_without_a_checkpoint_says_so(save_root: Path, capsys: pytest.Cap
     (exp / 'ckpt').mkdir(parents=True)
     (exp / 'config.yaml').write_text((ROOT / 'configs' / 'digits.yaml').read_text())
     assert run_pl(save_root, '--resume', str(exp)) == 2
-    assert capsys.readouterr().err == (f'error: --resume {exp}: no checkpoint to continue from '
+    assert capsys.readouterr().err == (f'error: --resume {exp}: no checkpoint in this folder '
                                        f'({exp}/ckpt/last.ckpt is missing); start it again with --overwrite\n')
