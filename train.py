@@ -7,6 +7,7 @@
     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d \\
         --rdzv_endpoint=HOST:29500 train.py --config ...                 # several machines
     python train.py --resume save/exp trainer_params.max_epochs=40        # continue a run
+    python train.py --test save/exp                                       # evaluate the best checkpoint
 
 It trains what the `base` wrapper trains (models/task.py) with a loop you can read and step
 through. It never imports Lightning, yet its checkpoints use Lightning's layout, so weights move
@@ -31,7 +32,8 @@ from typing import Any, Literal, Optional, Union
 import torch
 
 from utils import (DATA_MODULES, Config, ConfigError, ExperimentDir, MetricsWriter, NonFiniteLossError, build,
-                   check_kwargs, check_sections, format_epoch_line, load_weights, model_summary,
+                   check_kwargs, check_sections, finish_run, format_epoch_line, load_weights, model_summary,
+                   predict_spec, record_test, resolve_evaluation, write_predictions,
                    parse_gpu_flag, resolve_run, rng_state, run_cli, seed_everything, select_cuda_devices,
                    set_rng_state)
 
@@ -386,14 +388,43 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
 
     if writer is not None:
         writer.close()
+        best = top_k.kept[0] if top_k.kept and ckpt_params.monitor else None
+        finish_run(exp, metrics, ckpt_params.monitor,
+                   None if best is None else best[0] if ckpt_params.mode == 'max' else -best[0],
+                   best[1] if best else None)
     if world_size > 1:
         import torch.distributed as dist
         dist.destroy_process_group()
     return metrics
 
 
+def test_or_predict(args: argparse.Namespace) -> None:
+    """--test: an experiment's checkpoint on its test split; --predict: on --data, to a CSV."""
+    from models.task import Task
+    exp, cfg, ckpt = resolve_evaluation(args, validate)
+    params = TrainerParams(**(cfg.get('trainer_params') or {}))
+    device = torch.device('cuda', 0) if requested_processes(params, args.gpu)[0] == 'cuda' else torch.device('cpu')
+    task = build("the 'base' wrapper", 'train_wrapper', cfg, lambda: Task(**cfg['train_wrapper'].get('args', {})))
+    task.load_state_dict(torch.load(ckpt, map_location='cpu', weights_only=True)['state_dict'])
+    task.to(device)
+    data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
+    autocast, _ = autocast_and_scaler(params.precision, device)
+    if args.test:
+        loader = data.test_dataloader()
+        record_test(exp, ckpt, evaluate(task, loader, len(loader), 'test', device, autocast))
+        return
+    data.specs['predict'] = predict_spec(args.data, cfg)
+    task.eval()
+    with torch.no_grad(), autocast:
+        outputs = [task(to_device(batch, device)).cpu() for batch in data.predict_dataloader()]
+    write_predictions(Path(args.out) if args.out else exp.path / 'predictions.csv', torch.cat(outputs),
+                      data.dataset('predict'))
+
+
 def run(args: argparse.Namespace, command: list[str]) -> None:
     """What `main` does once the command line is parsed."""
+    if args.test or args.predict:
+        return test_or_predict(args)
     if args.nodes:
         raise ConfigError('--nodes: train.py runs on several machines under torchrun (see its docstring)')
     cfg, exp, ckpt, init_from = resolve_run(args)

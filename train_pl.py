@@ -5,6 +5,11 @@
     python train_pl.py --config configs/digits.yaml trainer_params.max_epochs=3
     python train_pl.py --resume save/exp trainer_params.max_epochs=40     # continue a run
     python train_pl.py --list models                                      # what is registered
+    python train_pl.py --test save/exp [--ckpt best|last|PATH]            # evaluate on the test split
+    python train_pl.py --predict save/exp --data load/my_images/          # predictions.csv
+    python train_pl.py --config configs/digits.yaml --sweep train_wrapper.args.optim_spec.args.lr=1e-3,3e-4 \
+        --seeds 0,1,2                                                     # a grid, mean +- std over seeds
+    python train_pl.py --plot save/a save/b --out ab.png                  # curves of several runs
 
 The run goes to save/<name>/: config.yaml, src/, log.txt, metrics.csv, tb/, ckpt/.
 """
@@ -17,8 +22,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from utils import (CALLBACKS, DATA_MODULES, WRAPPERS, Config, ConfigError, ExperimentDir, build, check_kwargs,
-                   check_sections, check_spec, load_weights, parse_gpu_flag, resolve_run, run_cli,
-                   select_cuda_devices)
+                   check_sections, check_spec, finish_run, load_weights, parse_gpu_flag, predict_spec, record_test,
+                   resolve_evaluation, resolve_run, run_cli, select_cuda_devices, write_predictions)
 
 # Trainer and ModelCheckpoint arguments lightyaml sets itself, and what to do instead.
 TRAINER_OWN = {
@@ -102,7 +107,35 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     if trainer.world_size == 1:   # build the datasets now, so that a data error is a config error
         build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
     trainer.fit(wrapper, datamodule=lightning_data(data), ckpt_path=resume_ckpt, weights_only=True)
-    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    best = callbacks[1]   # the configured ModelCheckpoint
+    if trainer.is_global_zero and not trainer.interrupted:
+        finish_run(exp, metrics, best.monitor, None if best.best_model_score is None else float(best.best_model_score),
+                   Path(best.best_model_path) if best.best_model_path else None)
+    return metrics
+
+
+def test_or_predict(args: argparse.Namespace) -> None:
+    """--test: an experiment's checkpoint on its test split; --predict: on --data, to a CSV."""
+    import pytorch_lightning as pl
+    import torch
+    exp, cfg, ckpt = resolve_evaluation(args, validate)
+    name = cfg['train_wrapper']['name']
+    wrapper = build(f'training wrapper {name!r} from {ckpt.name}', 'train_wrapper', cfg, lambda: WRAPPERS.get(
+        name).load_from_checkpoint(ckpt, map_location='cpu', weights_only=True))
+    data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
+    same_device = {k: v for k, v in (cfg.get('trainer_params') or {}).items() if k in ('accelerator', 'precision')}
+    trainer = pl.Trainer(**{**device_params(same_device, args.gpu, None), 'devices': 1}, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
+    if args.test:
+        record_test(exp, ckpt, trainer.test(wrapper, datamodule=lightning_data(data), verbose=False)[0])
+        return
+    if not hasattr(data, 'specs'):
+        raise ConfigError('--predict: works with the default data module (data_module.name: default)')
+    data.specs['predict'] = predict_spec(args.data, cfg)
+    outputs = trainer.predict(wrapper, dataloaders=data.predict_dataloader())
+    write_predictions(Path(args.out) if args.out else exp.path / 'predictions.csv', torch.cat(outputs),
+                      data.dataset('predict'))
 
 
 def lightning_data(data: Any) -> Any:
@@ -130,6 +163,8 @@ def lightning_data(data: Any) -> Any:
 
 def run(args: argparse.Namespace, command: list[str]) -> None:
     """What `main` does once the command line is parsed."""
+    if args.test or args.predict:
+        return test_or_predict(args)
     cfg, exp, ckpt, init_from = resolve_run(args)
     train(cfg, exp, command, ckpt, args.overwrite, args.gpu, args.nodes, init_from)
 

@@ -70,9 +70,10 @@ class Registry:
     so a new file with the decorator is found with no other edit.
     """
 
-    def __init__(self, kind: str, package: Optional[str] = None) -> None:
+    def __init__(self, kind: str, package: Optional[str] = None, fallback: Optional['Registry'] = None) -> None:
         self.kind = kind
         self.package = package
+        self.fallback = fallback   # looked up for names this registry does not have
         self._classes: dict[str, Any] = {}
         self._imported = False
 
@@ -97,13 +98,15 @@ class Registry:
                 importlib.import_module(f'{self.package}.{module.name}')
 
     def names(self) -> list[str]:
-        """Every registered name, sorted."""
+        """Every registered name, sorted (this registry's first, then its fallback's)."""
         self._import_package()
-        return sorted(self._classes)
+        return sorted(self._classes) + (self.fallback.names() if self.fallback else [])
 
     def get(self, name: str) -> Any:
         """The class registered as `name`; an unknown name is a ConfigError with close matches."""
         self._import_package()
+        if name not in self._classes and self.fallback and name in self.fallback.names():
+            return self.fallback.get(name)
         if name not in self._classes:
             raise ConfigError(f"unknown {self.kind} {name!r}{did_you_mean(name, self.names())}; "
                               f"registered: {', '.join(self.names()) or '(none)'}")
@@ -155,7 +158,9 @@ DATA_MODULES = Registry('data module', 'datasets')
 MODELS = Registry('model', 'models')
 LOSSES = Registry('loss', 'losses')
 WRAPPERS = Registry('training wrapper', 'models.wrappers')    # LightningModules: train_pl.py only
-CALLBACKS = Registry('callback', 'callbacks')                 # Lightning callbacks: train_pl.py only
+CALLBACKS = Registry('callback', 'callbacks',                 # Lightning callbacks: train_pl.py only
+                     fallback=ClassNamespace('callback', 'pytorch_lightning.callbacks',   # + its built-ins
+                                             'pytorch_lightning.callbacks.Callback'))
 OPTIMIZERS = ClassNamespace('optimizer', 'torch.optim', 'torch.optim.Optimizer')
 SCHEDULERS = ClassNamespace('scheduler', 'torch.optim.lr_scheduler', 'torch.optim.lr_scheduler.LRScheduler',
                             extra_keys=('interval', 'frequency', 'monitor', 'warmup'))
@@ -605,13 +610,13 @@ class RunningMeans:
 
 # ------------------------------------------------------------------------------------- experiment
 
-_NAME_RULE = 'letters, digits, and . _ - (no path separators, no "..")'
+_NAME_RULE = 'letters, digits, and . _ - = (no path separators, no "..")'
 
 
 def check_experiment_name(name: str, flag: str = '--name') -> None:
     """An experiment name must stay one folder inside the save root."""
     if (not name or name in ('.', '..') or '..' in name or os.path.isabs(name)
-            or re.search(r'[/\\]', name) or not re.fullmatch(r'[\w.\-]+', name)):
+            or re.search(r'[/\\]', name) or not re.fullmatch(r'[\w.\-=]+', name)):
         raise ConfigError(f'{flag} {name!r}: an experiment name may only use {_NAME_RULE}')
 
 
@@ -710,6 +715,29 @@ class ExperimentDir:
             return
         (self.path / 'git.txt').write_text(f'commit {commit.strip()}\n\n{git("status", "--short") or ""}')
         (self.path / 'git.diff').write_text(git('diff', 'HEAD') or '')
+
+    def write_result(self, final: Mapping[str, float], monitor: Optional[str], best: Optional[float],
+                     best_checkpoint: Optional[str]) -> None:
+        """result.yaml: the last epoch's metrics and the best monitored value; it also marks the run
+        as finished (a sweep skips finished runs and resumes the others)."""
+        result = {'final': {k: float(v) for k, v in sorted(final.items())},
+                  'best': {'monitor': monitor, 'value': None if best is None else float(best),
+                           'checkpoint': best_checkpoint}}
+        _atomic_write(self.path / 'result.yaml', dump_yaml(result))
+
+    def checkpoint(self, which: str) -> Path:
+        """`last`, `best` (the best monitored checkpoint, else the last) or a path to a .ckpt."""
+        if which not in ('best', 'last'):
+            return find_checkpoint(which, '--ckpt')
+        last = self.ckpt_dir / 'last.ckpt'
+        best = None
+        if which == 'best' and (self.path / 'result.yaml').is_file():
+            best = (parse_yaml((self.path / 'result.yaml').read_text(), 'result.yaml') or {}).get('best', {}).get(
+                'checkpoint')
+        path = self.ckpt_dir / best if best else last
+        if not path.is_file():
+            raise ConfigError(f'--ckpt {which}: no checkpoint {_display_path(path)}')
+        return path
 
     def log(self, line: str) -> None:
         """Append one line to log.txt."""
@@ -919,6 +947,16 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument('--overwrite', action='store_true',
                         help='if the experiment folder exists, move it aside to <name>.old-<time> and start anew')
     parser.add_argument('--save-root', default=str(PROJECT_ROOT / 'save'), help='where experiment folders go')
+    parser.add_argument('--test', metavar='EXP', help="evaluate an experiment's checkpoint (--ckpt) on its test split")
+    parser.add_argument('--predict', metavar='EXP', help="predict with an experiment's checkpoint on --data")
+    parser.add_argument('--ckpt', default='best', help="with --test/--predict: best (default), last, or a .ckpt path")
+    parser.add_argument('--data', help="with --predict: a dataset spec in YAML ('{name: digits, args: {split: test}}') "
+                                       'or a folder of images (default: the test split)')
+    parser.add_argument('--out', help='where --predict or --plot write (default: inside the experiment folder)')
+    parser.add_argument('--plot', nargs='+', metavar='EXP', help="plot the curves of experiments' metrics.csv to a PNG")
+    parser.add_argument('--sweep', action='append', default=[], metavar='key=v1,v2',
+                        help='run one experiment per combination of values (repeat the flag for a grid)')
+    parser.add_argument('--seeds', help='with a sweep: run every combination with each of these seeds, e.g. 0,1,2')
     parser.add_argument('--list', nargs='*', metavar='KIND', help='list registered names (all kinds, or the given ones)')
     parser.add_argument('--debug', action='store_true', help='show tracebacks of configuration errors')
     parser.add_argument('overrides', nargs='*', metavar='key.path=value', help='dotted config overrides, values parsed as YAML')
@@ -1006,6 +1044,11 @@ def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, do
         if args.list is not None:
             print(list_registered(args.list))
             return 0
+        if args.plot:
+            print(f'wrote {_display_path(plot_metrics([Path(p) for p in args.plot], args.out))}')
+            return 0
+        if args.sweep or args.seeds:
+            return run_sweep(script, args, argv)
         run(args, ['python', script, *argv])
         return 0
     except ConfigError as e:
@@ -1019,3 +1062,238 @@ def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, do
             raise
         print(f'error: {e}', file=sys.stderr)
         return 1
+
+
+# ---------------------------------------------------------------- results, test and predict outputs
+
+def resolve_evaluation(args: argparse.Namespace, validate: Callable[[Config], None]) -> tuple[ExperimentDir, Config, Path]:
+    """For --test/--predict: the experiment, its config (with overrides, validated) and the checkpoint."""
+    flag, target = ('--test', args.test) if args.test else ('--predict', args.predict)
+    exp = ExperimentDir(target)
+    if not (exp.path / 'config.yaml').is_file():
+        raise ConfigError(f'{flag} {target}: no config.yaml there; is it an experiment folder?')
+    cfg = load_config(exp.path / 'config.yaml', args.overrides)
+    validate(cfg)
+    return exp, cfg, exp.checkpoint(args.ckpt)
+
+
+def finish_run(exp: ExperimentDir, final: Mapping[str, float], monitor: Optional[str], best: Optional[float],
+               best_checkpoint: Optional[Path]) -> None:
+    """At the end of a run (rank 0): result.yaml, the run's own curves.png, a closing log line."""
+    exp.write_result(final, monitor, best, best_checkpoint.name if best_checkpoint else None)
+    plot_metrics([exp.path])
+    if monitor and best is not None:
+        exp.log(f'done: best {monitor} {best:.4f} ({best_checkpoint.name if best_checkpoint else "-"})')
+    else:
+        exp.log('done')
+
+
+def record_test(exp: ExperimentDir, ckpt: Path, metrics: Mapping[str, float]) -> None:
+    """Print test metrics and keep them: test.yaml (per checkpoint) and a line in log.txt."""
+    values = {k: float(v) for k, v in sorted(metrics.items())}
+    line = f"test ({ckpt.name}): " + '  '.join(f'{k} {v:.4f}' for k, v in values.items())
+    print(line)
+    exp.log(line)
+    path = exp.path / 'test.yaml'
+    tests = (parse_yaml(path.read_text(), str(path)) or {}) if path.is_file() else {}
+    tests[ckpt.name] = values
+    _atomic_write(path, dump_yaml(tests))
+
+
+def predict_spec(data: Optional[str], cfg: Mapping) -> dict:
+    """The dataset to predict on: a YAML spec, a folder of images (sized like the training images),
+    or by default the config's test split."""
+    args = cfg['data_module'].get('args') or {}
+    if data is None:
+        return args.get('test') or args.get('val')
+    if Path(data).is_dir():
+        sample = DATASETS.make(args.get('test') or args['train'])[0]['image']
+        return {'name': 'image_folder', 'args': {'root': str(Path(data).resolve()), 'channels': sample.shape[0],
+                                                 'size': list(sample.shape[1:])}}
+    spec = parse_yaml(data, '--data')
+    if not isinstance(spec, Mapping) or 'name' not in spec:
+        raise ConfigError(f'--data {data!r}: expected a folder of images or a dataset spec such as '
+                          f"'{{name: digits, args: {{split: test}}}}'")
+    problems: list[str] = []
+    check_spec(DATASETS, spec, 'data', Config({}, {'': '--data'}), problems)
+    if problems:
+        raise ConfigError(*problems)
+    return dict(spec)
+
+
+def write_predictions(path: Path, outputs: Any, dataset: Any) -> Path:
+    """predictions.csv: one row per sample (its file for an image folder); for class scores the
+    predicted class and its probability, else the output values."""
+    rows = outputs.float().flatten(1) if outputs.dim() > 1 else outputs.float().unsqueeze(1)
+    files = getattr(dataset, 'files', None)
+    with open(path, 'w', newline='') as f:
+        writer = csv.writer(f)
+        if outputs.dim() == 2 and outputs.shape[1] > 1:
+            probabilities = rows.softmax(1)
+            writer.writerow(['index', *(['file'] if files else []), 'pred', 'prob'])
+            for i, (p, c) in enumerate(zip(*probabilities.max(1))):
+                writer.writerow([i, *([files[i]] if files else []), int(c), f'{float(p):.6f}'])
+        else:
+            writer.writerow(['index', *(['file'] if files else []), *[f'out_{j}' for j in range(rows.shape[1])]])
+            for i, row in enumerate(rows.tolist()):
+                writer.writerow([i, *([files[i]] if files else []), *row])
+    print(f'wrote {len(rows)} predictions to {_display_path(path)}')
+    return path
+
+
+# ------------------------------------------------------------------------------------------ plots
+
+def read_curves(exp: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """{metric: {stage: [(epoch, value), ...]}} from an experiment's metrics.csv (epoch-level
+    values only; an epoch logged twice, as after a resume, keeps its last value)."""
+    curves: dict[str, dict[str, dict[int, float]]] = {}
+    with open(Path(exp) / 'metrics.csv', newline='') as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                stage, _, metric = key.partition('/')
+                if value and metric and not metric.endswith('_step') and row.get('epoch'):
+                    curves.setdefault(metric, {}).setdefault(stage, {})[int(row['epoch'])] = float(value)
+    return {m: {st: sorted(v.items()) for st, v in stages.items()} for m, stages in curves.items()}
+
+
+def plot_metrics(experiments: Sequence[Path], out: Optional[str | os.PathLike] = None) -> Path:
+    """A PNG with one panel per metric (loss first): train dashed, val solid, test a dot;
+    experiments overlaid in colours. Written to `out`, or <first experiment>/curves.png."""
+    import matplotlib
+    matplotlib.use('Agg')   # files only, no display
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    for exp in experiments:
+        if not (Path(exp) / 'metrics.csv').is_file():
+            raise ConfigError(f'--plot {exp}: no metrics.csv there; is it an experiment folder?')
+    curves = {Path(exp): read_curves(exp) for exp in experiments}
+    metrics = sorted({m for c in curves.values() for m in c}, key=lambda m: (m != 'loss', m))
+    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.5 * max(len(metrics), 1), 3.4), squeeze=False)
+    styles = {'train': dict(linestyle='--'), 'val': dict(linestyle='-'), 'test': dict(marker='o', linestyle='')}
+    for ax, metric in zip(axes[0], metrics):
+        for colour, (exp, exp_curves) in enumerate(curves.items()):
+            for stage, points in exp_curves.get(metric, {}).items():
+                epochs, values = zip(*points)
+                ax.plot([e + 1 for e in epochs], values, color=f'C{colour}', label=f'{exp.name} {stage}',
+                        **styles.get(stage, {}))
+        ax.set_title(metric)
+        ax.set_xlabel('epoch')
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize='small')
+    fig.tight_layout()
+    path = Path(out) if out else Path(experiments[0]) / 'curves.png'
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------- sweeps
+
+def sweep_grid(sweeps: Sequence[str], seeds: Optional[str]) -> list[list[str]]:
+    """Every combination of `--sweep key=v1,v2 ...` (values parsed as YAML) and `--seeds`, as
+    override lists: [['lr=0.001', 'seed=0'], ...]."""
+    axes = []
+    for sweep in sweeps:
+        key, sep, values = sweep.partition('=')
+        if not sep or not key or not values:
+            raise ConfigError(f'--sweep {sweep!r}: expected key.path=v1,v2,... e.g. '
+                              f'train_wrapper.args.optim_spec.args.lr=1e-3,3e-4')
+        axes.append([f'{key}={v.strip()}' for v in _split_values(values)])
+    if seeds:
+        if not re.fullmatch(r'\d+(,\d+)*', seeds):
+            raise ConfigError(f'--seeds {seeds!r}: expected seeds such as 0,1,2')
+        axes.append([f'seed={s}' for s in seeds.split(',')])
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
+def _split_values(text: str) -> list[str]:
+    """Split on commas outside brackets, so `hidden=[64,64],[128]` gives two values."""
+    parts, depth, current = [], 0, ''
+    for char in text:
+        depth += (char in '[{') - (char in ']}')
+        if char == ',' and depth == 0:
+            parts.append(current)
+            current = ''
+        else:
+            current += char
+    return parts + [current]
+
+
+def combo_name(base: str, combo: Sequence[str]) -> str:
+    """A readable experiment name: digits-lr=0.001-seed=0."""
+    parts = [f"{k.rsplit('.', 1)[-1]}={v}" for k, _, v in (c.partition('=') for c in combo)]
+    return re.sub(r'[^\w.\-=]', '_', '-'.join([base, *parts]))
+
+
+def run_sweep(script: str, args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Run one experiment per combination, one after another, or one per GPU at a time with
+    `--gpu 0,1`. Finished experiments (result.yaml) are skipped and interrupted ones resumed, so
+    running the same command again continues a sweep. Then summary.csv and summary.md."""
+    import concurrent.futures
+    if not args.config:
+        raise ConfigError('--sweep needs --config')
+    base = args.name or Path(args.config).stem
+    check_experiment_name(base)
+    grid = sweep_grid(args.sweep, args.seeds)
+    cfg = load_config(args.config, [*args.overrides, *grid[0]])   # fail early on a bad key or value
+    sweep_dir = Path(args.save_root) / f'{base}-sweep'
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(sweep_dir / 'sweep.yaml', dump_yaml({'command': ' '.join(['python', script, *argv]),
+                                                       'experiments': [combo_name(base, c) for c in grid]}))
+    gpus = parse_gpu_flag(args.gpu) if args.gpu else 'cpu'
+    slots = gpus if isinstance(gpus, list) else [None]
+    free = list(slots)
+
+    def one(combo: list[str]) -> int:
+        exp = Path(args.save_root) / combo_name(base, combo)
+        if (exp / 'result.yaml').is_file():
+            return 0
+        slot = free.pop()
+        try:
+            target = (['--resume', str(exp)] if (exp / 'ckpt' / 'last.ckpt').is_file()
+                      else ['--config', args.config, '--name', exp.name] + (['--overwrite'] if exp.exists() else []))
+            command = [sys.executable, str(PROJECT_ROOT / script), *target, '--save-root', args.save_root,
+                       *(['--gpu', str(slot)] if slot is not None else []), *args.overrides, *combo]
+            print(f'sweep: {exp.name}', flush=True)
+            return subprocess.run(command).returncode
+        finally:
+            free.append(slot)
+    with concurrent.futures.ThreadPoolExecutor(len(slots)) as pool:
+        codes = list(pool.map(one, grid))
+    summary = summarize_sweep(Path(args.save_root), base, grid, cfg, sweep_dir)
+    print(summary)
+    return 0 if not any(codes) else 1
+
+
+def summarize_sweep(save_root: Path, base: str, grid: Sequence[Sequence[str]], cfg: Mapping, out: Path) -> str:
+    """summary.csv and summary.md: the monitored metric (best value of each run) per combination,
+    mean ± std over seeds. Returns the markdown."""
+    import statistics
+    monitor = (cfg.get('checkpoint') or {}).get('monitor') or 'val/loss'
+    groups: dict[tuple, list[Optional[float]]] = {}
+    for combo in grid:
+        result_file = save_root / combo_name(base, combo) / 'result.yaml'
+        result = parse_yaml(result_file.read_text(), str(result_file)) if result_file.is_file() else None
+        value = None if result is None else (result['best']['value'] if result['best']['monitor'] == monitor
+                                             else result['final'].get(monitor))
+        groups.setdefault(tuple(c for c in combo if not c.startswith('seed=')), []).append(value)
+    keys = [c.partition('=')[0].rsplit('.', 1)[-1] for c in next(iter(groups))]
+    rows = []
+    for combo, values in groups.items():
+        done = [v for v in values if v is not None]
+        mean = statistics.fmean(done) if done else float('nan')
+        std = statistics.stdev(done) if len(done) > 1 else 0.0
+        rows.append([c.partition('=')[2] for c in combo] + [len(done), len(values), mean, std] +
+                    ['' if v is None else v for v in values])
+    with open(out / 'summary.csv', 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(keys + ['runs_done', 'runs', f'{monitor} mean', f'{monitor} std'] +
+                        [f'run {i}' for i in range(max(len(v) for v in groups.values()))])
+        writer.writerows(rows)
+    lines = [f"| {' | '.join(keys)} | {monitor} (mean ± std) | runs |", '|' + ' --- |' * (len(keys) + 2)]
+    lines += [f"| {' | '.join(str(x) for x in r[:len(keys)])} | {r[len(keys) + 2]:.4f} ± {r[len(keys) + 3]:.4f} | "
+              f'{r[len(keys)]}/{r[len(keys) + 1]} |' for r in rows]
+    markdown = '\n'.join(lines) + '\n'
+    (out / 'summary.md').write_text(markdown)
+    return markdown

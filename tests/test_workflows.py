@@ -1,0 +1,140 @@
+"""After training: callbacks from config, --test, --predict, sweeps over a grid and seeds, plots."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import QUIET, ROOT, run_pl
+from test_train import run_py
+from test_train_pl import evaluate
+from utils import CALLBACKS, DATASETS
+
+DIGITS = str(ROOT / 'configs' / 'digits.yaml')
+PNG = b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-epoch digits run to test and predict with."""
+    save_root = tmp_path_factory.mktemp('save')
+    assert run_pl(save_root, '--config', DIGITS, '--name', 'run', 'trainer_params.max_epochs=3') == 0
+    return save_root / 'run'
+
+
+def test_a_finished_run_records_its_result_and_plots_its_curves(trained: Path) -> None:
+    result = yaml.safe_load((trained / 'result.yaml').read_text())
+    assert result['best']['monitor'] == 'val/acc' and (trained / 'ckpt' / result['best']['checkpoint']).is_file()
+    assert result['final']['val/acc'] <= result['best']['value']
+    assert (trained / 'curves.png').read_bytes().startswith(PNG)
+    assert (trained / 'log.txt').read_text().splitlines()[-1].startswith('done: best val/acc ')
+
+
+@pytest.mark.parametrize('entry', ['train_pl.py', 'train.py'])
+def test_test_evaluates_the_best_checkpoint_and_records_it(entry: str, trained: Path) -> None:
+    from models.wrappers.base import BaseWrapper
+    run = run_pl if entry == 'train_pl.py' else run_py
+    assert run(trained.parent, '--test', str(trained)) == 0
+    best = yaml.safe_load((trained / 'result.yaml').read_text())['best']['checkpoint']
+    wrapper = BaseWrapper.load_from_checkpoint(trained / 'ckpt' / best, map_location='cpu', weights_only=True)
+    tests = yaml.safe_load((trained / 'test.yaml').read_text())
+    assert tests[best]['test/acc'] == pytest.approx(evaluate(wrapper, 'test'), abs=1e-6)
+    assert (trained / 'log.txt').read_text().splitlines()[-1].startswith(f'test ({best}): test/acc ')
+
+
+def test_predict_on_a_dataset_spec_and_on_a_folder_of_images(trained: Path, tmp_path: Path) -> None:
+    import torchvision
+    from models.task import Task
+    assert run_py(trained.parent, '--predict', str(trained), '--ckpt', 'last', '--out', str(tmp_path / 'spec.csv'),
+                  '--data', '{name: digits, args: {split: val}}') == 0
+    state = torch.load(trained / 'ckpt' / 'last.ckpt', weights_only=True)
+    task = Task(**state['hyper_parameters'])
+    task.load_state_dict(state['state_dict'])
+    task.eval()
+    val = DATASETS.make({'name': 'digits', 'args': {'split': 'val'}})
+    with torch.no_grad():
+        expected = task.model(val.tensors).argmax(1).tolist()
+    with open(tmp_path / 'spec.csv') as f:
+        assert [int(r['pred']) for r in csv.DictReader(f)] == expected
+    # A folder of PNG files named by their label, read back at the training images' size.
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    for i in range(40):
+        torchvision.utils.save_image(val[i]['image'], folder / f'{i:02d}-label{int(val[i]["label"])}.png')
+    assert run_pl(trained.parent, '--predict', str(trained), '--data', str(folder)) == 0
+    with open(trained / 'predictions.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r['file']).name for r in rows] == sorted(p.name for p in folder.iterdir())
+    correct = sum(int(r['pred']) == int(Path(r['file']).stem.split('label')[1]) for r in rows)
+    assert correct / len(rows) >= 0.85
+    assert all(0 < float(r['prob']) <= 1 for r in rows)
+
+
+def test_callbacks_by_name_from_lightning_and_validated(save_root: Path, capsys: pytest.CaptureFixture) -> None:
+    assert {'EarlyStopping', 'LearningRateMonitor', 'StochasticWeightAveraging', 'RichProgressBar'} <= set(
+        CALLBACKS.names())
+    callbacks = ('callbacks=[{name: EarlyStopping, args: {monitor: val/acc, mode: max, patience: 0, min_delta: 0.5}},'
+                 ' {name: LearningRateMonitor, args: {logging_interval: epoch}}]')
+    assert run_pl(save_root, '--config', DIGITS, '--name', 'early', callbacks) == 0
+    log = (save_root / 'early' / 'log.txt').read_text()
+    assert log.count('epoch ') == 2   # no epoch improves val/acc by 0.5: stopped after patience 0
+    with open(save_root / 'early' / 'metrics.csv') as f:
+        assert 'lr-Adam' in next(csv.reader(f))
+    assert run_pl(save_root, '--config', DIGITS, 'callbacks=[{name: EarlyStoping, args: {patiance: 1}}]') == 2
+    assert capsys.readouterr().err.startswith(
+        "error: override 'callbacks=[{name: EarlyStoping, args: {patiance: 1}}]': callbacks.0.name: unknown callback "
+        "'EarlyStoping' (did you mean 'EarlyStopping'?)")
+    assert run_pl(save_root, '--config', DIGITS, 'callbacks=[{name: EarlyStopping, args: {patiance: 1}}]') == 2
+    assert "callbacks.0.args.patiance: callback 'EarlyStopping' does not take 'patiance' (did you mean 'patience'?)" \
+        in capsys.readouterr().err
+
+
+def test_plot_overlays_several_experiments(trained: Path, tmp_path: Path) -> None:
+    other = trained.parent / 'other'
+    assert run_py(trained.parent, '--config', DIGITS, '--name', 'other', 'trainer_params.max_epochs=2') == 0
+    assert run_pl(trained.parent, '--plot', str(trained), str(other), '--out', str(tmp_path / 'both.png')) == 0
+    import matplotlib.image
+    image = matplotlib.image.imread(tmp_path / 'both.png')
+    assert image.shape[0] > 200 and image.shape[1] > 3 * image.shape[0]   # one panel per metric: loss, acc, top3
+
+
+def sweep_command(save_root: Path) -> list[str]:
+    return [sys.executable, 'train.py', '--config', DIGITS, '--name', 'grid', '--save-root', str(save_root),
+            '--sweep', 'train_wrapper.args.optim_spec.args.lr=1e-3,3e-3', '--seeds', '0,1',
+            'trainer_params.max_epochs=2', 'trainer_params.enable_model_summary=false', *QUIET]
+
+
+def test_an_interrupted_sweep_continues_and_summarises_mean_and_std(tmp_path: Path) -> None:
+    names = [f'grid-lr={lr}-seed={s}' for lr in ('1e-3', '3e-3') for s in (0, 1)]
+    first = subprocess.Popen(sweep_command(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (tmp_path / names[0] / 'result.yaml').exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(first.pid, signal.SIGKILL)   # the sweep and the run it had started
+    first.wait()
+    done_log = (tmp_path / names[0] / 'log.txt').read_text()
+    assert not (tmp_path / names[-1] / 'result.yaml').exists()
+    again = subprocess.run(sweep_command(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (tmp_path / names[0] / 'log.txt').read_text() == done_log   # finished runs are not run again
+    best = {n: yaml.safe_load((tmp_path / n / 'result.yaml').read_text())['best']['value'] for n in names}
+    with open(tmp_path / 'grid-sweep' / 'summary.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [r['lr'] for r in rows] == ['1e-3', '3e-3']
+    for row, pair in zip(rows, (names[:2], names[2:])):
+        values = [best[n] for n in pair]
+        assert float(row['val/acc mean']) == pytest.approx(statistics.fmean(values))
+        assert float(row['val/acc std']) == pytest.approx(statistics.stdev(values))
+    markdown = (tmp_path / 'grid-sweep' / 'summary.md').read_text()
+    assert markdown.startswith('| lr | val/acc (mean ± std) | runs |') and '| 2/2 |' in markdown
+    assert yaml.safe_load((tmp_path / 'grid-sweep' / 'sweep.yaml').read_text())['experiments'] == names
