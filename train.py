@@ -194,6 +194,13 @@ class TopK:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.kept = [(score, self.folder / name) for score, name in state.get('kept', [])]
 
+    def best(self) -> tuple[Optional[float], Optional[Path]]:
+        """The best monitored value and its checkpoint (None, None without a monitor)."""
+        if not self.kept or not self.params.monitor:
+            return None, None
+        score, path = self.kept[0]
+        return (score if self.params.mode == 'max' else -score), path
+
     def update(self, metrics: Mapping[str, float], save: Any) -> None:
         p = self.params
         if p.save_top_k == 0 or (p.every_n_epochs and (metrics['epoch'] + 1) % p.every_n_epochs):
@@ -347,13 +354,13 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
             optimizer.zero_grad(set_to_none=True)
             if scheduler and scheduler['interval'] == 'step' and (step + 1) % scheduler['frequency'] == 0:
                 scheduler['scheduler'].step()
-            if (step + 1) % params.log_every_n_steps == 0:
+            if (step + 1) % params.log_every_n_steps == 0:   # the only host syncs within an epoch
                 check_finite(task, epoch, step)
-            if (step + 1) % params.log_every_n_steps == 0 and master:
-                step_values = {f'train/{k}_step': v.item() for k, v in terms.items()}
-                writer.log({**step_values, 'epoch': epoch}, step)
-                if hasattr(batches, 'set_postfix'):
-                    batches.set_postfix(loss=f"{step_values['train/loss_step']:.4f}")
+                if master:
+                    step_values = {f'train/{k}_step': v.item() for k, v in terms.items()}
+                    writer.log({**step_values, 'epoch': epoch}, step)
+                    if hasattr(batches, 'set_postfix'):
+                        batches.set_postfix(loss=f"{step_values['train/loss_step']:.4f}")
             step += 1
             if 0 < params.max_steps <= step:
                 break
@@ -388,10 +395,7 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
 
     if writer is not None:
         writer.close()
-        best = top_k.kept[0] if top_k.kept and ckpt_params.monitor else None
-        finish_run(exp, metrics, ckpt_params.monitor,
-                   None if best is None else best[0] if ckpt_params.mode == 'max' else -best[0],
-                   best[1] if best else None)
+        finish_run(exp, metrics, ckpt_params.monitor, *top_k.best())
     if world_size > 1:
         import torch.distributed as dist
         dist.destroy_process_group()
