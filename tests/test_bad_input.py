@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from conftest import ROOT, run_pl
 from test_train import run_py
 from test_train_pl import snapshot
-from utils import METRICS, MODELS, ConfigError, load_config
+from utils import DATASETS, METRICS, MODELS, ConfigError, load_config
 
 DIGITS = 'configs/digits.yaml'
 RUNNERS = {'train_pl.py': run_pl, 'train.py': run_py}
-NAME_RULE = 'an experiment name may only use letters, digits, and . _ - (no path separators, no "..")'
+NAME_RULE = 'an experiment name may only use letters, digits, and . _ - = (no path separators, no "..")'
 FILES = {   # bad config files written to {tmp}
     'syntax.yaml': 'a: [1, 2\n', 'empty.yaml': '', 'list.yaml': '- 1\n', 'scalar.yaml': '42\n',
     'dup.yaml': 'seed: 1\nseed: 2\n', 'evil.yaml': 'seed: !!python/object/apply:os.system ["touch {tmp}/pwned"]\n',
@@ -60,7 +60,7 @@ CASES = [
      "'Acuracy' (did you mean 'Accuracy'?); registered: {metrics}"),
     (['--config', DIGITS, 'data_module.args.train.name=digit'],
      o.format('data_module.args.train.name=digit') + "data_module.args.train.name: unknown dataset 'digit' "
-     "(did you mean 'digits'?); registered: digits, mnist"),
+     "(did you mean 'digits'?); registered: {datasets}"),
     (['--config', DIGITS, 'data_module.name=defaults'],
      o.format('data_module.name=defaults') + "data_module.name: unknown data module 'defaults' "
      "(did you mean 'default'?); registered: default"),
@@ -146,7 +146,8 @@ def test_bad_input(entry: str, case: tuple, tmp: Path, tmp_path: Path, capsys: p
 
     def fill(text: str) -> str:
         return (text.replace('{tmp}', str(tmp)).replace('{save}', str(save))
-                .replace('{models}', ', '.join(MODELS.names())).replace('{metrics}', ', '.join(METRICS.names())))
+                .replace('{models}', ', '.join(MODELS.names())).replace('{metrics}', ', '.join(METRICS.names()))
+                .replace('{datasets}', ', '.join(DATASETS.names())))
     args, expected = [fill(a) for a in case[0]], fill(case[2] if entry == 'train.py' and len(case) > 2 else case[1])
     assert RUNNERS[entry](save, *args) == 2
     err = capsys.readouterr().err

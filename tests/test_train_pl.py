@@ -71,8 +71,9 @@ def test_experiment_folder_holds_everything_to_understand_and_rerun(digits_run: 
     lines = (exp / 'log.txt').read_text().splitlines()
     assert lines[0].startswith('command: python train_pl.py')
     assert lines[1] == 'parameters: 38,410 total (model 38,410)'
-    epochs = [EPOCH_LINE.match(line) for line in lines[2:]]
-    assert all(epochs), lines[2:]
+    assert lines[-1].startswith('done: best val/acc ')
+    epochs = [EPOCH_LINE.match(line) for line in lines[2:-1]]
+    assert all(epochs), lines[2:-1]
     assert [int(m[1]) for m in epochs] == list(range(1, 31)) and {m[2] for m in epochs} == {'30'}
     assert float(epochs[-1][3]) == pytest.approx(metrics['val/acc'], abs=1e-4)
     # metrics.csv: one column per logged value, epoch-level rows for every epoch.
