@@ -338,7 +338,9 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
             with sync:
                 with autocast:
                     terms = task.compute_loss(model(batch), batch, 'train')
-                loss = terms['loss'] / params.accumulate_grad_batches
+                loss = terms['loss']
+                if params.accumulate_grad_batches > 1:   # an op (and a backward node) only when it changes the loss
+                    loss = loss / params.accumulate_grad_batches
                 (scaler.scale(loss) if scaler else loss).backward()
             if accumulating:
                 continue

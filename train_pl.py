@@ -79,10 +79,11 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     """Validate the config, build everything, fit, and return the final logged metrics."""
     validate(cfg)
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
     from callbacks.base_logger import BaseLogger, ExperimentLogger
     from callbacks.last_checkpoint import LastCheckpoint
+    from callbacks.progress_bar import ThrottledProgressBar
 
     pl.seed_everything(cfg['seed'], workers=True, verbose=False)
     data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
@@ -100,6 +101,8 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     for i, spec in enumerate(cfg.get('callbacks') or []):
         callbacks.append(build(f"callback {spec['name']!r}", f'callbacks.{i}', cfg, lambda: CALLBACKS.make(spec)))
     params = device_params(cfg.get('trainer_params') or {}, gpu, nodes)
+    if params.get('enable_progress_bar', True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(ThrottledProgressBar())   # Lightning's own redraws after every step
     if not isinstance(data, pl.LightningDataModule):
         params.setdefault('use_distributed_sampler', False)   # the data module shards the data itself
     trainer = build('pl.Trainer', 'trainer_params', cfg, lambda: pl.Trainer(

@@ -584,10 +584,12 @@ class RunningMeans:
         self.count = 0
 
     def add(self, terms: Mapping[str, Any], n: int = 1) -> None:
-        """Add one batch's terms (means over its `n` samples)."""
+        """Add one batch's terms (means over its `n` samples): one in-place operation per term."""
         for name, value in terms.items():
-            value = value.detach() * n
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
+            if name in self.sums:
+                self.sums[name].add_(value.detach(), alpha=n)
+            else:
+                self.sums[name] = value.detach() * n
         self.count += n
 
     def compute(self, all_reduce: Optional[Callable[[Any], Any]] = None) -> dict[str, float]:

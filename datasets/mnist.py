@@ -5,7 +5,6 @@ import gzip
 import shutil
 from pathlib import Path
 
-import torch
 
 from datasets import register
 from datasets.tensor_dict import TensorDictDataset, split_indices

@@ -2,13 +2,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Union
 
 import torch
 from torch.utils.data import Dataset
 
 
 class TensorDictDataset(Dataset):
-    """`dataset[i]` is `{key: tensor[i]}` for every key; subclasses fill `self.tensors`."""
+    """`dataset[i]` is `{key: tensor[i]}` for every key; subclasses fill `self.tensors`.
+
+    `dataset[indices]` with a tensor of indices is a whole batch, `{key: tensor[indices]}`: the
+    default data module serves batches that way, with one indexing operation per key instead of
+    one `__getitem__` per sample and a collate. A subclass that overrides `__getitem__` (say, to
+    augment each sample) is loaded sample by sample instead.
+    """
 
     def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
         lengths = {k: len(v) for k, v in tensors.items()}
@@ -19,8 +26,23 @@ class TensorDictDataset(Dataset):
     def __len__(self) -> int:
         return len(next(iter(self.tensors.values())))
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: Union[int, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v[index] for k, v in self.tensors.items()}
+
+    @property
+    def device(self) -> torch.device:
+        """Where the tensors are."""
+        return next(iter(self.tensors.values())).device
+
+    def to(self, device: Union[str, torch.device]) -> TensorDictDataset:
+        """Move every tensor to `device` (once, in place); returns the dataset."""
+        self.tensors = {k: v.to(device) for k, v in self.tensors.items()}
+        return self
+
+
+def serves_batches(dataset: Dataset) -> bool:
+    """Whether `dataset[indices]` is a whole batch: a TensorDictDataset with the plain `__getitem__`."""
+    return isinstance(dataset, TensorDictDataset) and type(dataset).__getitem__ is TensorDictDataset.__getitem__
 
 
 def split_indices(n: int, fractions: Mapping[str, float], seed: int) -> dict[str, torch.Tensor]:

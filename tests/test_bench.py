@@ -1,0 +1,26 @@
+"""bench/run.py at a tiny size: every variant runs on every workload and the table is complete.
+No timing is asserted (this machine is shared; the README holds measured figures)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+COLUMNS = ['workload', 'variant', 'steps', 'median ms/step', 'x floor', 'mean ms/step', 'start-up to 1st step',
+           'peak RSS']
+
+
+def test_the_benchmark_runs_every_variant_and_prints_the_table() -> None:
+    done = subprocess.run([sys.executable, 'bench/run.py', '--tiny'], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith('Machine: ') and 'torch threads' in lines[0]
+    rows = [[cell.strip() for cell in line.strip('|').split('|')] for line in lines if line.startswith('|')]
+    assert rows[0] == COLUMNS
+    variants = ['floor', 'train.py', 'train_pl.py', 'plain PL', 'bare PL']
+    assert [row[:2] for row in rows[2:]] == [[w, v] for w in ('mlp', 'conv') for v in variants]
+    for row in rows[2:]:
+        assert int(row[2]) > 1 and row[4] != 'nan' and row[6].endswith(' s') and row[7].endswith(' MB'), row
+    assert sum(line.startswith('- ') for line in lines) == 7   # one line per target of the issue
