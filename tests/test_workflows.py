@@ -138,3 +138,30 @@ def test_an_interrupted_sweep_continues_and_summarises_mean_and_std(tmp_path: Pa
     markdown = (tmp_path / 'grid-sweep' / 'summary.md').read_text()
     assert markdown.startswith('| lr | val/acc (mean ± std) | runs |') and '| 2/2 |' in markdown
     assert yaml.safe_load((tmp_path / 'grid-sweep' / 'sweep.yaml').read_text())['experiments'] == names
+
+
+def test_a_sweep_with_gpus_runs_one_experiment_per_gpu_at_a_time(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import utils
+    running, most, seen, lock = 0, 0, [], threading.Lock()
+
+    def fake_run(command: list[str]) -> subprocess.CompletedProcess:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.2)   # long enough for the other GPU's run to start meanwhile
+        exp = Path(command[command.index('--save-root') + 1]) / command[command.index('--name') + 1]
+        exp.mkdir(parents=True)
+        (exp / 'result.yaml').write_text('final: {val/acc: 0.5}\nbest: {monitor: val/acc, value: 0.5}\n')
+        with lock:
+            running -= 1
+            seen.append(command[command.index('--gpu') + 1])
+        return subprocess.CompletedProcess(command, 0)
+    monkeypatch.setattr(utils.subprocess, 'run', fake_run)
+    args = ['--config', DIGITS, '--name', 'g', '--save-root', str(tmp_path), '--gpu', '0,1',
+            '--sweep', 'train_wrapper.args.optim_spec.args.lr=1e-3,3e-3', '--seeds', '0,1']
+    assert run_py(tmp_path, *args) == 0
+    assert most == 2 and sorted(seen) == ['0', '0', '1', '1']
+    assert '| 1e-3 | 0.5000 ± 0.0000 | 2/2 |' in (tmp_path / 'g-sweep' / 'summary.md').read_text()
