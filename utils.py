@@ -70,10 +70,12 @@ class Registry:
     so a new file with the decorator is found with no other edit.
     """
 
-    def __init__(self, kind: str, package: Optional[str] = None, fallback: Optional['Registry'] = None) -> None:
+    def __init__(self, kind: str, package: Optional[str] = None, fallback: Optional['Registry'] = None,
+                 check: Optional[Callable[..., None]] = None) -> None:
         self.kind = kind
         self.package = package
         self.fallback = fallback   # looked up for names this registry does not have
+        self.check = check         # rules of this kind's specs beyond the signature: (spec, key, cfg, problems)
         self._classes: dict[str, Any] = {}
         self._imported = False
 
@@ -122,8 +124,9 @@ class Registry:
 class ClassNamespace(Registry):
     """A read-only registry over an existing module, e.g. every optimizer in `torch.optim`."""
 
-    def __init__(self, kind: str, module: str, base: str, extra_keys: tuple[str, ...] = ()) -> None:
-        super().__init__(kind)
+    def __init__(self, kind: str, module: str, base: str, extra_keys: tuple[str, ...] = (),
+                 check: Optional[Callable[..., None]] = None) -> None:
+        super().__init__(kind, check=check)
         self.module, self.base, self.extra_keys = module, base, extra_keys
 
     def _import_package(self) -> None:
@@ -152,6 +155,23 @@ def _defined_at(obj: Any) -> str:
         return f'{obj.__module__}.{obj.__qualname__}'
 
 
+def check_scheduler_spec(spec: Any, key: str, cfg: Config, problems: list[str]) -> None:
+    """Scheduler-specific rules on top of the generic spec check."""
+    if not isinstance(spec, Mapping):
+        return
+    if spec.get('interval', 'epoch') not in ('epoch', 'step'):
+        problems.append(cfg.error(f'{key}.interval', f"expected 'epoch' or 'step', got {spec['interval']!r}"))
+    if spec.get('name') == 'ReduceLROnPlateau':
+        if not spec.get('monitor'):
+            problems.append(cfg.error(f'{key}.monitor', 'ReduceLROnPlateau needs the metric it watches, e.g. monitor: val/loss'))
+        if spec.get('warmup'):
+            problems.append(cfg.error(f'{key}.warmup', 'warmup cannot be combined with ReduceLROnPlateau'))
+    warmup = spec.get('warmup')
+    if warmup is not None and (not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0):
+        problems.append(cfg.error(f'{key}.warmup', f'expected a non-negative integer, got {warmup!r}'))
+
+
+
 # Every extension point of the template. A package's own `register`/`make` are these objects.
 DATASETS = Registry('dataset', 'datasets')
 DATA_MODULES = Registry('data module', 'datasets')
@@ -163,7 +183,7 @@ CALLBACKS = Registry('callback', 'callbacks',                 # Lightning callba
                                              'pytorch_lightning.callbacks.Callback'))
 OPTIMIZERS = ClassNamespace('optimizer', 'torch.optim', 'torch.optim.Optimizer')
 SCHEDULERS = ClassNamespace('scheduler', 'torch.optim.lr_scheduler', 'torch.optim.lr_scheduler.LRScheduler',
-                            extra_keys=('interval', 'frequency', 'monitor', 'warmup'))
+                            extra_keys=('interval', 'frequency', 'monitor', 'warmup'), check=check_scheduler_spec)
 METRICS = ClassNamespace('metric', 'torchmetrics', 'torchmetrics.Metric')
 REGISTRIES = {'datasets': DATASETS, 'data_modules': DATA_MODULES, 'models': MODELS, 'losses': LOSSES,
               'wrappers': WRAPPERS, 'callbacks': CALLBACKS, 'optimizers': OPTIMIZERS,
@@ -361,7 +381,10 @@ def _fits(value: Any, annotation: Any) -> Optional[bool]:
     if annotation is Mapping:
         return isinstance(value, dict)
     if inspect.isclass(annotation):
-        return True if isinstance(value, annotation) else None if not isinstance(value, (int, float, str, bool, list, dict)) else False
+        if isinstance(value, annotation):
+            return True
+        # YAML yields only plain values: one of those where another class is wanted is wrong.
+        return False if isinstance(value, (int, float, str, bool, list, dict)) else None
     return None
 
 
@@ -485,8 +508,8 @@ def check_spec(registry: Registry, spec: Any, key: str, cfg: Config, problems: l
         return
     check_kwargs(cls, spec.get('args') or {}, f'{key}.args', cfg, problems, f"{registry.kind} {spec['name']!r}",
                  required=required)
-    if registry is SCHEDULERS:
-        check_scheduler_spec(spec, key, cfg, problems)
+    if registry.check is not None:
+        registry.check(spec, key, cfg, problems)
 
 
 def check_sections(cfg: Config, allowed: Sequence[str] = TOP_LEVEL_SECTIONS) -> list[str]:
@@ -515,11 +538,14 @@ def build(what: str, key: str, cfg: Config, fn: Callable[[], Any]) -> Any:
         raise ConfigError(cfg.error(key, f'building {what} failed: {type(e).__name__}: {e}'.splitlines()[0])) from e
 
 
-def resolve_seed(cfg: dict) -> int:
-    """The config's seed; if it has none, one drawn now (and shared with DDP child processes)."""
+def resolve_seed(cfg: dict) -> Any:
+    """The config's seed; if it has none, one drawn now. Rank 0 exports it so the processes
+    Lightning's DDP launcher starts (which inherit the environment) use the same one."""
     if cfg.get('seed') is None:
-        cfg['seed'] = int(os.environ.get('LIGHTYAML_SEED') or random.SystemRandom().randrange(2**31))
-    os.environ['LIGHTYAML_SEED'] = str(cfg['seed'])
+        inherited = os.environ.get('LIGHTYAML_SEED') if global_rank_from_env() > 0 else None
+        cfg['seed'] = int(inherited) if inherited else random.SystemRandom().randrange(2**31)
+    if isinstance(cfg['seed'], int) and not isinstance(cfg['seed'], bool) and cfg['seed'] >= 0:
+        os.environ['LIGHTYAML_SEED'] = str(cfg['seed'])
     return cfg['seed']
 
 
@@ -558,22 +584,6 @@ def make_scheduler(spec: Optional[Mapping], optimizer: Any) -> Optional[dict]:
     if spec.get('monitor'):
         config['monitor'] = spec['monitor']
     return config
-
-
-def check_scheduler_spec(spec: Any, key: str, cfg: Config, problems: list[str]) -> None:
-    """Scheduler-specific rules on top of the generic spec check."""
-    if not isinstance(spec, Mapping):
-        return
-    if spec.get('interval', 'epoch') not in ('epoch', 'step'):
-        problems.append(cfg.error(f'{key}.interval', f"expected 'epoch' or 'step', got {spec['interval']!r}"))
-    if spec.get('name') == 'ReduceLROnPlateau':
-        if not spec.get('monitor'):
-            problems.append(cfg.error(f'{key}.monitor', 'ReduceLROnPlateau needs the metric it watches, e.g. monitor: val/loss'))
-        if spec.get('warmup'):
-            problems.append(cfg.error(f'{key}.warmup', 'warmup cannot be combined with ReduceLROnPlateau'))
-    warmup = spec.get('warmup')
-    if warmup is not None and (not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0):
-        problems.append(cfg.error(f'{key}.warmup', f'expected a non-negative integer, got {warmup!r}'))
 
 
 class RunningMeans:

@@ -12,8 +12,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from datasets.tensor_dict import TensorDictDataset, serves_batches
 from utils import DATA_MODULES, DATASETS, Spec
 
-STAGES = ('train', 'val', 'test', 'predict')
-
 
 @DATA_MODULES.register('default')
 class DataModule:

@@ -10,10 +10,10 @@ import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
 
+from models.task import STAGES
 from models.wrappers import register
 from utils import MODELS, ConfigError, NonFiniteLossError, RunningMeans, Spec, make_optimizer, make_scheduler
 
-STAGES = ('train', 'val', 'test')
 
 
 @register('gan')
