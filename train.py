@@ -268,6 +268,10 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     # --- set-up: process group, seeds, data, task, optimizer -----------------------------------
     device, rank, world_size = setup_process(device_type)
     master = rank == 0   # only global rank 0 writes files
+    if world_size > 1:   # a seed drawn because the config has none: every process takes rank 0's
+        seed = torch.tensor([cfg['seed']], device=device)
+        torch.distributed.broadcast(seed, src=0)
+        cfg['seed'] = int(seed.item())
     if params.deterministic:
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.use_deterministic_algorithms(True)

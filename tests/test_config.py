@@ -1,6 +1,7 @@
 """Config files: safe YAML, `extends`, dotted overrides, and validation with one-line errors."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,16 @@ checkpoint: {{monitor: 3}}
 def test_debug_shows_the_traceback(save_root: Path) -> None:
     with pytest.raises(ConfigError):
         run_pl(save_root, '--config', DIGITS, 'seed=-1', '--debug')
+
+
+def test_a_drawn_seed_is_new_each_run_and_shared_only_with_ddp_children(monkeypatch: pytest.MonkeyPatch) -> None:
+    from utils import resolve_seed
+    monkeypatch.setenv('LIGHTYAML_SEED', '7')
+    for var in ('RANK', 'LOCAL_RANK', 'NODE_RANK', 'SLURM_PROCID'):
+        monkeypatch.delenv(var, raising=False)
+    first, second = resolve_seed({'seed': None}), resolve_seed({'seed': None})
+    assert first != second and first != 7   # rank 0 draws anew, whatever an earlier run exported
+    assert os.environ['LIGHTYAML_SEED'] == str(second)
+    monkeypatch.setenv('LOCAL_RANK', '1')   # a process Lightning's launcher started
+    assert resolve_seed({'seed': None}) == second
+    assert resolve_seed({'seed': -1}) == -1 and os.environ['LIGHTYAML_SEED'] == str(second)   # not exported
