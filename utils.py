@@ -250,6 +250,7 @@ class Config(dict):
 
     def where(self, key: str) -> str:
         """The file (or override) that set `key` or its closest parent section."""
+        key = str(key)  # YAML keys may be numbers: `1e0: x`
         while key:
             if key in self.origins:
                 return self.origins[key]

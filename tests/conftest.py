@@ -5,6 +5,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# The same examples on every run, so CI is never red by chance; search widely with
+# `python -m pytest tests --hypothesis-profile=explore`.
+settings.register_profile('default', max_examples=300, derandomize=True, database=None)
+settings.register_profile('explore', max_examples=20000)
+settings.load_profile('default')
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -178,11 +178,16 @@ section_names = st.sampled_from(['seed', 'data_module', 'train_wrapper', 'traine
                                  'batch_size', 'interval', 'warmup', 'monitor', 'devices'])
 names = st.sampled_from(['base', 'default', 'mlp', 'digits', 'ce', 'Adam', 'StepLR', 'ReduceLROnPlateau',
                          'Accuracy', 'gan'])
+plain_keys = st.integers(-1, 2) | st.booleans() | st.none() | st.floats(allow_nan=False)  # YAML keys need not be strings
 json_like = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=8) | names,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(section_names | st.text(max_size=6), inner,
-                                                                 max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(section_names | st.text(max_size=6) | plain_keys,
+                                                                 inner, max_size=4),
     max_leaves=16)
+
+
+def dump(node: object) -> str:
+    return yaml.safe_dump(node, sort_keys=False)  # keys of mixed types do not sort
 
 
 def key_paths(node: object, prefix: tuple = ()) -> list[tuple]:
@@ -203,20 +208,20 @@ def mutated(edits: list[tuple[tuple, object]]) -> str:
             node.pop(path[-1], None)
         else:
             node[path[-1]] = value
-    return yaml.safe_dump(cfg)
+    return dump(cfg)
 
 
 DIGITS_PATHS = key_paths(yaml.safe_load((ROOT / DIGITS).read_text()))
 documents = st.one_of(
     st.text(max_size=60),
-    json_like.map(yaml.safe_dump),
-    st.dictionaries(section_names, json_like, max_size=6).map(yaml.safe_dump),
+    json_like.map(dump),
+    st.dictionaries(section_names | plain_keys, json_like, max_size=6).map(dump),
     st.lists(st.tuples(st.sampled_from(DIGITS_PATHS), json_like | st.just('<delete>')), min_size=1,
              max_size=4).map(mutated))
 overrides = st.lists(st.text(alphabet='abcdefghijklmnoprstuvwxyz_.=[]{}:, -0123456789', max_size=40), max_size=3)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(document=documents, extra=overrides)
 def test_random_documents_and_overrides_raise_only_config_errors(document: str, extra: list[str],
                                                                 tmp_path: Path) -> None:

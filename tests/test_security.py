@@ -49,7 +49,7 @@ def test_no_subprocess_goes_through_a_shell() -> None:
     assert [f'{p}:{c.lineno}' for p, c in calls('system') if ast.unparse(c.func) == 'os.system'] == []
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(name=st.text(min_size=0, max_size=20) | st.sampled_from(['..', '.', '../x', 'a/../../b', '/etc', '~', 'a\\b']))
 def test_an_experiment_folder_is_inside_the_save_root_or_refused(name: str) -> None:
     root = Path('/tmp/lightyaml-save-root')
