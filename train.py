@@ -281,7 +281,7 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     if init_from is not None:   # fine-tuning: the weights only; optimizer, schedule and counters start fresh
         load_weights(task, init_from)
     task.to(device)
-    model = task
+    model = task.model   # the forward of the training step (Task.forward, minus a module call)
     if world_size > 1:   # gradients are averaged across processes inside backward()
         model = torch.nn.parallel.DistributedDataParallel(task, device_ids=[device.index] if device.index is not None else None)
     train_loader = build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())

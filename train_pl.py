@@ -82,6 +82,7 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
     from callbacks.base_logger import BaseLogger, ExperimentLogger
+    from callbacks.fast_paths import FastPaths
     from callbacks.last_checkpoint import LastCheckpoint
     from callbacks.progress_bar import ThrottledProgressBar
 
@@ -95,7 +96,8 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     save_last = checkpoint_args.pop('save_last')
     callbacks = [BaseLogger(exp, cfg, command, resume=resume_ckpt is not None, overwrite=overwrite),
                  build('ModelCheckpoint', 'checkpoint', cfg, lambda: ModelCheckpoint(dirpath=exp.ckpt_dir,
-                                                                                   **checkpoint_args))]
+                                                                                   **checkpoint_args)),
+                 FastPaths()]
     if save_last:
         callbacks.append(LastCheckpoint(exp.ckpt_dir))
     for i, spec in enumerate(cfg.get('callbacks') or []):

@@ -34,9 +34,6 @@ class LastCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:
         return 'LastCheckpoint'
 
-    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
-        pass   # it saves at the end of an epoch only: skip ModelCheckpoint's checks after every step
-
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # ReduceLROnPlateau steps after this save and Lightning skips that step when it restarts
         # from here, so the value it would have used travels in the checkpoint.

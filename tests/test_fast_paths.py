@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,67 @@ def test_bf16_mixed_precision_runs_in_both_entry_points(save_root: Path) -> None
     assert run_pl(save_root, *args, '--name', 'pl') == 0
     assert val_acc(save_root / 'py') > 0.9 and val_acc(save_root / 'pl') > 0.9
     assert_same_weights(last_weights(save_root, 'py'), last_weights(save_root, 'pl'), atol=1e-2)
+
+
+class HookWatch:
+    """A callback (registered for one test) that counts the batch hooks it overrides and notes,
+    once training runs, which batch hooks Lightning would skip and what the environment says."""
+    seen: dict = {}
+
+    @classmethod
+    def make(cls) -> type:
+        import pytorch_lightning as pl
+
+        from callbacks.fast_paths import BATCH_HOOKS, NVML_CHECK
+
+        class Watch(pl.Callback):
+            def __init__(self) -> None:
+                self.after_backward = 0
+
+            def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+                self.after_backward += 1
+
+            def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
+                if not cls.seen:   # the first step
+                    cls.seen.update(nvml=os.environ.get(NVML_CHECK), module=pl_module, callbacks=trainer.callbacks,
+                                    skipped={type(o).__name__: [h for h in BATCH_HOOKS if getattr(o, h) is None]
+                                             for o in [pl_module, *trainer.callbacks]})
+                cls.seen['steps'] = trainer.global_step
+                cls.seen['after_backward'] = self.after_backward
+        return Watch
+
+
+def test_lightning_skips_the_batch_hooks_that_do_nothing_and_only_while_training(
+        save_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from callbacks.fast_paths import BATCH_HOOKS, NVML_CHECK
+    from utils import CALLBACKS
+    monkeypatch.setitem(CALLBACKS._classes, 'hook_watch', HookWatch.make())
+    monkeypatch.setattr(HookWatch, 'seen', {})
+    monkeypatch.setenv(NVML_CHECK, '1')   # as importing Lightning leaves it
+    assert run_pl(save_root, '--config', DIGITS, '--name', 'hooks', 'trainer_params.max_epochs=1',
+                  'checkpoint.every_n_train_steps=15', 'checkpoint.monitor=null',
+                  'checkpoint.save_top_k=-1', 'callbacks=[{name: hook_watch}]') == 0
+    seen = HookWatch.seen
+    # Hooks a class overrides still run at every step; ModelCheckpoint's only where it saves per step.
+    assert seen['steps'] == seen['after_backward'] == 40
+    assert sorted(p.name for p in (save_root / 'hooks' / 'ckpt').iterdir()) == [
+        'epoch=0-step=15.ckpt', 'epoch=0-step=30.ckpt', 'last.ckpt']
+    skipped = seen['skipped']
+    assert skipped['Watch'] == [h for h in BATCH_HOOKS if h not in ('on_after_backward', 'on_train_batch_end')]
+    assert skipped['BaseWrapper'] == [h for h in BATCH_HOOKS if h != 'on_train_batch_end']
+    assert skipped['LastCheckpoint'] == list(BATCH_HOOKS)   # no per-step saves: its batch hook goes too
+    assert skipped['ModelCheckpoint'] == [h for h in BATCH_HOOKS if h != 'on_train_batch_end']
+    # torch's own GPU check while training; Lightning's NVML one before and after.
+    assert seen['nvml'] is None and os.environ[NVML_CHECK] == '1'
+    # After the run every object is as it was built.
+    assert all(h not in vars(o) for o in [seen['module'], *seen['callbacks']] for h in BATCH_HOOKS)
+
+
+def test_a_wrapper_module_sets_lightnings_hook_name_directly_and_anything_else_as_nn_module_does() -> None:
+    from models.wrappers import WrapperModule
+    module = WrapperModule()
+    module._current_fx_name = 'training_step'
+    module.layer = torch.nn.Linear(2, 2)
+    module.scale = torch.nn.Parameter(torch.ones(1))
+    assert vars(module)['_current_fx_name'] == 'training_step'
+    assert [n for n, _ in module.named_parameters()] == ['scale', 'layer.weight', 'layer.bias']

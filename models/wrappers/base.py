@@ -4,16 +4,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Optional
 
-import pytorch_lightning as pl
 import torch
 
 from models.task import Task
-from models.wrappers import register
+from models.wrappers import WrapperModule, register
 from utils import NonFiniteLossError, Spec
 
 
 @register('base')
-class BaseWrapper(Task, pl.LightningModule):
+class BaseWrapper(Task, WrapperModule):
     """Supervised training of one model with one loss; see `Task` for the arguments.
 
     Logs every loss term and metric as `train/...`, `val/...`, `test/...` once per epoch (means

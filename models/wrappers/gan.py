@@ -6,18 +6,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
-import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
 
 from models.task import STAGES
-from models.wrappers import register
+from models.wrappers import WrapperModule, register
 from utils import MODELS, ConfigError, NonFiniteLossError, RunningMeans, Spec, make_optimizer, make_scheduler
 
 
-
 @register('gan')
-class GANWrapper(pl.LightningModule):
+class GANWrapper(WrapperModule):
     """A GAN under manual optimization: on each batch one discriminator step, then one generator step.
 
     The discriminator learns real -> 1 and generated -> 0; the generator learns to make it say 1
