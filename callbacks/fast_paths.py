@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -32,15 +33,15 @@ class FastPaths(pl.Callback):
 
     def __init__(self) -> None:
         self._nvml_check: str | None = None
+        self._skipped: list[tuple[Any, str]] = []
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for obj, base in [(pl_module, pl.LightningModule)] + [(c, pl.Callback) for c in trainer.callbacks]:
-            for hook in BATCH_HOOKS:
-                if getattr(type(obj), hook, None) is getattr(base, hook):
-                    object.__setattr__(obj, hook, None)   # not nn.Module's: a None is not a module
-            if (isinstance(obj, ModelCheckpoint) and obj._every_n_train_steps < 1
-                    and obj._train_time_interval is None):
-                obj.on_train_batch_end = None
+        objects = [(pl_module, pl.LightningModule)] + [(c, pl.Callback) for c in trainer.callbacks]
+        self._skipped = [(obj, hook) for obj, base in objects for hook in BATCH_HOOKS
+                         if hook not in vars(obj) and (getattr(type(obj), hook) is getattr(base, hook)
+                                                       or hook == 'on_train_batch_end' and idle_per_step(obj))]
+        for obj, hook in self._skipped:
+            object.__setattr__(obj, hook, None)   # not nn.Module's: a None is not a module
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._nvml_check = os.environ.pop(NVML_CHECK, None)
@@ -50,7 +51,13 @@ class FastPaths(pl.Callback):
             os.environ[NVML_CHECK] = self._nvml_check
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        for obj in [pl_module, *trainer.callbacks]:
-            for hook in BATCH_HOOKS:
-                if obj.__dict__.get(hook, 0) is None:
-                    object.__delattr__(obj, hook)
+        for obj, hook in self._skipped:
+            object.__delattr__(obj, hook)
+        self._skipped = []
+
+
+def idle_per_step(callback: pl.Callback) -> bool:
+    """A ModelCheckpoint that saves neither every N steps nor every T seconds returns at once from
+    its batch hook."""
+    return (isinstance(callback, ModelCheckpoint) and callback._every_n_train_steps < 1
+            and callback._train_time_interval is None)

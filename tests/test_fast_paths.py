@@ -165,10 +165,14 @@ class HookWatch:
 
         class Watch(pl.Callback):
             def __init__(self) -> None:
-                self.after_backward = 0
+                self.after_backward = self.zero_grad = 0
+                self.on_before_zero_grad = self.count_zero_grad   # a hook set on the instance
 
             def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
                 self.after_backward += 1
+
+            def count_zero_grad(self, *args: object) -> None:
+                self.zero_grad += 1
 
             def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
                 if not cls.seen:   # the first step
@@ -176,7 +180,7 @@ class HookWatch:
                                     skipped={type(o).__name__: [h for h in BATCH_HOOKS if getattr(o, h) is None]
                                              for o in [pl_module, *trainer.callbacks]})
                 cls.seen['steps'] = trainer.global_step
-                cls.seen['after_backward'] = self.after_backward
+                cls.seen['after_backward'], cls.seen['zero_grad'] = self.after_backward, self.zero_grad
         return Watch
 
 
@@ -192,18 +196,19 @@ def test_lightning_skips_the_batch_hooks_that_do_nothing_and_only_while_training
                   'checkpoint.save_top_k=-1', 'callbacks=[{name: hook_watch}]') == 0
     seen = HookWatch.seen
     # Hooks a class overrides still run at every step; ModelCheckpoint's only where it saves per step.
-    assert seen['steps'] == seen['after_backward'] == 40
+    assert seen['steps'] == seen['after_backward'] == seen['zero_grad'] == 40
     assert sorted(p.name for p in (save_root / 'hooks' / 'ckpt').iterdir()) == [
         'epoch=0-step=15.ckpt', 'epoch=0-step=30.ckpt', 'last.ckpt']
     skipped = seen['skipped']
-    assert skipped['Watch'] == [h for h in BATCH_HOOKS if h not in ('on_after_backward', 'on_train_batch_end')]
+    assert skipped['Watch'] == ['on_train_batch_start', 'on_before_backward', 'on_before_optimizer_step']
     assert skipped['BaseWrapper'] == [h for h in BATCH_HOOKS if h != 'on_train_batch_end']
     assert skipped['LastCheckpoint'] == list(BATCH_HOOKS)   # no per-step saves: its batch hook goes too
     assert skipped['ModelCheckpoint'] == [h for h in BATCH_HOOKS if h != 'on_train_batch_end']
     # torch's own GPU check while training; Lightning's NVML one before and after.
     assert seen['nvml'] is None and os.environ[NVML_CHECK] == '1'
     # After the run every object is as it was built.
-    assert all(h not in vars(o) for o in [seen['module'], *seen['callbacks']] for h in BATCH_HOOKS)
+    assert [(type(o).__name__, h) for o in [seen['module'], *seen['callbacks']] for h in vars(o) if h in BATCH_HOOKS] \
+        == [('Watch', 'on_before_zero_grad')]
 
 
 def test_a_wrapper_module_sets_lightnings_hook_name_directly_and_anything_else_as_nn_module_does() -> None:
