@@ -4,6 +4,7 @@
     python bench/run.py --rounds 7      # more alternations, steadier medians
     python bench/run.py --tiny          # seconds: checks that every run works (the smoke test)
     python bench/run.py --threads 1     # torch threads per run (default: torch's own choice)
+    python bench/run.py --workload conv # one workload only
 
 Five ways to train the same model on the same data, with the same batch size and number of steps:
   floor        a minimal hand-written loop indexing in-memory tensors by batch
@@ -120,13 +121,13 @@ def run_once(variant: str, workload_name: str, workload: dict, config: Path, wor
             'startup': record['first_step_wall'] - started, 'peak_mb': record['peak_mb']}
 
 
-def measure(rounds: int, tiny: bool, threads: Optional[int],
-            log: Callable[[str], None]) -> dict[tuple[str, str], list[dict]]:
-    """Every variant on every workload, `rounds` times, alternating."""
+def measure(rounds: int, tiny: bool, threads: Optional[int], log: Callable[[str], None],
+            only: Optional[str] = None) -> dict[tuple[str, str], list[dict]]:
+    """Every variant on every workload (or `only` one), `rounds` times, alternating."""
     results: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix='lightyaml-bench-') as tmp:
         work = Path(tmp)
-        specs = workloads(tiny)
+        specs = {name: w for name, w in workloads(tiny).items() if only in (None, name)}
         configs = {name: write_config(w, work / f'{name}.yaml') for name, w in specs.items()}
         jobs = [(r, name, variant) for r in range(rounds) for name in specs
                 for variant in VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]]
@@ -170,6 +171,8 @@ def report(results: dict, rounds: int, threads: Optional[int], loads: tuple[str,
                          f"{startup:.1f} s | {peak:.0f} MB |")
     lines += ['', 'Targets:']
     for what, row, base, bound, limit in TARGETS:
+        if row not in results:
+            continue
         value = ratio(results, row, base) if base else statistics.median(r['startup'] for r in results[row])
         met = value <= limit if bound == '<=' else value >= limit
         lines.append(f"- {what}: {value:.2f} ({bound} {limit}) {'met' if met else 'NOT met'}")
@@ -340,6 +343,7 @@ def main() -> None:
     """Parse the command line; run the benchmark (or, with --child, one measured run)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--rounds', type=int, default=3, help='runs of each variant, alternating (default 3)')
+    parser.add_argument('--workload', choices=list(WORKLOADS), help='measure one workload only')
     parser.add_argument('--tiny', action='store_true', help='a few steps per run, one round: checks it all runs')
     parser.add_argument('--threads', type=int, help="torch threads in every run (default: torch's own choice)")
     parser.add_argument('--out', help='also write the table to this file (markdown)')
@@ -351,7 +355,8 @@ def main() -> None:
         return
     rounds = 1 if args.tiny else args.rounds
     load_before = ' '.join(f'{x:.1f}' for x in os.getloadavg())
-    results = measure(rounds, args.tiny, args.threads, lambda line: print(line, file=sys.stderr, flush=True))
+    results = measure(rounds, args.tiny, args.threads, lambda line: print(line, file=sys.stderr, flush=True),
+                      args.workload)
     table = report(results, rounds, args.threads, (load_before, ' '.join(f'{x:.1f}' for x in os.getloadavg())))
     print(table)
     if args.out:

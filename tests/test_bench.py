@@ -24,3 +24,14 @@ def test_the_benchmark_runs_every_variant_and_prints_the_table() -> None:
     for row in rows[2:]:
         assert int(row[2]) > 1 and row[4] != 'nan' and row[6].endswith(' s') and row[7].endswith(' MB'), row
     assert sum(line.startswith('- ') for line in lines) == 7   # one line per target of the issue
+
+
+def test_one_workload_is_measured_alone_with_its_own_targets() -> None:
+    done = subprocess.run([sys.executable, 'bench/run.py', '--tiny', '--workload', 'conv'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    rows = [line.split('|')[1].strip() for line in lines if line.startswith('|')]
+    assert rows[:2] == ['workload', '---'] and set(rows[2:]) == {'conv'} and len(rows) == 7
+    assert [line.split(':')[0] for line in lines if line.startswith('- ')] == [
+        '- train.py / floor, conv', '- train_pl.py / floor, conv']
