@@ -32,7 +32,8 @@ from typing import Any, Literal, Optional, Union
 import torch
 
 from utils import (DATA_MODULES, Config, ConfigError, ExperimentDir, MetricsWriter, NonFiniteLossError, build,
-                   check_kwargs, check_sections, finish_run, format_epoch_line, load_weights, model_summary,
+                   check_kwargs, check_sections, finish_run, format_epoch_line, keep_freed_memory, load_weights,
+                   model_summary,
                    predict_spec, record_test, resolve_evaluation, write_predictions,
                    parse_gpu_flag, resolve_run, rng_state, run_cli, seed_everything, select_cuda_devices,
                    set_rng_state)
@@ -323,6 +324,7 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     start_time, metrics = time.perf_counter(), {}
 
     # --- the loop ----------------------------------------------------------------------------------
+    keep_freed_memory()
     epoch = start_epoch
     while (max_epochs < 0 or epoch < max_epochs) and (params.max_steps < 0 or step < params.max_steps):
         epoch_start, task.finite_until = time.perf_counter(), step - 1

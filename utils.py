@@ -259,7 +259,7 @@ class Config(dict):
 
     def error(self, key: str, problem: str) -> str:
         """One line: `file: key.path: problem`."""
-        return f'{self.where(key)}: {key}: {problem}' if key else f'{self.where(key)}: {problem}'
+        return f'{self.where(key)}: {problem}' if key == '' else f'{self.where(key)}: {key}: {problem}'
 
 
 def _record_origins(data: Any, where: str, origins: dict[str, str], prefix: str = '') -> None:
@@ -619,6 +619,21 @@ class RunningMeans:
     def reset(self) -> None:
         """Start a new epoch."""
         self.sums, self.count = {}, 0
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc keep the memory a training step frees, for the next step. By default it hands
+    blocks over 128 KB back to the system as soon as they are freed, so a conv net's activations
+    come back as fresh pages at every step: 6,000 page faults and a quarter of a 30 ms step on a
+    CPU. After this, blocks up to 32 MB come from the heap and up to 1 GB of free heap is kept
+    (the process stays at its peak memory). True if it took effect (Linux with glibc)."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:   # not Linux, or not glibc
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 # ------------------------------------------------------------------------------------- experiment

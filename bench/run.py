@@ -6,8 +6,10 @@
     python bench/run.py --threads 1     # torch threads per run (default: torch's own choice)
     python bench/run.py --workload conv # one workload only
 
-Five ways to train the same model on the same data, with the same batch size and number of steps:
+Six ways to train the same model on the same data, with the same batch size and number of steps:
   floor        a minimal hand-written loop indexing in-memory tensors by batch
+  floor + mallopt  the same, after the two glibc settings both entry points make before training
+               (utils.keep_freed_memory): what the floor would be with that fast path
   train.py     the template without Lightning, on a config this script writes
   train_pl.py  the template with Lightning, on the same config
   plain PL     a Lightning script written the usual way: a per-sample DataLoader, self.log every
@@ -24,7 +26,7 @@ registers a global hook that torch calls after every optimizer step
 runs the variant: for train.py and train_pl.py the real script through `runpy`, with its real
 command line, on a temporary experiment folder. The interval between two optimizer steps is one
 whole training step (batch, forward, backward, optimizer, logging, progress bar), measured the
-same way for all five, and nothing in the measured code knows it is measured. The first
+same way for all six, and nothing in the measured code knows it is measured. The first
 `WARMUP_STEPS` intervals are left out; the median is the typical step, the mean also carries
 what happens once an epoch (checkpoints, log lines). Start-up is the wall time from just before the process
 starts to its first optimizer step (interpreter, imports, config checks, experiment folder,
@@ -56,7 +58,7 @@ from typing import Any, Callable, Optional
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ('floor', 'train.py', 'train_pl.py', 'plain PL', 'bare PL')
+VARIANTS = ('floor', 'floor + mallopt', 'train.py', 'train_pl.py', 'plain PL', 'bare PL')
 COLUMNS = ('workload', 'variant', 'steps', 'median ms/step', 'x floor', 'mean ms/step', 'start-up to 1st step',
            'peak RSS')
 WARMUP_STEPS = 10
@@ -206,7 +208,10 @@ def child(args: argparse.Namespace) -> None:
     workload = json.loads(args.spec)
     status = 0
     try:
-        if args.child == 'floor':
+        if args.child.startswith('floor'):
+            if args.child == 'floor + mallopt':
+                from utils import keep_freed_memory
+                keep_freed_memory()
             floor(workload)
         elif args.child == 'plain PL':
             plain_lightning(workload, Path(args.workdir) / args.tag)

@@ -22,7 +22,7 @@ FILES = {   # bad config files written to {tmp}
     'dup.yaml': 'seed: 1\nseed: 2\n', 'evil.yaml': 'seed: !!python/object/apply:os.system ["touch {tmp}/pwned"]\n',
     'cycle.yaml': 'extends: cycle.yaml\n', 'orphan.yaml': 'extends: missing.yaml\n',
     'partial.yaml': f'extends: {ROOT}/{DIGITS}\n', 'nowrapper.yaml': 'data_module: {name: default}\n',
-    'notckpt.ckpt': 'not a checkpoint\n',
+    'notckpt.ckpt': 'not a checkpoint\n', 'number.yaml': f'extends: {ROOT}/{DIGITS}\n0: x\n',
 }
 o = "override '{}': "   # how an override is named in a message
 
@@ -39,6 +39,8 @@ CASES = [
     (['--config', '{tmp}/cycle.yaml'], '{tmp}/cycle.yaml: extends: circular: {tmp}/cycle.yaml -> {tmp}/cycle.yaml'),
     (['--config', '{tmp}/orphan.yaml'], '{tmp}/missing.yaml: config file not found'),
     (['--config', '{tmp}/nowrapper.yaml'], "{tmp}/nowrapper.yaml: missing section 'train_wrapper'"),
+    (['--config', '{tmp}/number.yaml'], '{tmp}/number.yaml: 0: unknown section; sections: seed, data_module, '
+                                        'train_wrapper, trainer_params, checkpoint, callbacks'),
     (['--config', DIGITS, 'trainer_paramz.max_epochs=1'],
      o.format('trainer_paramz.max_epochs=1') + "trainer_paramz: unknown section (did you mean 'trainer_params'?); "
      'sections: seed, data_module, train_wrapper, trainer_params, checkpoint, callbacks'),

@@ -19,7 +19,7 @@ def test_the_benchmark_runs_every_variant_and_prints_the_table() -> None:
     assert lines[0].startswith('Machine: ') and 'torch threads' in lines[0]
     rows = [[cell.strip() for cell in line.strip('|').split('|')] for line in lines if line.startswith('|')]
     assert rows[0] == COLUMNS
-    variants = ['floor', 'train.py', 'train_pl.py', 'plain PL', 'bare PL']
+    variants = ['floor', 'floor + mallopt', 'train.py', 'train_pl.py', 'plain PL', 'bare PL']
     assert [row[:2] for row in rows[2:]] == [[w, v] for w in ('mlp', 'conv') for v in variants]
     for row in rows[2:]:
         assert int(row[2]) > 1 and row[4] != 'nan' and row[6].endswith(' s') and row[7].endswith(' MB'), row
@@ -32,6 +32,6 @@ def test_one_workload_is_measured_alone_with_its_own_targets() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     rows = [line.split('|')[1].strip() for line in lines if line.startswith('|')]
-    assert rows[:2] == ['workload', '---'] and set(rows[2:]) == {'conv'} and len(rows) == 7
+    assert rows[:2] == ['workload', '---'] and set(rows[2:]) == {'conv'} and len(rows) == 8
     assert [line.split(':')[0] for line in lines if line.startswith('- ')] == [
         '- train.py / floor, conv', '- train_pl.py / floor, conv']
