@@ -33,10 +33,8 @@ import torch
 
 from utils import (DATA_MODULES, Config, ConfigError, ExperimentDir, MetricsWriter, NonFiniteLossError, build,
                    check_kwargs, check_sections, finish_run, format_epoch_line, keep_freed_memory, load_weights,
-                   model_summary,
-                   predict_spec, record_test, resolve_evaluation, write_predictions,
-                   parse_gpu_flag, resolve_run, rng_state, run_cli, seed_everything, select_cuda_devices,
-                   set_rng_state)
+                   model_summary, parse_gpu_flag, predict_spec, record_test, resolve_evaluation, resolve_run,
+                   rng_state, run_cli, seed_everything, select_cuda_devices, set_rng_state, write_predictions)
 
 
 @dataclass

@@ -37,3 +37,19 @@ def test_mse_returns_the_loss_and_a_logged_term() -> None:
     terms = LOSSES.make({'name': 'mse'})(torch.tensor([[1.0], [3.0]]), {'target': torch.tensor([0.0, 1.0])})
     assert terms['loss'].item() == pytest.approx(2.5)
     assert terms['mae'].item() == pytest.approx(1.5)
+
+
+def test_digits_read_from_the_bundled_file_equal_scikit_learns_loader(monkeypatch) -> None:
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from datasets import digits
+    expected = load_digits()
+    pixels, labels = digits.load_digits_arrays()
+    assert np.array_equal(pixels, expected.data) and np.array_equal(labels, expected.target)
+    # Where scikit-learn keeps the file elsewhere, its own loader is used.
+    monkeypatch.setattr(digits.importlib.util, 'find_spec', lambda name: None)
+    pixels, labels = digits.load_digits_arrays()
+    assert np.array_equal(pixels, expected.data) and np.array_equal(labels, expected.target)
+    train = digits.Digits('train')
+    assert train.tensors['image'].shape[1:] == (1, 8, 8) and float(train.tensors['image'].max()) == 1.0
