@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -111,7 +112,10 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
         **params, logger=ExperimentLogger(exp), callbacks=callbacks, default_root_dir=exp.path))
     if trainer.world_size == 1:   # build the datasets now, so that a data error is a config error
         build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
-    trainer.fit(wrapper, datamodule=lightning_data(data), ckpt_path=resume_ckpt, weights_only=True)
+    with warnings.catch_warnings():
+        if resume_ckpt is not None:   # continuing in place: ckpt/ holds the run's checkpoints, as it should
+            warnings.filterwarnings('ignore', message=r'Checkpoint directory .* exists and is not empty')
+        trainer.fit(wrapper, datamodule=lightning_data(data), ckpt_path=resume_ckpt, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = callbacks[1]   # the configured ModelCheckpoint
     if trainer.is_global_zero and not trainer.interrupted:
