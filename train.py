@@ -394,7 +394,7 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
             def save(path: Path) -> None:
                 save_checkpoint(path, task, optimizer, scheduler, scaler, epoch, step, hparams,
                                 {'BaseLogger': {'elapsed': elapsed}, 'TopK': top_k.state_dict()})
-            top_k.update(metrics, save)
+            top_k.update({**metrics, 'step': step}, save)   # named by steps done, as ModelCheckpoint names them
             if ckpt_params.save_last:
                 save(exp.ckpt_dir / 'last.ckpt')
         epoch += 1

@@ -67,7 +67,8 @@ def test_same_experiment_folder_as_train_pl(both_runs: tuple[Path, Path]) -> Non
     assert (plain / 'log.txt').read_text().splitlines()[:2] == [
         f'command: python train.py --config {DIGITS} --name plain --save-root {plain.parent} {QUIET[0]}',
         'parameters: 38,410 total (model 38,410)']
-    assert len(list((plain / 'ckpt').glob('epoch=*.ckpt'))) == 1
+    best = sorted(p.name for p in (plain / 'ckpt').glob('epoch=*.ckpt'))
+    assert len(best) == 1 and best == sorted(p.name for p in (lightning / 'ckpt').glob('epoch=*.ckpt'))
 
 
 def test_weights_move_between_the_entry_points(both_runs: tuple[Path, Path]) -> None:
