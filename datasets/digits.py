@@ -39,10 +39,11 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     straight from the file scikit-learn ships. Importing `sklearn.datasets` takes about 0.8 s of
     a run's start-up; reading the file takes 5 ms."""
     spec = importlib.util.find_spec('sklearn')   # finds the package without importing it
-    path = Path(spec.origin).parent / 'datasets' / 'data' / 'digits.csv.gz' if spec and spec.origin else None
-    if path is None or not path.is_file():   # another scikit-learn layout: its own loader
-        from sklearn.datasets import load_digits
-        digits = load_digits()
-        return digits.data, digits.target
-    table = np.loadtxt(path, delimiter=',')
-    return table[:, :-1], table[:, -1].astype(np.int64)
+    if spec and spec.origin:
+        path = Path(spec.origin).parent / 'datasets' / 'data' / 'digits.csv.gz'
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=',')
+            return table[:, :-1], table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits   # another scikit-learn layout: its own loader
+    digits = load_digits()
+    return digits.data, digits.target
