@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
-import math
 import os
-import re
 import sys
 import time
 import uuid
@@ -31,10 +28,15 @@ from typing import Any, Literal, Optional, Union
 
 import torch
 
-from utils import (DATA_MODULES, Config, ConfigError, ExperimentDir, MetricsWriter, NonFiniteLossError, build,
-                   check_kwargs, check_sections, finish_run, format_epoch_line, keep_freed_memory, load_weights,
-                   model_summary, parse_gpu_flag, predict_spec, record_test, resolve_evaluation, resolve_run,
-                   rng_state, run_cli, seed_everything, select_cuda_devices, set_rng_state, write_predictions)
+from callbacks.checkpoint_files import TopK, load_weights, save_checkpoint, seed_everything, set_rng_state
+from callbacks.experiment_dir import ExperimentDir
+from callbacks.metrics_files import MetricsWriter, format_epoch_line, model_summary
+from callbacks.results import finish_run, predict_spec, record_test, write_predictions
+from configs.checking import build, check_kwargs, check_sections
+from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli, select_cuda_devices
+from configs.loading import Config
+from models.optim import step_schedulers
+from utils import DATA_MODULES, ConfigError, keep_freed_memory
 
 
 @dataclass
@@ -151,73 +153,6 @@ def autocast_and_scaler(precision: Any, device: torch.device) -> tuple[Any, Opti
     return torch.autocast(device.type, dtype=dtype), scaler
 
 
-# ----------------------------------------------------------------------------------------- checkpoints
-
-def checkpoint_name(template: Optional[str], metrics: Mapping[str, float]) -> str:
-    """ModelCheckpoint's names: `{epoch}-{val/acc:.3f}` -> `epoch=3-val_acc=0.981`."""
-    def fill(match: re.Match) -> str:
-        key, fmt = match[1], match[2] or ''
-        return f"{key.replace('/', '_')}={format(metrics.get(key, float('nan')), fmt[1:] if fmt else '')}"
-    return re.sub(r'\{([^}:]+)(:[^}]*)?\}', fill, template or '{epoch}-{step}')
-
-
-def save_checkpoint(path: Path, task: Any, optimizer: Any, scheduler: Optional[dict], scaler: Any, epoch: int,
-                    step: int, hparams: Mapping, callbacks: Mapping[str, Any]) -> None:
-    """Lightning's layout (state_dict keys as the `base` wrapper's; the generator states where
-    LastCheckpoint keeps them), written atomically: a kill mid-write leaves the old file."""
-    try:
-        lightning_version = importlib.metadata.version('pytorch-lightning')
-    except importlib.metadata.PackageNotFoundError:
-        lightning_version = '2.6.6'
-    state = {'epoch': epoch, 'global_step': step, 'pytorch-lightning_version': lightning_version,
-             'state_dict': task.state_dict(), 'optimizer_states': [optimizer.state_dict()],
-             'lr_schedulers': [scheduler['scheduler'].state_dict()] if scheduler else [],
-             'hyper_parameters': dict(hparams), 'callbacks': {**callbacks, 'LastCheckpoint': {'rng': rng_state()}}}
-    if scaler is not None:
-        state['MixedPrecision'] = scaler.state_dict()
-    tmp = path.with_name(path.name + '.tmp')
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-class TopK:
-    """The best `k` checkpoints by a monitored value (the latest ones with no monitor)."""
-
-    def __init__(self, params: CheckpointParams, folder: Path) -> None:
-        self.params, self.folder = params, folder
-        self.kept: list[tuple[float, Path]] = []
-
-    def state_dict(self) -> dict[str, Any]:
-        return {'kept': [[score, path.name] for score, path in self.kept]}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.kept = [(score, self.folder / name) for score, name in state.get('kept', [])]
-
-    def best(self) -> tuple[Optional[float], Optional[Path]]:
-        """The best monitored value and its checkpoint (None, None without a monitor)."""
-        if not self.kept or not self.params.monitor:
-            return None, None
-        score, path = self.kept[0]
-        return (score if self.params.mode == 'max' else -score), path
-
-    def update(self, metrics: Mapping[str, float], save: Any) -> None:
-        p = self.params
-        if p.save_top_k == 0 or (p.every_n_epochs and (metrics['epoch'] + 1) % p.every_n_epochs):
-            return
-        value = metrics.get(p.monitor, math.nan) if p.monitor else float(metrics['step'])
-        if math.isnan(value):
-            return
-        score = value if (p.mode == 'max' or not p.monitor) else -value
-        path = self.folder / f"{checkpoint_name(p.filename, metrics)}.ckpt"
-        if p.save_top_k > 0 and len(self.kept) >= p.save_top_k and score <= min(self.kept)[0]:
-            return
-        save(path)
-        self.kept.append((score, path))
-        self.kept.sort(reverse=True)
-        while p.save_top_k > 0 and len(self.kept) > p.save_top_k:
-            self.kept.pop()[1].unlink(missing_ok=True)
-
-
 # ------------------------------------------------------------------------------------------- training
 
 def limit(n_batches: int, value: Union[int, float, None]) -> int:
@@ -232,14 +167,6 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def check_finite(task: Any, epoch: int, step: int) -> None:
-    """Stop before a NaN or infinite loss reaches a checkpoint (the last good one stays)."""
-    bad = task.nonfinite_terms()
-    if bad:
-        raise NonFiniteLossError(epoch + 1, getattr(task, 'finite_until', -1) + 1, step, bad)
-    task.finite_until = step
-
-
 def evaluate(task: Any, loader: Any, n_batches: int, stage: str, device: torch.device, autocast: Any) -> dict:
     """Loss terms and metrics of `stage` over the first `n_batches` batches, across processes."""
     task.eval()
@@ -252,20 +179,63 @@ def evaluate(task: Any, loader: Any, n_batches: int, stage: str, device: torch.d
     return task.epoch_metrics(stage, all_reduce_sum)
 
 
+def build_task(cfg: Config) -> Any:
+    """The `base` wrapper's Task from `train_wrapper.args` (Lightning-free)."""
+    from models.task import Task
+    return build("the 'base' wrapper", 'train_wrapper', cfg, lambda: Task(**cfg['train_wrapper'].get('args', {})))
+
+
+@dataclass
+class Resumed:
+    """Where a resumed run continues: counters, time already spent, and train.py's top-k state."""
+    start_epoch: int = 0
+    step: int = 0
+    elapsed: float = 0.0
+    top_k: Optional[dict] = None
+
+
+def restore(path: Path, task: Any, optimizer: Any, scheduler: Optional[dict], scaler: Any,
+            device: torch.device) -> Resumed:
+    """Weights, optimizer, scheduler, scaler, counters and generator states from a checkpoint;
+    optimizer and scheduler arguments the config now gives differently replace the saved ones."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    task.load_state_dict(state['state_dict'])
+    optimizer.load_state_dict(state['optimizer_states'][0])
+    if scheduler and state['lr_schedulers']:
+        scheduler['scheduler'].load_state_dict(state['lr_schedulers'][0])
+    if scaler is not None and 'MixedPrecision' in state:
+        scaler.load_state_dict(state['MixedPrecision'])
+    for change in task.apply_changed_specs(optimizer, scheduler, state['hyper_parameters']):
+        print(f'resume: {change} (from the config)')
+    set_rng_state(state['callbacks']['LastCheckpoint']['rng'])   # the next shuffle and dropout masks
+    return Resumed(state['epoch'] + 1, state['global_step'], state['callbacks'].get('BaseLogger', {}).get('elapsed', 0.0),
+                   state['callbacks'].get('TopK', {}))
+
+
 def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Optional[Path] = None,
           overwrite: bool = False, gpu: Optional[str] = None, init_from: Optional[Path] = None) -> dict[str, float]:
     """Validate, build, train; returns the last epoch's metrics (on every process)."""
     validate(cfg)
-    from models.task import Task
     params = TrainerParams(**(cfg.get('trainer_params') or {}))
     ckpt_params = CheckpointParams(**(cfg.get('checkpoint') or {}))
     device_type, nproc = requested_processes(params, gpu)
     if nproc > 1 and 'WORLD_SIZE' not in os.environ:
         launch_processes(nproc, command[2:])   # each process runs this function again, under the launcher
         return {}
-
-    # --- set-up: process group, seeds, data, task, optimizer -----------------------------------
     device, rank, world_size = setup_process(device_type)
+    try:
+        return train_process(cfg, exp, command, params, ckpt_params, device, rank, world_size, resume_ckpt,
+                             overwrite, init_from)
+    finally:
+        if world_size > 1:
+            torch.distributed.destroy_process_group()
+
+
+def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], params: TrainerParams,
+                  ckpt_params: CheckpointParams, device: torch.device, rank: int, world_size: int,
+                  resume_ckpt: Optional[Path], overwrite: bool, init_from: Optional[Path]) -> dict[str, float]:
+    """One process's training: set-up, resume, the loop, the end of the run."""
+    # --- set-up: seeds, data, task, optimizer ------------------------------------------------------
     master = rank == 0   # only global rank 0 writes files
     if world_size > 1:   # a seed drawn because the config has none: every process takes rank 0's
         seed = torch.tensor([cfg['seed']], device=device)
@@ -276,36 +246,25 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
         torch.use_deterministic_algorithms(True)
     seed_everything(cfg['seed'])
     data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
-    task = build("the 'base' wrapper", 'train_wrapper', cfg, lambda: Task(**cfg['train_wrapper'].get('args', {})))
+    task = build_task(cfg)
     if init_from is not None:   # fine-tuning: the weights only; optimizer, schedule and counters start fresh
         load_weights(task, init_from)
     task.to(device)
-    model = task.model   # the forward of the training step (Task.forward, minus a module call)
-    if world_size > 1:   # gradients are averaged across processes inside backward()
-        model = torch.nn.parallel.DistributedDataParallel(task, device_ids=[device.index] if device.index is not None else None)
+    # What the training step calls: the model alone (Task.forward minus a module call), or under
+    # DDP the wrapper around the whole task, which averages gradients inside backward().
+    step_module = (task.model if world_size == 1 else torch.nn.parallel.DistributedDataParallel(
+        task, device_ids=[device.index] if device.index is not None else None))
     train_loader = build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
     val_loader = data.val_dataloader()
     optimizers = task.configure_optimizers()
     optimizer, scheduler = optimizers['optimizer'], optimizers.get('lr_scheduler')
     autocast, scaler = autocast_and_scaler(params.precision, device)
 
-    # --- resume: weights, optimizer, scheduler and counters from the checkpoint ------------------
-    start_epoch, step, elapsed_before = 0, 0, 0.0
-    if resume_ckpt is not None:
-        state = torch.load(resume_ckpt, map_location=device, weights_only=True)
-        task.load_state_dict(state['state_dict'])
-        optimizer.load_state_dict(state['optimizer_states'][0])
-        if scheduler and state['lr_schedulers']:
-            scheduler['scheduler'].load_state_dict(state['lr_schedulers'][0])
-        if scaler is not None and 'MixedPrecision' in state:
-            scaler.load_state_dict(state['MixedPrecision'])
-        for change in task.apply_changed_specs(optimizer, scheduler, state['hyper_parameters']):
-            print(f'resume: {change} (from the config)')
-        start_epoch, step = state['epoch'] + 1, state['global_step']
-        set_rng_state(state['callbacks']['LastCheckpoint']['rng'])   # the next shuffle and dropout masks
-        elapsed_before = state['callbacks'].get('BaseLogger', {}).get('elapsed', 0.0)
+    # --- resume: weights, optimizer, scheduler and counters from the checkpoint ---------------------
+    resumed = restore(resume_ckpt, task, optimizer, scheduler, scaler, device) if resume_ckpt else Resumed()
+    step = resumed.step
 
-    # --- the experiment folder -------------------------------------------------------------------
+    # --- the experiment folder ----------------------------------------------------------------------
     writer = top_k = None
     if master:
         exp.start(cfg, command, resume=resume_ckpt is not None, overwrite=overwrite)
@@ -313,19 +272,19 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
         if params.enable_model_summary:
             print(task)
         writer, top_k = MetricsWriter(exp.path), TopK(ckpt_params, exp.ckpt_dir)
-        if resume_ckpt is not None:
-            top_k.load_state_dict(state['callbacks'].get('TopK', {}))
+        top_k.load_state_dict(resumed.top_k or {})
     hparams = cfg['train_wrapper'].get('args', {})
     max_epochs = params.max_epochs if params.max_epochs is not None else (1000 if params.max_steps < 0 else -1)
     n_train = limit(len(train_loader), params.limit_train_batches)
     n_val = limit(len(val_loader), params.limit_val_batches) if val_loader is not None else 0
     start_time, metrics = time.perf_counter(), {}
 
-    # --- the loop ----------------------------------------------------------------------------------
+    # --- the loop -------------------------------------------------------------------------------------
     keep_freed_memory()
-    epoch = start_epoch
+    epoch = resumed.start_epoch
     while (max_epochs < 0 or epoch < max_epochs) and (params.max_steps < 0 or step < params.max_steps):
-        epoch_start, task.finite_until = time.perf_counter(), step - 1
+        epoch_start = time.perf_counter()
+        task.finite.start_epoch(step)
         if hasattr(train_loader.sampler, 'set_epoch'):
             train_loader.sampler.set_epoch(epoch)   # a new shuffle each epoch, the same on every process
         batches = enumerate(train_loader)
@@ -338,10 +297,10 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
             batch = to_device(batch, device)
             accumulating = (batch_idx + 1) % params.accumulate_grad_batches != 0 and batch_idx + 1 < n_train
             # no_sync: with DDP, gradients are only exchanged on the batch that steps the optimizer
-            sync = model.no_sync() if accumulating and world_size > 1 else contextlib.nullcontext()
+            sync = step_module.no_sync() if accumulating and world_size > 1 else contextlib.nullcontext()
             with sync:
                 with autocast:
-                    terms = task.compute_loss(model(batch), batch, 'train')
+                    terms = task.compute_loss(step_module(batch), batch, 'train')
                 loss = terms['loss']
                 if params.accumulate_grad_batches > 1:   # an op (and a backward node) only when it changes the loss
                     loss = loss / params.accumulate_grad_batches
@@ -358,10 +317,9 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
             else:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if scheduler and scheduler['interval'] == 'step' and (step + 1) % scheduler['frequency'] == 0:
-                scheduler['scheduler'].step()
+            step_schedulers([scheduler], 'step', step + 1, {})
             if (step + 1) % params.log_every_n_steps == 0:   # the only host syncs within an epoch
-                check_finite(task, epoch, step)
+                task.check_finite(epoch, step)
                 if master:
                     step_values = {f'train/{k}_step': v.item() for k, v in terms.items()}
                     writer.log({**step_values, 'epoch': epoch}, step)
@@ -371,26 +329,22 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
             if 0 < params.max_steps <= step:
                 break
 
-        # --- end of epoch: train means, validation, scheduler, log line, checkpoints --------------
-        check_finite(task, epoch, step - 1)
+        # --- end of epoch: train means, validation, scheduler, log line, checkpoints -----------------
+        task.check_finite(epoch, step - 1)
         metrics = task.epoch_metrics('train', all_reduce_sum)
         if val_loader is not None and params.check_val_every_n_epoch and (epoch + 1) % params.check_val_every_n_epoch == 0:
             metrics.update(evaluate(task, val_loader, n_val, 'val', device, autocast))
-        if scheduler and scheduler['interval'] == 'epoch' and (epoch + 1) % scheduler['frequency'] == 0:
-            if 'monitor' in scheduler:   # ReduceLROnPlateau: skipped when its metric was not computed
-                if scheduler['monitor'] in metrics:
-                    scheduler['scheduler'].step(metrics[scheduler['monitor']])
-            else:
-                scheduler['scheduler'].step()
+        step_schedulers([scheduler], 'epoch', epoch + 1, metrics)
         metrics.update(epoch=epoch, step=step - 1)
         if master:
             now = time.perf_counter()
-            elapsed = elapsed_before + now - start_time
+            elapsed = resumed.elapsed + now - start_time
             line = format_epoch_line(epoch + 1, max_epochs, metrics, now - epoch_start, elapsed, epoch + 1)
             print(line)
             exp.log(line)
             writer.log({k: v for k, v in metrics.items() if k != 'step'}, step - 1)
             writer.flush()
+
             def save(path: Path) -> None:
                 save_checkpoint(path, task, optimizer, scheduler, scaler, epoch, step, hparams,
                                 {'BaseLogger': {'elapsed': elapsed}, 'TopK': top_k.state_dict()})
@@ -399,22 +353,18 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
                 save(exp.ckpt_dir / 'last.ckpt')
         epoch += 1
 
-    if writer is not None:
+    if master:
         writer.close()
         finish_run(exp, metrics, ckpt_params.monitor, *top_k.best())
-    if world_size > 1:
-        import torch.distributed as dist
-        dist.destroy_process_group()
     return metrics
 
 
 def test_or_predict(args: argparse.Namespace) -> None:
     """--test: an experiment's checkpoint on its test split; --predict: on --data, to a CSV."""
-    from models.task import Task
     exp, cfg, ckpt = resolve_evaluation(args, validate)
     params = TrainerParams(**(cfg.get('trainer_params') or {}))
     device = torch.device('cuda', 0) if requested_processes(params, args.gpu)[0] == 'cuda' else torch.device('cpu')
-    task = build("the 'base' wrapper", 'train_wrapper', cfg, lambda: Task(**cfg['train_wrapper'].get('args', {})))
+    task = build_task(cfg)
     task.load_state_dict(torch.load(ckpt, map_location='cpu', weights_only=True)['state_dict'])
     task.to(device)
     data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))

@@ -22,9 +22,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from utils import (CALLBACKS, DATA_MODULES, WRAPPERS, Config, ConfigError, ExperimentDir, build, check_kwargs,
-                   check_sections, check_spec, finish_run, load_weights, parse_gpu_flag, predict_spec, record_test,
-                   resolve_evaluation, resolve_run, run_cli, select_cuda_devices, write_predictions)
+from callbacks.checkpoint_files import load_weights
+from callbacks.experiment_dir import ExperimentDir
+from callbacks.results import finish_run, predict_spec, record_test, write_predictions
+from configs.checking import build, check_kwargs, check_sections, check_spec
+from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli, select_cuda_devices
+from configs.loading import Config
+from utils import CALLBACKS, DATA_MODULES, WRAPPERS, ConfigError
 
 # Trainer and ModelCheckpoint arguments lightyaml sets itself, and what to do instead.
 TRAINER_OWN = {

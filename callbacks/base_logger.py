@@ -10,7 +10,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
-from utils import ExperimentDir, MetricsWriter, format_epoch_line, model_summary
+from callbacks.experiment_dir import ExperimentDir
+from callbacks.metrics_files import MetricsWriter, format_epoch_line, model_summary
 
 
 class BaseLogger(pl.Callback):

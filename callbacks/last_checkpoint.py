@@ -6,7 +6,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from utils import rng_state, set_rng_state
+from callbacks.checkpoint_files import rng_state, set_rng_state
 
 
 class LastCheckpoint(ModelCheckpoint):

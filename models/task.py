@@ -7,9 +7,68 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from utils import LOSSES, METRICS, MODELS, RunningMeans, Spec, make_optimizer, make_scheduler
+from models.optim import make_optimizer, make_scheduler
+from utils import LOSSES, METRICS, MODELS, NonFiniteLossError, Spec
 
 STAGES = ('train', 'val', 'test')
+
+
+class RunningMeans:
+    """Sums of named loss terms kept on the device (no host sync per step), averaged on demand."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Any] = {}
+        self.count = 0
+
+    def add(self, terms: Mapping[str, Any], n: int = 1) -> None:
+        """Add one batch's terms (means over its `n` samples): one in-place operation per term."""
+        for name, value in terms.items():
+            if name in self.sums:
+                self.sums[name].add_(value.detach(), alpha=n)
+            else:
+                self.sums[name] = value.detach() * n
+        self.count += n
+
+    def compute(self, all_reduce: Optional[Callable[[Any], Any]] = None) -> dict[str, float]:
+        """Means since the last reset; `all_reduce` sums a tensor across processes when distributed."""
+        if not self.sums:
+            return {}
+        names = sorted(self.sums)
+        totals = torch.stack([self.sums[n].float() for n in names] +
+                             [torch.tensor(float(self.count), device=self.sums[names[0]].device)])
+        if all_reduce is not None:
+            totals = all_reduce(totals)
+        totals = totals.tolist()
+        return {n: totals[i] / max(totals[-1], 1.0) for i, n in enumerate(names)}
+
+    def nonfinite_terms(self) -> list[str]:
+        """Terms whose sums went NaN or infinite (one host sync)."""
+        return [k for k, v in self.sums.items() if not torch.isfinite(v).all()]
+
+    def reset(self) -> None:
+        """Start a new epoch."""
+        self.sums, self.count = {}, 0
+
+
+class FiniteLossGuard:
+    """The one rule for a NaN or infinite training loss, in every training path: the loss sums
+    are checked where their values reach the host anyway (at the logging interval and at the end
+    of the epoch), and a bad term stops the run before it reaches a checkpoint, naming the steps
+    since the last good check."""
+
+    def __init__(self) -> None:
+        self.finite_until = -1   # the last step known to be finite
+
+    def start_epoch(self, step: int) -> None:
+        """The epoch's first step is `step`."""
+        self.finite_until = step - 1
+
+    def check(self, running: RunningMeans, epoch: int, step: int) -> None:
+        """Raise NonFiniteLossError if a training sum went non-finite by `step` (0-based `epoch`)."""
+        bad = running.nonfinite_terms()
+        if bad:
+            raise NonFiniteLossError(epoch + 1, self.finite_until + 1, step, bad)
+        self.finite_until = step
 
 
 def batch_size(batch: Any) -> int:
@@ -56,6 +115,7 @@ class Task(nn.Module):
             stage: nn.ModuleDict({name: METRICS.make(spec) for name, spec in (metrics or {}).items()})
             for stage in stages})
         self.running = {stage: RunningMeans() for stage in STAGES}
+        self.finite = FiniteLossGuard()
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Any:
         return self.model(batch)
@@ -91,10 +151,9 @@ class Task(nn.Module):
         scheduler = make_scheduler(self.scheduler_spec, optimizer)
         return {'optimizer': optimizer, 'lr_scheduler': scheduler} if scheduler else {'optimizer': optimizer}
 
-    def nonfinite_terms(self) -> list[str]:
-        """Loss terms whose training sums went NaN or infinite this epoch (one host sync; called
-        only where a sync happens anyway: at the logging interval and at the end of the epoch)."""
-        return [k for k, v in self.running['train'].sums.items() if not torch.isfinite(v).all()]
+    def check_finite(self, epoch: int, step: int) -> None:
+        """The training loss terms so far are finite (FiniteLossGuard), or the run stops."""
+        self.finite.check(self.running['train'], epoch, step)
 
     def apply_changed_specs(self, optimizer: Any, scheduler: Optional[dict], saved: Mapping) -> list[str]:
         """After a resume: optimizer and scheduler arguments the config now gives differently from

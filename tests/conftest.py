@@ -1,11 +1,17 @@
-"""Shared helpers: run an entry point in-process on the real configs, shrunk for speed."""
+"""Helpers and constants shared by the test files (which never import each other): run an entry point
+in-process on the real configs, shrunk for speed; compare folders; evaluate a model."""
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
+
+if TYPE_CHECKING:
+    import torch
 
 # The same examples on every run, so CI is never red by chance; search widely with
 # `python -m pytest tests --hypothesis-profile=explore`.
@@ -17,6 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 QUIET = ['trainer_params.enable_progress_bar=false']
+DIGITS = str(ROOT / 'configs' / 'digits.yaml')   # the default config, by absolute path
+# A base-wrapper epoch line of log.txt: groups 1, 2, 3 are the epoch, the epoch count and val/acc.
+EPOCH_LINE = re.compile(r'^epoch (\d+)/(\d+)  train: loss \d+\.\d{4}  val: acc (\d\.\d{4}) loss \d+\.\d{4} '
+                        r'top3 \d\.\d{4}  \d+\.\ds, \w+ / ~\w+$')
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -33,3 +43,30 @@ def run_pl(save_root: Path, *args: str) -> int:
     """`python train_pl.py ARGS --save-root SAVE_ROOT`, in-process; returns the exit status."""
     import train_pl
     return train_pl.main([*args, '--save-root', str(save_root), *QUIET])
+
+
+def run_py(save_root: Path, *args: str) -> int:
+    """`python train.py ARGS --save-root SAVE_ROOT`, in-process; returns the exit status."""
+    import train
+    return train.main([*args, '--save-root', str(save_root), *QUIET])
+
+
+# Both entry points by script name, for tests parametrized over them.
+RUNNERS = {'train.py': run_py, 'train_pl.py': run_pl}
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+def evaluate(wrapper: torch.nn.Module, split: str = 'val') -> float:
+    """Accuracy of a wrapper's model on a digits split, computed here without Lightning."""
+    import torch
+
+    from utils import DATASETS
+    data = DATASETS.make({'name': 'digits', 'args': {'split': split}})
+    wrapper.eval()
+    with torch.no_grad():
+        pred = wrapper.model(data.tensors).argmax(1)
+    return (pred == data.tensors['label']).float().mean().item()

@@ -9,20 +9,17 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, run_pl
-from test_train import run_py
-from test_train_pl import snapshot
-from utils import DATASETS, METRICS, MODELS, ConfigError, load_config
+from conftest import DIGITS, ROOT, RUNNERS, snapshot
+from configs.loading import load_config
+from utils import DATASETS, METRICS, MODELS, ConfigError
 
-DIGITS = 'configs/digits.yaml'
-RUNNERS = {'train_pl.py': run_pl, 'train.py': run_py}
 NAME_RULE = 'an experiment name may only use letters, digits, and . _ - = (no path separators, no "..")'
 FILES = {   # bad config files written to {tmp}
     'syntax.yaml': 'a: [1, 2\n', 'empty.yaml': '', 'list.yaml': '- 1\n', 'scalar.yaml': '42\n',
     'dup.yaml': 'seed: 1\nseed: 2\n', 'evil.yaml': 'seed: !!python/object/apply:os.system ["touch {tmp}/pwned"]\n',
     'cycle.yaml': 'extends: cycle.yaml\n', 'orphan.yaml': 'extends: missing.yaml\n',
-    'partial.yaml': f'extends: {ROOT}/{DIGITS}\n', 'nowrapper.yaml': 'data_module: {name: default}\n',
-    'notckpt.ckpt': 'not a checkpoint\n', 'number.yaml': f'extends: {ROOT}/{DIGITS}\n0: x\n',
+    'partial.yaml': f'extends: {DIGITS}\n', 'nowrapper.yaml': 'data_module: {name: default}\n',
+    'notckpt.ckpt': 'not a checkpoint\n', 'number.yaml': f'extends: {DIGITS}\n0: x\n',
 }
 o = "override '{}': "   # how an override is named in a message
 

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUIET, ROOT
+from conftest import DIGITS, QUIET, ROOT
 from utils import DATASETS
 
 pytestmark = pytest.mark.slow
-DIGITS = str(ROOT / 'configs' / 'digits.yaml')
 # 269 validation images: an odd count, so a padding sampler would count one image twice.
 ODD_VAL = ['data_module.args.val.args.val_fraction=0.1497', 'data_module.args.train.args.val_fraction=0.1497',
            'trainer_params.max_epochs=2', 'trainer_params.accelerator=cpu']

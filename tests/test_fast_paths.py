@@ -10,13 +10,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from conftest import ROOT, run_pl
+from conftest import DIGITS, ROOT, run_pl, run_py
 from datasets.data_module import BatchLoader, DataModule
 from datasets.digits import Digits
 from models.task import Task
-from test_train import run_py
 
-DIGITS = str(ROOT / 'configs' / 'digits.yaml')
 TRAIN, VAL = {'name': 'digits'}, {'name': 'digits', 'args': {'split': 'val'}}
 
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from conftest import ROOT
-from utils import MODELS, Config, ConfigError, Registry, check_spec
+from configs.checking import check_spec
+from configs.loading import Config
+from utils import MODELS, ConfigError, Registry
 
 
 def test_make_builds_and_runtime_args_override_without_mutating_the_spec() -> None:

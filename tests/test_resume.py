@@ -11,13 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUIET, ROOT, run_pl
-from test_train import run_py
+from conftest import DIGITS, QUIET, ROOT, RUNNERS, run_pl
 
-DIGITS = str(ROOT / 'configs' / 'digits.yaml')
 PLATEAU = ('train_wrapper.args.scheduler_spec={name: ReduceLROnPlateau, args: {patience: 0, factor: 0.5}, '
            'monitor: val/acc}')
-RUNNERS = {'train.py': run_py, 'train_pl.py': run_pl}
 
 
 def weights(exp: Path) -> dict[str, torch.Tensor]:

@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT
-from utils import ConfigError, ExperimentDir, _Loader
+from callbacks.experiment_dir import ExperimentDir
+from configs.loading import _Loader
+from utils import ConfigError
 
 SOURCES = sorted(p for p in ROOT.rglob('*.py') if not {'save', 'load', '.git'} & set(p.relative_to(ROOT).parts))
 

@@ -11,16 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUIET, ROOT, run_pl
-from test_train_pl import EPOCH_LINE, evaluate
-
-DIGITS = str(ROOT / 'configs' / 'digits.yaml')
-
-
-def run_py(save_root: Path, *args: str) -> int:
-    """`python train.py ARGS --save-root SAVE_ROOT`, in-process; returns the exit status."""
-    import train
-    return train.main([*args, '--save-root', str(save_root), *QUIET])
+from conftest import DIGITS, EPOCH_LINE, QUIET, ROOT, evaluate, run_pl, run_py
 
 
 def epoch_lines(exp: Path) -> list[re.Match]:

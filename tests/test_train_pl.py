@@ -10,27 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, run_pl
-from utils import load_config
-
-DIGITS = str(ROOT / 'configs' / 'digits.yaml')
-EPOCH_LINE = re.compile(r'^epoch (\d+)/(\d+)  train: loss \d+\.\d{4}  val: acc (\d\.\d{4}) loss \d+\.\d{4} '
-                        r'top3 \d\.\d{4}  \d+\.\ds, \w+ / ~\w+$')
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file below `folder` with its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
-
-
-def evaluate(wrapper: torch.nn.Module, split: str = 'val') -> float:
-    """Accuracy of a wrapper's model on a digits split, computed here without Lightning."""
-    from utils import DATASETS
-    data = DATASETS.make({'name': 'digits', 'args': {'split': split}})
-    wrapper.eval()
-    with torch.no_grad():
-        pred = wrapper.model(data.tensors).argmax(1)
-    return (pred == data.tensors['label']).float().mean().item()
+from conftest import DIGITS, EPOCH_LINE, ROOT, evaluate, run_pl, snapshot
+from configs.loading import load_config
 
 
 @pytest.fixture(scope='module')
@@ -38,7 +19,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """The README's quickstart, exactly: the default config, trained once for this module."""
     save_root = tmp_path_factory.mktemp('save')
     import train_pl
-    from utils import make_parser, resolve_run
+    from configs.cli import make_parser, resolve_run
     args = make_parser('').parse_args(['--config', DIGITS, '--save-root', str(save_root)])
     cfg, exp, _, _ = resolve_run(args)
     metrics = train_pl.train(cfg, exp, ['python', 'train_pl.py', '--config', DIGITS])

@@ -6,7 +6,9 @@ import os
 import pytest
 import torch
 
-from utils import ConfigError, make_optimizer, make_scheduler, parse_gpu_flag, select_cuda_devices
+from configs.cli import parse_gpu_flag, select_cuda_devices
+from models.optim import make_optimizer, make_scheduler
+from utils import ConfigError
 
 
 def lrs(spec: dict, steps: int) -> list[float]:

@@ -14,12 +14,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import QUIET, ROOT, run_pl
-from test_train import run_py
-from test_train_pl import evaluate
+from conftest import DIGITS, QUIET, ROOT, evaluate, run_pl, run_py
 from utils import CALLBACKS, DATASETS
 
-DIGITS = str(ROOT / 'configs' / 'digits.yaml')
 PNG = b'\x89PNG\r\n\x1a\n'
 
 
@@ -143,7 +140,7 @@ def test_an_interrupted_sweep_continues_and_summarises_mean_and_std(tmp_path: Pa
 def test_a_sweep_with_gpus_runs_one_experiment_per_gpu_at_a_time(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
-    import utils
+    import configs.sweep
     running, most, seen, lock = 0, 0, [], threading.Lock()
 
     def fake_run(command: list[str]) -> subprocess.CompletedProcess:
@@ -159,7 +156,7 @@ def test_a_sweep_with_gpus_runs_one_experiment_per_gpu_at_a_time(tmp_path: Path,
             running -= 1
             seen.append(command[command.index('--gpu') + 1])
         return subprocess.CompletedProcess(command, 0)
-    monkeypatch.setattr(utils.subprocess, 'run', fake_run)
+    monkeypatch.setattr(configs.sweep.subprocess, 'run', fake_run)
     args = ['--config', DIGITS, '--name', 'g', '--save-root', str(tmp_path), '--gpu', '0,1',
             '--sweep', 'train_wrapper.args.optim_spec.args.lr=1e-3,3e-3', '--seeds', '0,1']
     assert run_py(tmp_path, *args) == 0

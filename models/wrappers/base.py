@@ -6,9 +6,10 @@ from typing import Any, Optional
 
 import torch
 
+from models.optim import monitored_value, step_scheduler
 from models.task import Task
 from models.wrappers import WrapperModule, register
-from utils import NonFiniteLossError, Spec
+from utils import Spec
 
 
 @register('base')
@@ -25,17 +26,10 @@ class BaseWrapper(Task, WrapperModule):
                  scheduler_spec: Optional[Spec['schedulers']] = None,
                  metrics: Optional[dict[str, Spec['metrics']]] = None, target_key: str = 'label',
                  train_metrics: bool = False, channels_last: bool = False, compile: bool = False) -> None:
-        super().__init__(model_spec, loss_spec, optim_spec, scheduler_spec, metrics, target_key, train_metrics,
-                         channels_last, compile)
+        super().__init__(model_spec=model_spec, loss_spec=loss_spec, optim_spec=optim_spec,
+                         scheduler_spec=scheduler_spec, metrics=metrics, target_key=target_key,
+                         train_metrics=train_metrics, channels_last=channels_last, compile=compile)
         self.save_hyperparameters()
-
-    def _sum_across_processes(self, tensor: torch.Tensor) -> torch.Tensor:
-        return self.trainer.strategy.reduce(tensor, reduce_op='sum')
-
-    def _log_epoch(self, values: dict[str, float]) -> None:
-        # The values are already exact over all processes (sums and counts reduced together);
-        # a 'max' sync of identical values keeps them bit-exact and tells Lightning they are synced.
-        self.log_dict(values, on_step=False, on_epoch=True, sync_dist=True, reduce_fx='max')
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._saved_hparams = checkpoint.get('hyper_parameters', {})
@@ -52,41 +46,41 @@ class BaseWrapper(Task, WrapperModule):
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         _, terms = self.step(batch, 'train')
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-            self._check_finite(self.global_step)
+            self.check_finite(self.current_epoch, self.global_step)
             self.log_dict({f'train/{k}_step': v.detach() for k, v in terms.items()}, prog_bar=True)
         return terms['loss']
 
-    def _check_finite(self, step: int) -> None:
-        # Checked where the step's values reach the host anyway; names the window since the last check.
-        bad = self.nonfinite_terms()
-        if bad:
-            raise NonFiniteLossError(self.current_epoch + 1, getattr(self, '_finite_until', -1) + 1, step, bad)
-        self._finite_until = step
-
     def on_train_epoch_start(self) -> None:
-        self._finite_until = self.global_step - 1
+        self.finite.start_epoch(self.global_step)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # The epoch's train means are logged on its last batch, so that callbacks (BaseLogger's
         # epoch line, checkpoints monitoring train/...) see them in `on_train_epoch_end`.
-        trainer = self.trainer
-        last = (trainer.is_last_batch or batch_idx + 1 >= trainer.num_training_batches
-                or 0 < trainer.max_steps <= trainer.global_step)
-        if last:
-            self._check_finite(trainer.global_step - 1)
-            self._log_epoch(self.epoch_metrics('train', self._sum_across_processes))
+        if self.is_last_train_batch(batch_idx):
+            self.check_finite(self.current_epoch, self.trainer.global_step - 1)
+            self.log_epoch_means(self.epoch_metrics('train', self.sum_across_processes))
+
+    def on_train_epoch_end(self) -> None:
+        # Lightning steps epoch schedulers right after this hook; a monitored metric that was not
+        # logged is the same error as in train.py and the gan wrapper, not Lightning's traceback.
+        for config in self.trainer.lr_scheduler_configs:
+            if config.monitor and config.interval == 'epoch' and (self.current_epoch + 1) % config.frequency == 0:
+                monitored_value(config.monitor, self.trainer.callback_metrics, f'epoch {self.current_epoch + 1}')
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Optional[Any]) -> None:
+        step_scheduler(scheduler, None if metric is None else float(metric))
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self.step(batch, 'val')
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch(self.epoch_metrics('val', self._sum_across_processes))
+        self.log_epoch_means(self.epoch_metrics('val', self.sum_across_processes))
 
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self.step(batch, 'test')
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch(self.epoch_metrics('test', self._sum_across_processes))
+        self.log_epoch_means(self.epoch_metrics('test', self.sum_across_processes))
 
     def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> Any:
         return self.model(batch)

@@ -9,9 +9,10 @@ from typing import Any, Optional
 import torch
 from torch.nn import functional as F
 
-from models.task import STAGES
+from models.optim import make_optimizer, make_scheduler, step_schedulers
+from models.task import STAGES, FiniteLossGuard, RunningMeans
 from models.wrappers import WrapperModule, register
-from utils import MODELS, ConfigError, NonFiniteLossError, RunningMeans, Spec, make_optimizer, make_scheduler
+from utils import MODELS, ConfigError, Spec
 
 
 @register('gan')
@@ -60,6 +61,7 @@ class GANWrapper(WrapperModule):
         noise = torch.randn(samples_per_epoch, self.generator.latent_dim, generator=torch.Generator().manual_seed(0))
         self.register_buffer('sample_noise', noise)
         self.running = {stage: RunningMeans() for stage in STAGES}
+        self.finite = FiniteLossGuard()
         self._schedulers: list[dict] = []
 
     # ----------------------------------------------------------------------------- the two losses
@@ -117,14 +119,13 @@ class GANWrapper(WrapperModule):
             self.log_dict({f'train/{k}_step': v.detach() for k, v in terms.items()}, prog_bar=True)
 
     def on_train_epoch_start(self) -> None:
-        self._epoch_first_step = self.global_step
+        self.finite.start_epoch(self.global_step)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # The epoch's means are logged on its last batch, so that callbacks (BaseLogger's epoch
         # line) see them in `on_train_epoch_end`, as in the base wrapper.
-        trainer = self.trainer
-        if (trainer.is_last_batch or batch_idx + 1 >= trainer.num_training_batches
-                or 0 < trainer.max_steps <= trainer.global_step):
+        if self.is_last_train_batch(batch_idx):
+            self.finite.check(self.running['train'], self.current_epoch, self.global_step - 1)
             self._log_epoch('train')
 
     def on_train_epoch_end(self) -> None:
@@ -163,15 +164,9 @@ class GANWrapper(WrapperModule):
     def _log_epoch(self, stage: str) -> None:
         """Log `<stage>/<term>`: the epoch's means over all processes (sums and counts reduced
         together), then start the next epoch's."""
-        means = self.running[stage].compute(lambda t: self.trainer.strategy.reduce(t, reduce_op='sum'))
+        means = self.running[stage].compute(self.sum_across_processes)
         self.running[stage].reset()
-        bad = [k for k, v in means.items() if not math.isfinite(v)]
-        if stage == 'train' and bad:   # checked here, where the means reach the host anyway
-            raise NonFiniteLossError(self.current_epoch + 1, self._epoch_first_step, self.global_step - 1, bad)
-        # Already exact over all processes: a 'max' sync of identical values keeps them as they
-        # are and tells Lightning they are synced.
-        self.log_dict({f'{stage}/{k}': v for k, v in means.items()}, on_step=False, on_epoch=True,
-                      sync_dist=True, reduce_fx='max')
+        self.log_epoch_means({f'{stage}/{k}': v for k, v in means.items()})
 
     # ------------------------------------------------------------------------------------ samples
 
@@ -207,17 +202,6 @@ class GANWrapper(WrapperModule):
         return [g_opt, d_opt], [{k: v for k, v in c.items() if k != 'monitor'} for c in self._schedulers]
 
     def _step_schedulers(self, interval: str) -> None:
-        """Step the schedulers whose `interval` is this one ('epoch' or 'step') and whose
-        `frequency` is due; `ReduceLROnPlateau` gets the value of its `monitor`."""
+        """Step the schedulers due at the end of this step or epoch (models/optim.py's rule)."""
         count = self.current_epoch + 1 if interval == 'epoch' else self.global_step // 2
-        for config in self._schedulers:
-            if config['interval'] != interval or count % config['frequency']:
-                continue
-            monitor = config.get('monitor')
-            if monitor is None:
-                config['scheduler'].step()
-            elif monitor in self.trainer.callback_metrics:
-                config['scheduler'].step(self.trainer.callback_metrics[monitor])
-            else:
-                raise ValueError(f'scheduler monitor {monitor!r} was not logged; logged: '
-                                 f'{", ".join(sorted(self.trainer.callback_metrics))}')
+        step_schedulers(self._schedulers, interval, count, self.trainer.callback_metrics)

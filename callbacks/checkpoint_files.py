@@ -1,0 +1,173 @@
+"""Checkpoints and generator state, Lightning-free: reading and checking checkpoints, loading
+weights, seeding, the RNG state an exact resume needs, and train.py's checkpoint files in
+Lightning's layout (so weights move freely between the two entry points)."""
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import os
+import random
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from callbacks.experiment_dir import ExperimentDir
+from configs.loading import parse_yaml
+from utils import ConfigError, display_path
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch generator states, in types `torch.load(weights_only=True)` reads."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {'python': random.getstate(), 'numpy': [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                    gauss], 'torch': torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what `rng_state` captured, so a resumed run draws the same numbers."""
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def read_checkpoint(path: Path, flag: str) -> dict:
+    """A checkpoint's contents (tensors memory-mapped, `weights_only=True`); a missing, corrupt or
+    foreign file is a ConfigError naming the flag."""
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception as e:
+        raise ConfigError(f'{flag}: cannot read the checkpoint {display_path(path)} '
+                          f'({type(e).__name__}: {str(e).splitlines()[0][:120]})') from None
+    if not isinstance(state, dict) or 'state_dict' not in state:
+        raise ConfigError(f'{flag}: {display_path(path)} is not a lightyaml/Lightning checkpoint (no state_dict)')
+    return state
+
+
+def find_checkpoint(target: str, flag: str) -> Path:
+    """A .ckpt file as given, or an experiment folder's ckpt/last.ckpt; checked to be readable."""
+    path = Path(target)
+    if path.is_dir():
+        path = ExperimentDir(path).ckpt_dir / 'last.ckpt'
+        if not path.is_file():
+            raise ConfigError(f'{flag} {target}: no checkpoint in this folder ({display_path(path)} is missing)'
+                              + ('; start it again with --overwrite' if flag == '--resume' else ''))
+    elif not path.is_file():
+        raise ConfigError(f'{flag} {target}: no such experiment folder or checkpoint file')
+    read_checkpoint(path, f'{flag} {target}')
+    return path
+
+
+def load_weights(module: Any, path: Path, flag: str = '--init-from') -> None:
+    """Load only the weights of a checkpoint into `module`; every mismatch is listed in one line."""
+    weights = read_checkpoint(path, f'{flag} {display_path(path)}')['state_dict']
+    own = module.state_dict()
+    shapes = [f'{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
+              if k in weights and weights[k].shape != v.shape]
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    problems = ([f"shapes differ (checkpoint vs model): {'; '.join(shapes)}"] if shapes else []) + \
+               ([f"missing in the checkpoint: {', '.join(missing)}"] if missing else []) + \
+               ([f"not in the model: {', '.join(unexpected)}"] if unexpected else [])
+    if problems:
+        raise ConfigError(f'{flag} {display_path(path)}: ' + '; '.join(problems))
+    module.load_state_dict({k: weights[k] for k in own})
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def experiment_checkpoint(exp: ExperimentDir, which: str) -> Path:
+    """For --test/--predict --ckpt: `last`, `best` (the best monitored checkpoint, else the last) or a path to a .ckpt."""
+    if which not in ('best', 'last'):
+        return find_checkpoint(which, '--ckpt')
+    last = exp.ckpt_dir / 'last.ckpt'
+    best = None
+    if which == 'best' and (exp.path / 'result.yaml').is_file():
+        best = (parse_yaml((exp.path / 'result.yaml').read_text(), 'result.yaml') or {}).get('best', {}).get(
+            'checkpoint')
+    path = exp.ckpt_dir / best if best else last
+    if not path.is_file():
+        raise ConfigError(f'--ckpt {which}: no checkpoint {display_path(path)}')
+    return path
+
+
+def checkpoint_name(template: Optional[str], metrics: Mapping[str, float]) -> str:
+    """ModelCheckpoint's names: `{epoch}-{val/acc:.3f}` -> `epoch=3-val_acc=0.981`."""
+    def fill(match: re.Match) -> str:
+        key, fmt = match[1], match[2] or ''
+        return f"{key.replace('/', '_')}={format(metrics.get(key, float('nan')), fmt[1:] if fmt else '')}"
+    return re.sub(r'\{([^}:]+)(:[^}]*)?\}', fill, template or '{epoch}-{step}')
+
+
+def save_checkpoint(path: Path, task: Any, optimizer: Any, scheduler: Optional[dict], scaler: Any, epoch: int,
+                    step: int, hparams: Mapping, callbacks: Mapping[str, Any]) -> None:
+    """Lightning's layout (state_dict keys as the `base` wrapper's; the generator states where
+    LastCheckpoint keeps them), written atomically: a kill mid-write leaves the old file."""
+    try:
+        lightning_version = importlib.metadata.version('pytorch-lightning')
+    except importlib.metadata.PackageNotFoundError:
+        lightning_version = '2.6.6'
+    state = {'epoch': epoch, 'global_step': step, 'pytorch-lightning_version': lightning_version,
+             'state_dict': task.state_dict(), 'optimizer_states': [optimizer.state_dict()],
+             'lr_schedulers': [scheduler['scheduler'].state_dict()] if scheduler else [],
+             'hyper_parameters': dict(hparams), 'callbacks': {**callbacks, 'LastCheckpoint': {'rng': rng_state()}}}
+    if scaler is not None:
+        state['MixedPrecision'] = scaler.state_dict()
+    tmp = path.with_name(path.name + '.tmp')
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+class TopK:
+    """train.py's ModelCheckpoint: the best `k` checkpoints by a monitored value (the latest ones
+    with no monitor). `params` has ModelCheckpoint's `monitor`, `mode`, `save_top_k`,
+    `every_n_epochs` and `filename`."""
+
+    def __init__(self, params: Any, folder: Path) -> None:
+        self.params, self.folder = params, folder
+        self.kept: list[tuple[float, Path]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {'kept': [[score, path.name] for score, path in self.kept]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.kept = [(score, self.folder / name) for score, name in state.get('kept', [])]
+
+    def best(self) -> tuple[Optional[float], Optional[Path]]:
+        """The best monitored value and its checkpoint (None, None without a monitor)."""
+        if not self.kept or not self.params.monitor:
+            return None, None
+        score, path = self.kept[0]
+        return (score if self.params.mode == 'max' else -score), path
+
+    def update(self, metrics: Mapping[str, float], save: Any) -> None:
+        p = self.params
+        if p.save_top_k == 0 or (p.every_n_epochs and (metrics['epoch'] + 1) % p.every_n_epochs):
+            return
+        value = metrics.get(p.monitor, math.nan) if p.monitor else float(metrics['step'])
+        if math.isnan(value):
+            return
+        score = value if (p.mode == 'max' or not p.monitor) else -value
+        path = self.folder / f"{checkpoint_name(p.filename, metrics)}.ckpt"
+        if p.save_top_k > 0 and len(self.kept) >= p.save_top_k and score <= min(self.kept)[0]:
+            return
+        save(path)
+        self.kept.append((score, path))
+        self.kept.sort(reverse=True)
+        while p.save_top_k > 0 and len(self.kept) > p.save_top_k:
+            self.kept.pop()[1].unlink(missing_ok=True)

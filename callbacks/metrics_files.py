@@ -1,0 +1,99 @@
+"""The experiment's metric files: the per-epoch log line, metrics.csv and TensorBoard events,
+and the parameter summary. Lightning-free: train.py writes them directly; train_pl.py through
+callbacks/base_logger.py."""
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+
+def format_duration(seconds: float) -> str:
+    """'42s', '3m05s', '2h07m'."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f'{seconds}s'
+    if seconds < 3600:
+        return f'{seconds // 60}m{seconds % 60:02d}s'
+    return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
+
+
+def format_epoch_line(epoch: int, max_epochs: Optional[int], metrics: Mapping[str, float],
+                      epoch_seconds: float, elapsed: float, epochs_done: int) -> str:
+    """The per-epoch line of log.txt, the same for both entry points:
+
+    epoch 3/20  train: loss 0.2311  val: loss 0.1540 acc 0.9593  1.2s, 4s / ~27s
+    """
+    total = f'/{max_epochs}' if max_epochs and max_epochs > 0 else ''
+    parts = [f'epoch {epoch}{total}']
+    for stage in ('train', 'val'):
+        terms = [f'{k.split("/", 1)[1]} {v:.4f}' for k, v in sorted(metrics.items())
+                 if k.startswith(stage + '/') and not k.endswith('_step')]
+        if terms:
+            parts.append(f'{stage}: ' + ' '.join(terms))
+    timing = f'{epoch_seconds:.1f}s, {format_duration(elapsed)}'
+    if max_epochs and max_epochs > 0 and epochs_done > 0:
+        timing += f' / ~{format_duration(elapsed / epochs_done * max_epochs)}'
+    parts.append(timing)
+    return '  '.join(parts)
+
+
+class MetricsWriter:
+    """metrics.csv and TensorBoard events of one experiment; appends, never truncates.
+
+    A new metric name adds a column: the file is rewritten once with the wider header.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.csv_path = Path(path) / 'metrics.csv'
+        self.tb_dir = Path(path) / 'tb'
+        self._columns: list[str] = []
+        self._tb = None
+        if self.csv_path.exists():
+            with open(self.csv_path, newline='') as f:
+                self._columns = next(csv.reader(f), [])
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        """Write one row (`step` and the metrics) and the same scalars to TensorBoard."""
+        row = {'step': step, **{k: int(v) if k == 'epoch' else float(v) for k, v in metrics.items()}}
+        new = [k for k in row if k not in self._columns]
+        if new:
+            old_rows = []
+            if self.csv_path.exists():
+                with open(self.csv_path, newline='') as f:
+                    old_rows = list(csv.DictReader(f))
+            fixed = [c for c in ('epoch', 'step') if c in self._columns or c in row]
+            self._columns = fixed + sorted(set(self._columns + new) - set(fixed))
+            with open(self.csv_path, 'w', newline='') as f:
+                writer = csv.DictWriter(f, fieldnames=self._columns)
+                writer.writeheader()
+                writer.writerows(old_rows)
+        with open(self.csv_path, 'a', newline='') as f:
+            csv.DictWriter(f, fieldnames=self._columns).writerow(row)
+        if self._tb is None:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(str(self.tb_dir))
+        for key, value in metrics.items():
+            if key != 'epoch':
+                self._tb.add_scalar(key, float(value), step)
+
+    def flush(self) -> None:
+        """Push TensorBoard events to disk."""
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        """Flush and release the TensorBoard writer."""
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def model_summary(module: Any) -> str:
+    """Parameter counts per top-level submodule and in total, for the head of log.txt."""
+    def count(m: Any) -> int:
+        return sum(p.numel() for p in m.parameters())
+    parts = [f'{name} {count(child):,}' for name, child in module.named_children() if count(child)]
+    return f'parameters: {count(module):,} total' + (f' ({", ".join(parts)})' if parts else '')

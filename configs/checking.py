@@ -1,0 +1,199 @@
+"""Checking a config against the signatures of what it builds, before anything is built.
+
+Every problem becomes one line `file: key.path: problem (did you mean ...)`. Lightning-free.
+"""
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Callable, Optional
+
+from configs.loading import Config
+from utils import DATA_MODULES, REGISTRIES, ConfigError, Registry, SpecMarker, did_you_mean
+
+TOP_LEVEL_SECTIONS = ('seed', 'data_module', 'train_wrapper', 'trainer_params', 'checkpoint', 'callbacks')
+REQUIRED_SECTIONS = ('data_module', 'train_wrapper')
+
+# How a value from YAML is checked against an annotation: True fits, False does not, None can't tell.
+_BASIC = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list,), tuple: (list,),
+          dict: (dict,), type(None): (type(None),)}
+
+
+def _fits(value: Any, annotation: Any) -> Optional[bool]:
+    if annotation in (inspect.Parameter.empty, Any) or isinstance(annotation, (str, typing.ForwardRef)):
+        return None
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _fits(value, args[0])
+    if origin in (typing.Union, types.UnionType):
+        results = [_fits(value, a) for a in args]
+        return True if True in results else (None if None in results else False)
+    if origin is typing.Literal:
+        return value in args and type(value) in {type(a) for a in args}
+    if origin is not None:
+        annotation = origin
+    if annotation in _BASIC:
+        return isinstance(value, _BASIC[annotation]) and not (
+            isinstance(value, bool) and annotation in (int, float))
+    if annotation in (Sequence, list, tuple, Iterable):
+        return isinstance(value, list)
+    if annotation is Mapping:
+        return isinstance(value, dict)
+    if inspect.isclass(annotation):
+        if isinstance(value, annotation):
+            return True
+        # YAML yields only plain values: one of those where another class is wanted is wrong.
+        return False if isinstance(value, (int, float, str, bool, list, dict)) else None
+    return None
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
+def _describe(annotation: Any) -> str:
+    """'int', 'float or None', "one of 32, '16-mixed', 'bf16-mixed' or None"."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        spec = _spec_registry(annotation)
+        return _a(f'{REGISTRIES[spec].kind} spec') if spec else _describe(args[0])
+    if origin in (typing.Union, types.UnionType):
+        literals = [repr(v) for a in args if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)]
+        others = [_describe(a) for a in args if typing.get_origin(a) is not typing.Literal]
+        return (f"one of {', '.join(literals)}" + ''.join(f' or {o}' for o in others)) if literals else ' or '.join(others)
+    if origin is typing.Literal:
+        return f"one of {', '.join(repr(v) for v in args)}"
+    if annotation is type(None):
+        return 'None'
+    return getattr(annotation, '__name__', str(annotation).replace('typing.', ''))
+
+
+def _signature_hints(target: Any) -> tuple[inspect.Signature, dict[str, Any]]:
+    signature = inspect.signature(target)
+    init = target.__init__ if inspect.isclass(target) else target
+    try:
+        hints = typing.get_type_hints(init, include_extras=True)
+    except Exception:  # unresolvable forward references: fall back to the raw annotations
+        hints = {name: p.annotation for name, p in signature.parameters.items()}
+    return signature, hints
+
+
+def check_kwargs(target: Any, kwargs: Mapping, key: str, cfg: Config, problems: list[str],
+                 what: str, refused: Mapping[str, str] = {}, required: bool = False) -> None:
+    """Check `kwargs` against `target`'s signature: unknown names, wrong types, nested specs, and
+    (if `required`) missing arguments. Nested specs may get more arguments at run time from
+    `make(spec, args=...)`, so only top-level sections are checked for missing ones."""
+    if not isinstance(kwargs, Mapping):
+        problems.append(cfg.error(key, f'expected a mapping of {what} arguments, got {type(kwargs).__name__}'))
+        return
+    signature, hints = _signature_hints(target)
+    params = signature.parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for name, value in kwargs.items():
+        sub = f'{key}.{name}'
+        if name in refused:
+            problems.append(cfg.error(sub, refused[name]))
+        elif name not in accepted:
+            if not takes_any:
+                hint = did_you_mean(name, accepted) or f"; it takes: {', '.join(accepted[:12])}" + (
+                    ', ...' if len(accepted) > 12 else '')
+                problems.append(cfg.error(sub, f'{what} does not take {name!r}{hint}'))
+        else:
+            check_value(value, hints.get(name, params[name].annotation), sub, cfg, problems)
+    if required:
+        for name in accepted:
+            if params[name].default is inspect.Parameter.empty and name not in kwargs:
+                problems.append(cfg.error(key, f'{what} needs {name!r}'))
+
+
+def check_value(value: Any, annotation: Any, key: str, cfg: Config, problems: list[str]) -> None:
+    """Check one value against its annotation, following `Spec[...]` into nested specs."""
+    spec = _spec_registry(annotation)
+    if spec is not None and value is not None:
+        check_spec(REGISTRIES[spec], value, key, cfg, problems)
+        return
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType) and value is not None:
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            check_value(value, inner[0], key, cfg, problems)
+            return
+    if origin in (dict, Mapping) and len(args) == 2 and isinstance(value, dict):
+        for k, v in value.items():
+            check_value(v, args[1], f'{key}.{k}', cfg, problems)
+        return
+    if origin in (list, Sequence) and len(args) == 1 and isinstance(value, list):
+        for i, v in enumerate(value):
+            check_value(v, args[0], f'{key}.{i}', cfg, problems)
+        return
+    if _fits(value, annotation) is False:
+        got = 'null' if value is None else f'{type(value).__name__} {value!r}'
+        problems.append(cfg.error(key, f'expected {_describe(annotation)}, got {got}'))
+
+
+def _spec_registry(annotation: Any) -> Optional[str]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        found = [_spec_registry(a) for a in typing.get_args(annotation)]
+        return next((f for f in found if f), None)
+    if typing.get_origin(annotation) is typing.Annotated:
+        return next((m.registry for m in annotation.__metadata__ if isinstance(m, SpecMarker)), None)
+    return None
+
+
+def check_spec(registry: Registry, spec: Any, key: str, cfg: Config, problems: list[str],
+               required: bool = False) -> None:
+    """Check a `{name, args}` spec: known name, accepted and well-typed (and, if `required`, all
+    required) arguments."""
+    if not isinstance(spec, Mapping):
+        problems.append(cfg.error(key, f'expected {_a(registry.kind)} spec {{name: ..., args: {{...}}}}, '
+                                       f'got {type(spec).__name__} {spec!r}'))
+        return
+    allowed = ('name', 'args') + getattr(registry, 'extra_keys', ())
+    for extra in spec:
+        if extra not in allowed:
+            problems.append(cfg.error(f'{key}.{extra}', f'a {registry.kind} spec has no key {extra!r}'
+                                                        f'{did_you_mean(extra, allowed)}; keys: {", ".join(allowed)}'))
+    if 'name' not in spec:
+        problems.append(cfg.error(key, f'missing name: which {registry.kind}? one of {", ".join(registry.names())}'))
+        return
+    if not isinstance(spec['name'], str):
+        problems.append(cfg.error(f'{key}.name', f"expected the name of a {registry.kind}, got {spec['name']!r}"))
+        return
+    try:
+        cls = registry.get(spec['name'])
+    except ConfigError as e:
+        problems.append(cfg.error(f'{key}.name', str(e)))
+        return
+    check_kwargs(cls, spec.get('args') or {}, f'{key}.args', cfg, problems, f"{registry.kind} {spec['name']!r}",
+                 required=required)
+    if registry.check is not None:
+        registry.check(spec, key, cfg, problems)
+
+
+def check_sections(cfg: Config, allowed: Sequence[str] = TOP_LEVEL_SECTIONS) -> list[str]:
+    """Problems with the top level: unknown or missing sections, the seed, the data module."""
+    problems = [cfg.error(k, f'unknown section{did_you_mean(k, allowed)}; sections: {", ".join(allowed)}')
+                for k in cfg if k not in allowed]
+    problems += [cfg.error('', f'missing section {k!r}') for k in REQUIRED_SECTIONS if k not in cfg]
+    seed = cfg.get('seed')
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        problems.append(cfg.error('seed', f'expected a non-negative integer, got {seed!r}'))
+    if 'data_module' in cfg:
+        check_spec(DATA_MODULES, cfg['data_module'], 'data_module', cfg, problems, required=True)
+    for section in ('trainer_params', 'checkpoint'):
+        if cfg.get(section) is not None and not isinstance(cfg[section], Mapping):
+            problems.append(cfg.error(section, f'expected a mapping, got {type(cfg[section]).__name__}'))
+    return problems
+
+
+def build(what: str, key: str, cfg: Config, fn: Callable[[], Any]) -> Any:
+    """Run `fn` (which builds something from the config); any exception becomes a ConfigError."""
+    try:
+        return fn()
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(cfg.error(key, f'building {what} failed: {type(e).__name__}: {e}'.splitlines()[0])) from e

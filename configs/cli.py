@@ -1,0 +1,164 @@
+"""The command line both entry points share: the flags, `--gpu`, what `--config`/`--resume`/
+`--init-from`/`--name` resolve to, and `run_cli`, which turns a ConfigError into one line per
+problem and exit status 2. Lightning-free."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from callbacks.checkpoint_files import experiment_checkpoint, find_checkpoint
+from callbacks.experiment_dir import ExperimentDir, check_experiment_name
+from callbacks.results import plot_metrics
+from configs.loading import Config, load_config, resolve_seed
+from utils import (PROJECT_ROOT, ConfigError, NonFiniteLossError, display_path, global_rank_from_env,
+                   list_registered)
+
+
+def make_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line both entry points share."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--config', help='YAML config file')
+    parser.add_argument('--name', help='experiment name: the run goes to <save-root>/<name> (default: config file stem)')
+    parser.add_argument('--tag', help='appended to the name as <name>_<tag>')
+    parser.add_argument('--gpu', help="CUDA devices to use, e.g. '0' or '1,2' (DDP with several), or 'cpu'")
+    parser.add_argument('--nodes', type=int, help='number of machines (multi-node DDP)')
+    parser.add_argument('--resume', help='an experiment folder (continues its last checkpoint) or a .ckpt file')
+    parser.add_argument('--init-from', help='start a new run from the model weights of an experiment folder '
+                                            '(its last.ckpt) or a .ckpt file; optimizer and counters start fresh')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='if the experiment folder exists, move it aside to <name>.old-<time> and start anew')
+    parser.add_argument('--save-root', default=str(PROJECT_ROOT / 'save'), help='where experiment folders go')
+    parser.add_argument('--test', metavar='EXP', help="evaluate an experiment's checkpoint (--ckpt) on its test split")
+    parser.add_argument('--predict', metavar='EXP', help="predict with an experiment's checkpoint on --data")
+    parser.add_argument('--ckpt', default='best', help="with --test/--predict: best (default), last, or a .ckpt path")
+    parser.add_argument('--data', help="with --predict: a dataset spec in YAML ('{name: digits, args: {split: test}}') "
+                                       'or a folder of images (default: the test split)')
+    parser.add_argument('--out', help='where --predict or --plot write (default: inside the experiment folder)')
+    parser.add_argument('--plot', nargs='+', metavar='EXP', help="plot the curves of experiments' metrics.csv to a PNG")
+    parser.add_argument('--sweep', action='append', default=[], metavar='key=v1,v2',
+                        help='run one experiment per combination of values (repeat the flag for a grid)')
+    parser.add_argument('--seeds', help='with a sweep: run every combination with each of these seeds, e.g. 0,1,2')
+    parser.add_argument('--list', nargs='*', metavar='KIND', help='list registered names (all kinds, or the given ones)')
+    parser.add_argument('--debug', action='store_true', help='show tracebacks of configuration errors')
+    parser.add_argument('overrides', nargs='*', metavar='key.path=value', help='dotted config overrides, values parsed as YAML')
+    return parser
+
+
+def parse_gpu_flag(gpu: str) -> list[int] | str:
+    """'cpu', or the CUDA device indices of `--gpu 1,2`."""
+    if gpu.strip().lower() == 'cpu':
+        return 'cpu'
+    ids = [part.strip() for part in gpu.split(',')]
+    if not ids or not all(i.isdigit() for i in ids) or len(set(ids)) != len(ids):
+        raise ConfigError(f"--gpu {gpu!r}: expected distinct CUDA device indices such as 0 or 1,2, or 'cpu'")
+    return [int(i) for i in ids]
+
+
+def select_cuda_devices(ids: Sequence[int], device_count: Optional[Callable[[], int]] = None) -> int:
+    """Make exactly devices `ids` visible (CUDA_VISIBLE_DEVICES, inherited by DDP processes) and
+    return how many there are; fails clearly when this machine has fewer."""
+    os.environ['CUDA_VISIBLE_DEVICES'] = ','.join(str(i) for i in ids)
+    if device_count is None:
+        import torch
+        device_count = torch.cuda.device_count
+    visible = device_count()
+    if visible == 0:
+        raise ConfigError(f"--gpu {','.join(map(str, ids))}: no CUDA device is available on this machine; "
+                          f"leave out --gpu or pass --gpu cpu to train on the CPU")
+    if visible < len(ids):
+        raise ConfigError(f"--gpu {','.join(map(str, ids))}: only {visible} of these CUDA devices exist here")
+    return len(ids)
+
+
+class Run(typing.NamedTuple):
+    """What the command line asks for, resolved and checked before anything is created."""
+    cfg: Config
+    exp: ExperimentDir
+    resume: Optional[Path]      # the checkpoint to continue from (counters, optimizer, RNG)
+    init_from: Optional[Path]   # a checkpoint to take only the weights from
+
+
+def resolve_run(args: argparse.Namespace) -> Run:
+    """From --config/--resume/--init-from/--name/--tag: the merged config, the experiment folder
+    and the checkpoints involved. A new run's folder must be free; checkpoints must be readable."""
+    ckpt = init = None
+    if args.resume and args.init_from:
+        raise ConfigError('--resume and --init-from: choose one (resume continues a run; --init-from starts a new '
+                          'one from its weights)')
+    if args.init_from:
+        init = find_checkpoint(args.init_from, '--init-from')
+    if args.resume:
+        target = Path(args.resume)
+        exp = ExperimentDir(target if target.is_dir() else target.resolve().parent.parent)
+        if target.is_dir() and args.config:
+            raise ConfigError(f'--config with --resume {args.resume}: a resumed run uses its own '
+                              f'config.yaml (give changes as overrides)')
+        if target.is_dir() and not (target / 'config.yaml').is_file():
+            raise ConfigError(f'--resume {args.resume}: no config.yaml in this folder; is it an experiment folder?')
+        ckpt = find_checkpoint(args.resume, '--resume')
+        config_path = Path(args.config) if args.config else exp.path / 'config.yaml'
+        if not config_path.is_file():
+            raise ConfigError(f'--resume {args.resume}: no config.yaml beside this checkpoint; give --config')
+    else:
+        if not args.config:
+            raise ConfigError('--config is required (or --resume an experiment folder); e.g. --config configs/digits.yaml')
+        name = args.name or Path(args.config).stem
+        if args.tag:
+            check_experiment_name(args.tag, '--tag')
+            name = f'{name}_{args.tag}'
+        exp = ExperimentDir.for_name(args.save_root, name)
+        if global_rank_from_env() == 0:
+            exp.check_free(args.overwrite)
+        config_path = Path(args.config)
+    cfg = load_config(config_path, args.overrides)
+    resolve_seed(cfg)
+    return Run(cfg, exp, ckpt, init)
+
+
+def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, doc: str,
+            argv: Optional[Sequence[str]] = None) -> int:
+    """Parse the command line and call `run(args, command)`; a ConfigError prints one line per
+    problem and exits with status 2 (a traceback only with --debug)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = make_parser(doc).parse_intermixed_args(argv)
+    try:
+        if args.list is not None:
+            print(list_registered(args.list))
+            return 0
+        if args.plot:
+            print(f'wrote {display_path(plot_metrics([Path(p) for p in args.plot], args.out))}')
+            return 0
+        if args.sweep or args.seeds:
+            from configs.sweep import run_sweep
+            return run_sweep(script, args, argv)
+        run(args, ['python', script, *argv])
+        return 0
+    except ConfigError as e:
+        if args.debug:
+            raise
+        for problem in e.problems:
+            print(f'error: {problem}', file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        if args.debug:
+            raise
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+
+
+# ---------------------------------------------------------------- results, test and predict outputs
+
+def resolve_evaluation(args: argparse.Namespace, validate: Callable[[Config], None]) -> tuple[ExperimentDir, Config, Path]:
+    """For --test/--predict: the experiment, its config (with overrides, validated) and the checkpoint."""
+    flag, target = ('--test', args.test) if args.test else ('--predict', args.predict)
+    exp = ExperimentDir(target)
+    if not (exp.path / 'config.yaml').is_file():
+        raise ConfigError(f'{flag} {target}: no config.yaml there; is it an experiment folder?')
+    cfg = load_config(exp.path / 'config.yaml', args.overrides)
+    validate(cfg)
+    return exp, cfg, experiment_checkpoint(exp, args.ckpt)
