@@ -99,9 +99,9 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     # `save_last` (default on) is served by LastCheckpoint, which refreshes last.ckpt every epoch.
     checkpoint_args = {'save_last': True, **(cfg.get('checkpoint') or {})}
     save_last = checkpoint_args.pop('save_last')
-    callbacks = [BaseLogger(exp, cfg, command, resume=resume_ckpt is not None, overwrite=overwrite),
-                 build('ModelCheckpoint', 'checkpoint', cfg, lambda: ModelCheckpoint(dirpath=exp.ckpt_dir,
-                                                                                   **checkpoint_args)),
+    checkpoint = build('ModelCheckpoint', 'checkpoint', cfg, lambda: ModelCheckpoint(dirpath=exp.ckpt_dir,
+                                                                                   **checkpoint_args))
+    callbacks = [BaseLogger(exp, cfg, command, resume=resume_ckpt is not None, overwrite=overwrite), checkpoint,
                  FastPaths()]
     if save_last:
         callbacks.append(LastCheckpoint(exp.ckpt_dir))
@@ -121,10 +121,10 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
             warnings.filterwarnings('ignore', message=r'Checkpoint directory .* exists and is not empty')
         trainer.fit(wrapper, datamodule=lightning_data(data), ckpt_path=resume_ckpt, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    best = callbacks[1]   # the configured ModelCheckpoint
     if trainer.is_global_zero and not trainer.interrupted:
-        finish_run(exp, metrics, best.monitor, None if best.best_model_score is None else float(best.best_model_score),
-                   Path(best.best_model_path) if best.best_model_path else None)
+        best_score = None if checkpoint.best_model_score is None else float(checkpoint.best_model_score)
+        finish_run(exp, metrics, checkpoint.monitor, best_score,
+                   Path(checkpoint.best_model_path) if checkpoint.best_model_path else None)
     return metrics
 
 

@@ -7,6 +7,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from callbacks.checkpoint_files import rng_state, set_rng_state
+from models.optim import step_scheduler
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -45,7 +46,7 @@ class LastCheckpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         plateaus = [c for c in trainer.lr_scheduler_configs if c.reduce_on_plateau]
         for config, value in zip(plateaus, self._plateau_replay):
-            config.scheduler.step(value)
+            step_scheduler(config.scheduler, value)
         self._plateau_replay = []
 
     def state_dict(self) -> dict[str, Any]:
