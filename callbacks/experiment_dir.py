@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from configs.loading import dump_yaml
+from configs.references import escape_references
 from utils import PROJECT_ROOT, ConfigError, display_path
 
 _NAME_RULE = 'letters, digits, and . _ - = (no path separators, no "..")'
@@ -80,13 +81,13 @@ class ExperimentDir:
         self.log(f'command: {" ".join(command)}')
 
     def write_config(self, config: Mapping, command: Sequence[str]) -> None:
-        """config.yaml: the merged config, headed by every command that ran it (as comments, so
-        the file still loads as a config)."""
+        """config.yaml: the merged config with its references resolved (the values the run used),
+        headed by every command that ran it (as comments, so the file still loads as a config)."""
         path = self.path / 'config.yaml'
         old = path.read_text().splitlines() if path.exists() else []
         header = [line for line in itertools.takewhile(lambda line: line.startswith('#'), old)]
         header.append(f'# {datetime.datetime.now().isoformat(timespec="seconds")}: {" ".join(command)}')
-        atomic_write(path, '\n'.join(header) + '\n' + dump_yaml(dict(config)))
+        atomic_write(path, '\n'.join(header) + '\n' + dump_yaml(escape_references(dict(config))))
 
     def copy_source(self, root: Path = PROJECT_ROOT) -> None:
         """Copy the project's Python files and configs into src/ (not data, runs, git or caches)."""

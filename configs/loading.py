@@ -1,4 +1,5 @@
-"""Reading a config: safe YAML, `extends`, dotted overrides, and where each key was set.
+"""Reading a config: safe YAML, `extends`, dotted overrides, `${...}` references (resolved last,
+configs/references.py), and where each key was set.
 
 Lightning-free and torch-free. Validation is in configs/checking.py.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from configs.references import resolve_references
 from utils import ConfigError, display_path, global_rank_from_env
 
 EXTENDS_KEY = 'extends'
@@ -50,11 +52,13 @@ def parse_yaml(text: str, where: str) -> Any:
 
 
 class Config(dict):
-    """The merged config, plus where each key was set (a file, or the command line)."""
+    """The merged config, plus where each key was set (a file, or the command line) and, for a key
+    whose value came from references, the text it held (`${trainer_params.max_epochs}`)."""
 
-    def __init__(self, data: Mapping, origins: Mapping[str, str]) -> None:
+    def __init__(self, data: Mapping, origins: Mapping[str, str], references: Mapping[str, str] = {}) -> None:
         super().__init__(data)
         self.origins = dict(origins)
+        self.references = dict(references)
 
     def where(self, key: str) -> str:
         """The file (or override) that set `key` or its closest parent section."""
@@ -145,13 +149,15 @@ def apply_override(data: dict, override: str, origins: dict[str, str]) -> None:
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
-    """Load a config file (following `extends`) and apply dotted overrides. No validation."""
+    """Load a config file (following `extends`), apply dotted overrides, then resolve `${...}`
+    references, so that a reference sees the overridden value. No validation."""
     origins: dict[str, str] = {}
     data = _read_config_file(Path(path).resolve(), origins)
     origins[''] = display_path(Path(path).resolve())
     for override in overrides:
         apply_override(data, override, origins)
-    return Config(data, origins)
+    resolved, references = resolve_references(data, Config(data, origins).where)
+    return Config(resolved, origins, references)
 
 
 def resolve_seed(cfg: dict) -> Any:

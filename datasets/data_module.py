@@ -33,13 +33,15 @@ class DataModule:
         batch_by_index: serve in-memory datasets by index (off: per-sample DataLoader, same batches).
         device: move in-memory datasets to this device once (e.g. 'cuda'): batches are then indexed
             there and nothing is copied per step. Set it to the device you train on.
+        num_classes: how many classes the data has. The data module does not use it: it is the
+            one place model and metric arguments refer to (`${data_module.args.num_classes}`).
     """
 
     def __init__(self, train: Optional[Spec['datasets']] = None, val: Optional[Spec['datasets']] = None,
                  test: Optional[Spec['datasets']] = None, predict: Optional[Spec['datasets']] = None,
                  batch_size: int = 32, eval_batch_size: Optional[int] = None, num_workers: int = 0,
                  pin_memory: Optional[bool] = None, drop_last: bool = False, batch_by_index: bool = True,
-                 device: Optional[str] = None) -> None:
+                 device: Optional[str] = None, num_classes: Optional[int] = None) -> None:
         self.specs = {'train': train, 'val': val, 'test': test, 'predict': predict}
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -48,6 +50,7 @@ class DataModule:
         self.drop_last = drop_last
         self.batch_by_index = batch_by_index
         self.device = device
+        self.num_classes = num_classes
         self._datasets: dict[str, Dataset] = {}
 
     def dataset(self, stage: str) -> Dataset:
