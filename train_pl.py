@@ -5,6 +5,7 @@
     python train_pl.py --config configs/digits.yaml trainer_params.max_epochs=3
     python train_pl.py --resume save/exp trainer_params.max_epochs=40     # continue a run
     python train_pl.py --list models                                      # what is registered
+    python train_pl.py --config configs/digits.yaml --print-config        # the merged config, and where each key came from
     python train_pl.py --test save/exp [--ckpt best|last|PATH]            # evaluate on the test split
     python train_pl.py --predict save/exp --data load/my_images/          # predictions.csv
     python train_pl.py --config configs/digits.yaml --sweep train_wrapper.args.optim_spec.args.lr=1e-3,3e-4 \
@@ -22,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from callbacks.checkpoint_files import load_weights
 from callbacks.experiment_dir import ExperimentDir
 from callbacks.results import finish_run, predict_spec, record_test, write_predictions
 from configs.checking import build, check_kwargs, check_sections, check_spec
@@ -87,6 +87,7 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
     from callbacks.base_logger import BaseLogger, ExperimentLogger
+    from callbacks.checkpoint_files import load_weights
     from callbacks.fast_paths import FastPaths
     from callbacks.last_checkpoint import LastCheckpoint
     from callbacks.progress_bar import ThrottledProgressBar

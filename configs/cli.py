@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from callbacks.checkpoint_files import experiment_checkpoint, find_checkpoint
 from callbacks.experiment_dir import ExperimentDir, check_experiment_name
 from callbacks.results import plot_metrics
-from configs.loading import Config, load_config, resolve_seed
+from configs.loading import Config, dump_with_origins, load_config, resolve_seed
 from utils import (PROJECT_ROOT, ConfigError, NonFiniteLossError, display_path, global_rank_from_env,
                    list_registered)
 
@@ -44,6 +43,9 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
                         help='run one experiment per combination of values (repeat the flag for a grid)')
     parser.add_argument('--seeds', help='with a sweep: run every combination with each of these seeds, e.g. 0,1,2')
     parser.add_argument('--list', nargs='*', metavar='KIND', help='list registered names (all kinds, or the given ones)')
+    parser.add_argument('--print-config', action='store_true',
+                        help='print the merged config with references resolved, each key with the file or override '
+                             'that set it, and exit (creates nothing)')
     parser.add_argument('--debug', action='store_true', help='show tracebacks of configuration errors')
     parser.add_argument('overrides', nargs='*', metavar='key.path=value', help='dotted config overrides, values parsed as YAML')
     return parser
@@ -86,6 +88,7 @@ class Run(typing.NamedTuple):
 def resolve_run(args: argparse.Namespace) -> Run:
     """From --config/--resume/--init-from/--name/--tag: the merged config, the experiment folder
     and the checkpoints involved. A new run's folder must be free; checkpoints must be readable."""
+    from callbacks.checkpoint_files import find_checkpoint   # torch: not needed by --print-config
     ckpt = init = None
     if args.resume and args.init_from:
         raise ConfigError('--resume and --init-from: choose one (resume continues a run; --init-from starts a new '
@@ -130,6 +133,9 @@ def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, do
         if args.list is not None:
             print(list_registered(args.list))
             return 0
+        if args.print_config:
+            print(dump_with_origins(load_config(config_to_print(args), args.overrides)))
+            return 0
         if args.plot:
             print(f'wrote {display_path(plot_metrics([Path(p) for p in args.plot], args.out))}')
             return 0
@@ -151,10 +157,25 @@ def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, do
         return 1
 
 
+def config_to_print(args: argparse.Namespace) -> Path:
+    """For --print-config: --config, or the config.yaml of the experiment a flag names."""
+    if args.config:
+        return Path(args.config)
+    for flag in ('resume', 'test', 'predict', 'export'):
+        target = getattr(args, flag, None)
+        if target:
+            folder = Path(target) if Path(target).is_dir() else Path(target).resolve().parent.parent
+            if not (folder / 'config.yaml').is_file():
+                raise ConfigError(f"--{flag} {target}: no config.yaml there; is it an experiment folder?")
+            return folder / 'config.yaml'
+    raise ConfigError('--print-config: which config? give --config (or --resume/--test/--predict/--export EXP)')
+
+
 # ---------------------------------------------------------------- results, test and predict outputs
 
 def resolve_evaluation(args: argparse.Namespace, validate: Callable[[Config], None]) -> tuple[ExperimentDir, Config, Path]:
     """For --test/--predict: the experiment, its config (with overrides, validated) and the checkpoint."""
+    from callbacks.checkpoint_files import experiment_checkpoint
     flag, target = ('--test', args.test) if args.test else ('--predict', args.predict)
     exp = ExperimentDir(target)
     if not (exp.path / 'config.yaml').is_file():

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from configs.references import resolve_references
+from configs.references import escape_references, resolve_references
 from utils import ConfigError, display_path, global_rank_from_env
 
 EXTENDS_KEY = 'extends'
@@ -174,3 +174,34 @@ def resolve_seed(cfg: dict) -> Any:
 def dump_yaml(data: Any) -> str:
     """YAML text for a plain config, in the order it was written."""
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+
+
+def _flow(value: Any) -> str:
+    """One value as YAML on one line (flow style), e.g. `[512]`, `{name: ce}`, `'a: b'`."""
+    return yaml.safe_dump([value], default_flow_style=True, sort_keys=False, width=float('inf')).strip()[1:-1]
+
+
+def dump_with_origins(cfg: Config) -> str:
+    """The config as YAML, each key followed by a comment naming the file or override that set it
+    (and the references its value came from): what `--print-config` shows. It loads as a config."""
+    rows: list[tuple[str, str]] = []
+
+    def origin(key: str, leaf: bool) -> str:
+        # A list or flow value may have items set by overrides (`callbacks.0.args.x=1`): name them too.
+        found = [cfg.where(key)] + ([o for k, o in cfg.origins.items() if k.startswith(f'{key}.')] if leaf else [])
+        text = ', '.join(dict.fromkeys(found))
+        refs = [r for k, r in cfg.references.items() if k == key or (leaf and k.startswith(f'{key}.'))]
+        return text + ''.join(f' ({r})' for r in refs)
+
+    def emit(data: Mapping, prefix: str, indent: int) -> None:
+        for k, v in data.items():
+            key = f'{prefix}.{k}' if prefix else str(k)
+            if isinstance(v, Mapping) and v:
+                rows.append((' ' * indent + f'{_flow(k)}:', origin(key, leaf=False)))
+                emit(v, key, indent + 2)
+            else:
+                rows.append((' ' * indent + f'{_flow(k)}: {_flow(escape_references(v))}', origin(key, leaf=True)))
+
+    emit(cfg, '', 0)
+    width = min(max(len(text) for text, _ in rows) + 2, 72) if rows else 0
+    return '\n'.join(f'{text.ljust(width)}# {where}' for text, where in rows)
