@@ -35,6 +35,7 @@ from callbacks.results import finish_run, predict_spec, record_test, write_predi
 from configs.checking import build, check_kwargs, check_sections
 from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli, select_cuda_devices
 from configs.loading import Config
+from models.ema import EMA, STATE_KEY, EMAParams, ema_target, ema_weights
 from models.optim import step_schedulers
 from utils import DATA_MODULES, ConfigError, keep_freed_memory
 
@@ -89,10 +90,37 @@ def validate(cfg: Config) -> None:
                  'train.py (use train_pl.py for other Trainer arguments)')
     check_kwargs(CheckpointParams, cfg.get('checkpoint') or {}, 'checkpoint', cfg, problems,
                  'train.py (use train_pl.py for other ModelCheckpoint arguments)')
-    if cfg.get('callbacks'):
-        problems.append(cfg.error('callbacks', 'callbacks are Lightning callbacks; use train_pl.py to run them'))
+    callbacks = cfg.get('callbacks') or []
+    if not isinstance(callbacks, list):
+        problems.append(cfg.error('callbacks', f'expected a list of callback specs, got {type(callbacks).__name__}'))
+        callbacks = []
+    # The `ema` callback is the one with a Lightning-free twin (models/ema.py); the others need Lightning.
+    names = [spec.get('name') if isinstance(spec, Mapping) else spec for spec in callbacks]
+    for i, name in enumerate(names):
+        if name != 'ema':
+            problems.append(cfg.error(f'callbacks.{i}', f"train.py runs only the 'ema' callback, not {name!r}; "
+                                                        f"use train_pl.py for Lightning callbacks"))
+        elif names.index('ema') != i:
+            problems.append(cfg.error(f'callbacks.{i}', "a second 'ema' callback; keep one"))
+        else:
+            before = len(problems)
+            check_kwargs(EMAParams, callbacks[i].get('args') or {}, f'callbacks.{i}.args', cfg, problems,
+                         "callback 'ema'")
+            if len(problems) == before:   # well-typed: now the ranges (decay between 0 and 1, ...)
+                try:
+                    ema_params(cfg)
+                except ConfigError as e:
+                    problems += e.problems
     if problems:
         raise ConfigError(*problems)
+
+
+def ema_params(cfg: Config) -> Optional[EMAParams]:
+    """The arguments of the config's `ema` callback, or None without one."""
+    for i, spec in enumerate(cfg.get('callbacks') or []):
+        if spec['name'] == 'ema':
+            return build("callback 'ema'", f'callbacks.{i}', cfg, lambda: EMAParams(**spec.get('args') or {}))
+    return None
 
 
 # ----------------------------------------------------------------------------- devices and processes
@@ -192,6 +220,7 @@ class Resumed:
     step: int = 0
     elapsed: float = 0.0
     top_k: Optional[dict] = None
+    ema: Optional[dict] = None
 
 
 def restore(path: Path, task: Any, optimizer: Any, scheduler: Optional[dict], scaler: Any,
@@ -209,7 +238,7 @@ def restore(path: Path, task: Any, optimizer: Any, scheduler: Optional[dict], sc
         print(f'resume: {change} (from the config)')
     set_rng_state(state['callbacks']['LastCheckpoint']['rng'])   # the next shuffle and dropout masks
     return Resumed(state['epoch'] + 1, state['global_step'], state['callbacks'].get('BaseLogger', {}).get('elapsed', 0.0),
-                   state['callbacks'].get('TopK', {}))
+                   state['callbacks'].get('TopK', {}), state['callbacks'].get(STATE_KEY))
 
 
 def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Optional[Path] = None,
@@ -263,6 +292,11 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
     # --- resume: weights, optimizer, scheduler and counters from the checkpoint ---------------------
     resumed = restore(resume_ckpt, task, optimizer, scheduler, scaler, device) if resume_ckpt else Resumed()
     step = resumed.step
+
+    # --- the moving average of the weights (the `ema` callback), continued on resume ---------------
+    ema = EMA(task.model, ema_params(cfg)) if ema_params(cfg) is not None else None
+    if ema is not None and resumed.ema:
+        ema.load_state_dict(resumed.ema)
 
     # --- the experiment folder ----------------------------------------------------------------------
     writer = top_k = None
@@ -318,6 +352,8 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step_schedulers([scheduler], 'step', step + 1, {})
+            if ema is not None:
+                ema.update(step + 1)
             if (step + 1) % params.log_every_n_steps == 0:   # the only host syncs within an epoch
                 task.check_finite(epoch, step)
                 if master:
@@ -333,7 +369,8 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
         task.check_finite(epoch, step - 1)
         metrics = task.epoch_metrics('train', all_reduce_sum)
         if val_loader is not None and params.check_val_every_n_epoch and (epoch + 1) % params.check_val_every_n_epoch == 0:
-            metrics.update(evaluate(task, val_loader, n_val, 'val', device, autocast))
+            with ema.swapped(ema.params.validate_with_ema) if ema else contextlib.nullcontext():
+                metrics.update(evaluate(task, val_loader, n_val, 'val', device, autocast))
         step_schedulers([scheduler], 'epoch', epoch + 1, metrics)
         metrics.update(epoch=epoch, step=step - 1)
         if master:
@@ -347,7 +384,8 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
 
             def save(path: Path) -> None:
                 save_checkpoint(path, task, optimizer, scheduler, scaler, epoch, step, hparams,
-                                {'BaseLogger': {'elapsed': elapsed}, 'TopK': top_k.state_dict()})
+                                {'BaseLogger': {'elapsed': elapsed}, 'TopK': top_k.state_dict(),
+                                 **({STATE_KEY: ema.state_dict()} if ema else {})})
             top_k.update({**metrics, 'step': step}, save)   # named by steps done, as ModelCheckpoint names them
             if ckpt_params.save_last:
                 save(exp.ckpt_dir / 'last.ckpt')
@@ -365,13 +403,17 @@ def test_or_predict(args: argparse.Namespace) -> None:
     params = TrainerParams(**(cfg.get('trainer_params') or {}))
     device = torch.device('cuda', 0) if requested_processes(params, args.gpu)[0] == 'cuda' else torch.device('cpu')
     task = build_task(cfg)
-    task.load_state_dict(torch.load(ckpt, map_location='cpu', weights_only=True)['state_dict'])
+    state = torch.load(ckpt, map_location='cpu', weights_only=True)
+    task.load_state_dict(state['state_dict'])
+    averaged = ema_weights(state, args.ema, ckpt)
+    if averaged is not None:
+        ema_target(task).load_state_dict(averaged)
     task.to(device)
     data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
     autocast, _ = autocast_and_scaler(params.precision, device)
     if args.test:
         loader = data.test_dataloader()
-        record_test(exp, ckpt, evaluate(task, loader, len(loader), 'test', device, autocast))
+        record_test(exp, ckpt, evaluate(task, loader, len(loader), 'test', device, autocast), ema=averaged is not None)
         return
     data.specs['predict'] = predict_spec(args.data, cfg)
     task.eval()

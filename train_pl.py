@@ -133,16 +133,23 @@ def test_or_predict(args: argparse.Namespace) -> None:
     """--test: an experiment's checkpoint on its test split; --predict: on --data, to a CSV."""
     import pytorch_lightning as pl
     import torch
+
+    from callbacks.checkpoint_files import read_checkpoint
+    from models.ema import ema_target, ema_weights
     exp, cfg, ckpt = resolve_evaluation(args, validate)
     name = cfg['train_wrapper']['name']
     wrapper = build(f'training wrapper {name!r} from {ckpt.name}', 'train_wrapper', cfg, lambda: WRAPPERS.get(
         name).load_from_checkpoint(ckpt, map_location='cpu', weights_only=True))
+    averaged = ema_weights(read_checkpoint(ckpt, f'--ckpt {args.ckpt}'), args.ema, ckpt)
+    if averaged is not None:   # the `ema` callback's average, as validation used it
+        ema_target(wrapper).load_state_dict(averaged)
     data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
     same_device = {k: v for k, v in (cfg.get('trainer_params') or {}).items() if k in ('accelerator', 'precision')}
     trainer = pl.Trainer(**{**device_params(same_device, args.gpu, None), 'devices': 1}, logger=False,
                          enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
     if args.test:
-        record_test(exp, ckpt, trainer.test(wrapper, datamodule=lightning_data(data), verbose=False)[0])
+        record_test(exp, ckpt, trainer.test(wrapper, datamodule=lightning_data(data), verbose=False)[0],
+                    ema=averaged is not None)
         return
     if not hasattr(data, 'specs'):
         raise ConfigError('--predict: works with the default data module (data_module.name: default)')

@@ -25,15 +25,17 @@ def finish_run(exp: ExperimentDir, final: Mapping[str, float], monitor: Optional
         exp.log('done')
 
 
-def record_test(exp: ExperimentDir, ckpt: Path, metrics: Mapping[str, float]) -> None:
-    """Print test metrics and keep them: test.yaml (per checkpoint) and a line in log.txt."""
+def record_test(exp: ExperimentDir, ckpt: Path, metrics: Mapping[str, float], ema: bool = False) -> None:
+    """Print test metrics and keep them: test.yaml (per checkpoint, `<name> (ema)` for its averaged
+    weights) and a line in log.txt."""
     values = {k: float(v) for k, v in sorted(metrics.items())}
-    line = f"test ({ckpt.name}): " + '  '.join(f'{k} {v:.4f}' for k, v in values.items())
+    name = f'{ckpt.name} (ema)' if ema else ckpt.name
+    line = f"test ({name}): " + '  '.join(f'{k} {v:.4f}' for k, v in values.items())
     print(line)
     exp.log(line)
     path = exp.path / 'test.yaml'
     tests = (parse_yaml(path.read_text(), str(path)) or {}) if path.is_file() else {}
-    tests[ckpt.name] = values
+    tests[name] = values
     atomic_write(path, dump_yaml(tests))
 
 

@@ -35,6 +35,9 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument('--test', metavar='EXP', help="evaluate an experiment's checkpoint (--ckpt) on its test split")
     parser.add_argument('--predict', metavar='EXP', help="predict with an experiment's checkpoint on --data")
     parser.add_argument('--ckpt', default='best', help="with --test/--predict: best (default), last, or a .ckpt path")
+    parser.add_argument('--ema', action=argparse.BooleanOptionalAction,
+                        help='with --test/--predict/--export: use the checkpoint\'s EMA weights (--no-ema: the trained '
+                             'weights); default: the EMA weights when the run validated with them')
     parser.add_argument('--data', help="with --predict: a dataset spec in YAML ('{name: digits, args: {split: test}}') "
                                        'or a folder of images (default: the test split)')
     parser.add_argument('--out', help='where --predict or --plot write (default: inside the experiment folder)')
