@@ -8,6 +8,7 @@
         --rdzv_endpoint=HOST:29500 train.py --config ...                 # several machines
     python train.py --resume save/exp trainer_params.max_epochs=40        # continue a run
     python train.py --test save/exp                                       # evaluate the best checkpoint
+    python train.py --export save/exp --format onnx                       # save/exp/export/model.onnx, checked
 
 It trains what the `base` wrapper trains (models/task.py) with a loop you can read and step
 through. It never imports Lightning, yet its checkpoints use Lightning's layout, so weights move
@@ -397,23 +398,35 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
     return metrics
 
 
-def test_or_predict(args: argparse.Namespace) -> None:
-    """--test: an experiment's checkpoint on its test split; --predict: on --data, to a CSV."""
-    exp, cfg, ckpt = resolve_evaluation(args, validate)
-    params = TrainerParams(**(cfg.get('trainer_params') or {}))
-    device = torch.device('cuda', 0) if requested_processes(params, args.gpu)[0] == 'cuda' else torch.device('cpu')
+def load_task(cfg: Config, ckpt: Path, use_ema: Optional[bool]) -> tuple[Any, bool]:
+    """The Task with a checkpoint's weights, or its EMA weights (see models/ema.py's `ema_weights`);
+    and whether they are the EMA weights."""
     task = build_task(cfg)
     state = torch.load(ckpt, map_location='cpu', weights_only=True)
     task.load_state_dict(state['state_dict'])
-    averaged = ema_weights(state, args.ema, ckpt)
+    averaged = ema_weights(state, use_ema, ckpt)
     if averaged is not None:
         ema_target(task).load_state_dict(averaged)
+    return task, averaged is not None
+
+
+def test_or_predict(args: argparse.Namespace) -> None:
+    """--test: an experiment's checkpoint on its test split; --predict: on --data, to a CSV;
+    --export: its model to ONNX, TorchScript or .pt2 (models/export.py)."""
+    exp, cfg, ckpt = resolve_evaluation(args, validate)
+    task, averaged = load_task(cfg, ckpt, args.ema)
+    if args.export:
+        from models.export import export_experiment
+        export_experiment(exp, cfg, ckpt, task.model, args.format, args.out, averaged)
+        return
+    params = TrainerParams(**(cfg.get('trainer_params') or {}))
+    device = torch.device('cuda', 0) if requested_processes(params, args.gpu)[0] == 'cuda' else torch.device('cpu')
     task.to(device)
     data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
     autocast, _ = autocast_and_scaler(params.precision, device)
     if args.test:
         loader = data.test_dataloader()
-        record_test(exp, ckpt, evaluate(task, loader, len(loader), 'test', device, autocast), ema=averaged is not None)
+        record_test(exp, ckpt, evaluate(task, loader, len(loader), 'test', device, autocast), ema=averaged)
         return
     data.specs['predict'] = predict_spec(args.data, cfg)
     task.eval()
@@ -425,7 +438,7 @@ def test_or_predict(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace, command: list[str]) -> None:
     """What `main` does once the command line is parsed."""
-    if args.test or args.predict:
+    if args.test or args.predict or args.export:
         return test_or_predict(args)
     if args.nodes:
         raise ConfigError('--nodes: train.py runs on several machines under torchrun (see its docstring)')

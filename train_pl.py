@@ -8,6 +8,7 @@
     python train_pl.py --config configs/digits.yaml --print-config        # the merged config, and where each key came from
     python train_pl.py --test save/exp [--ckpt best|last|PATH]            # evaluate on the test split
     python train_pl.py --predict save/exp --data load/my_images/          # predictions.csv
+    python train_pl.py --export save/exp --format onnx                    # save/exp/export/model.onnx, checked
     python train_pl.py --config configs/digits.yaml --sweep train_wrapper.args.optim_spec.args.lr=1e-3,3e-4 \
         --seeds 0,1,2                                                     # a grid, mean +- std over seeds
     python train_pl.py --plot save/a save/b --out ab.png                  # curves of several runs
@@ -130,7 +131,8 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
 
 
 def test_or_predict(args: argparse.Namespace) -> None:
-    """--test: an experiment's checkpoint on its test split; --predict: on --data, to a CSV."""
+    """--test: an experiment's checkpoint on its test split; --predict: on --data, to a CSV;
+    --export: its model to ONNX, TorchScript or .pt2 (models/export.py)."""
     import pytorch_lightning as pl
     import torch
 
@@ -143,6 +145,12 @@ def test_or_predict(args: argparse.Namespace) -> None:
     averaged = ema_weights(read_checkpoint(ckpt, f'--ckpt {args.ckpt}'), args.ema, ckpt)
     if averaged is not None:   # the `ema` callback's average, as validation used it
         ema_target(wrapper).load_state_dict(averaged)
+    if args.export:
+        from models.export import export_experiment
+        if not isinstance(getattr(wrapper, 'model', None), torch.nn.Module):
+            raise ConfigError(f"--export: training wrapper {name!r} has no single `model` to export")
+        export_experiment(exp, cfg, ckpt, wrapper.model, args.format, args.out, averaged is not None)
+        return
     data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
     same_device = {k: v for k, v in (cfg.get('trainer_params') or {}).items() if k in ('accelerator', 'precision')}
     trainer = pl.Trainer(**{**device_params(same_device, args.gpu, None), 'devices': 1}, logger=False,
@@ -184,7 +192,7 @@ def lightning_data(data: Any) -> Any:
 
 def run(args: argparse.Namespace, command: list[str]) -> None:
     """What `main` does once the command line is parsed."""
-    if args.test or args.predict:
+    if args.test or args.predict or args.export:
         return test_or_predict(args)
     cfg, exp, ckpt, init_from = resolve_run(args)
     train(cfg, exp, command, ckpt, args.overwrite, args.gpu, args.nodes, init_from)

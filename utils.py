@@ -1,7 +1,8 @@
 """What user code imports: the errors a user's input can cause, the registries, and `Spec`.
 
 Sections, top to bottom:
-  errors      ConfigError (printed as one line, exit status 2), NonFiniteLossError, did_you_mean
+  errors      ConfigError (printed as one line, exit status 2), NonFiniteLossError, ExportCheckError,
+              did_you_mean
   registries  Registry, ClassNamespace and every extension point of the template, one line each
   process     the global rank as launchers set it, glibc's memory policy, display paths
 
@@ -47,6 +48,10 @@ class NonFiniteLossError(Exception):
         super().__init__(f"non-finite training loss in epoch {epoch} (between {steps}): "
                          f"{', '.join(terms)} became NaN or infinite; training stopped, the last good "
                          f"checkpoint is kept")
+
+
+class ExportCheckError(Exception):
+    """An exported model's outputs differ from the PyTorch model's (--export); nothing is kept."""
 
 
 def did_you_mean(word: str, candidates: Sequence[str]) -> str:

@@ -30,7 +30,7 @@ def record_test(exp: ExperimentDir, ckpt: Path, metrics: Mapping[str, float], em
     weights) and a line in log.txt."""
     values = {k: float(v) for k, v in sorted(metrics.items())}
     name = f'{ckpt.name} (ema)' if ema else ckpt.name
-    line = f"test ({name}): " + '  '.join(f'{k} {v:.4f}' for k, v in values.items())
+    line = f"test ({f'{ckpt.name}, EMA weights' if ema else ckpt.name}): " + '  '.join(f'{k} {v:.4f}' for k, v in values.items())
     print(line)
     exp.log(line)
     path = exp.path / 'test.yaml'

@@ -14,8 +14,8 @@ from typing import Any, Callable, Optional
 from callbacks.experiment_dir import ExperimentDir, check_experiment_name
 from callbacks.results import plot_metrics
 from configs.loading import Config, dump_with_origins, load_config, resolve_seed
-from utils import (PROJECT_ROOT, ConfigError, NonFiniteLossError, display_path, global_rank_from_env,
-                   list_registered)
+from utils import (PROJECT_ROOT, ConfigError, ExportCheckError, NonFiniteLossError, display_path,
+                   global_rank_from_env, list_registered)
 
 
 def make_parser(doc: str) -> argparse.ArgumentParser:
@@ -34,13 +34,19 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument('--save-root', default=str(PROJECT_ROOT / 'save'), help='where experiment folders go')
     parser.add_argument('--test', metavar='EXP', help="evaluate an experiment's checkpoint (--ckpt) on its test split")
     parser.add_argument('--predict', metavar='EXP', help="predict with an experiment's checkpoint on --data")
-    parser.add_argument('--ckpt', default='best', help="with --test/--predict: best (default), last, or a .ckpt path")
+    parser.add_argument('--export', metavar='EXP', help="export an experiment's model (--format), traced on a batch "
+                                                        'of its data and checked against PyTorch')
+    parser.add_argument('--format', default='onnx', choices=['onnx', 'torchscript', 'pt2'],
+                        help='with --export: onnx (default; pip install -r requirements-optional.txt), '
+                             'torchscript or pt2 (torch.export)')
+    parser.add_argument('--ckpt', default='best', help="with --test/--predict/--export: best (default), last, or a "
+                                                       ".ckpt path")
     parser.add_argument('--ema', action=argparse.BooleanOptionalAction,
                         help='with --test/--predict/--export: use the checkpoint\'s EMA weights (--no-ema: the trained '
                              'weights); default: the EMA weights when the run validated with them')
     parser.add_argument('--data', help="with --predict: a dataset spec in YAML ('{name: digits, args: {split: test}}') "
                                        'or a folder of images (default: the test split)')
-    parser.add_argument('--out', help='where --predict or --plot write (default: inside the experiment folder)')
+    parser.add_argument('--out', help='where --predict, --export or --plot write (default: inside the experiment folder)')
     parser.add_argument('--plot', nargs='+', metavar='EXP', help="plot the curves of experiments' metrics.csv to a PNG")
     parser.add_argument('--sweep', action='append', default=[], metavar='key=v1,v2',
                         help='run one experiment per combination of values (repeat the flag for a grid)')
@@ -153,7 +159,7 @@ def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, do
         for problem in e.problems:
             print(f'error: {problem}', file=sys.stderr)
         return 2
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, ExportCheckError) as e:
         if args.debug:
             raise
         print(f'error: {e}', file=sys.stderr)
@@ -177,9 +183,9 @@ def config_to_print(args: argparse.Namespace) -> Path:
 # ---------------------------------------------------------------- results, test and predict outputs
 
 def resolve_evaluation(args: argparse.Namespace, validate: Callable[[Config], None]) -> tuple[ExperimentDir, Config, Path]:
-    """For --test/--predict: the experiment, its config (with overrides, validated) and the checkpoint."""
+    """For --test/--predict/--export: the experiment, its config (with overrides, validated) and the checkpoint."""
     from callbacks.checkpoint_files import experiment_checkpoint
-    flag, target = ('--test', args.test) if args.test else ('--predict', args.predict)
+    flag, target = next((f'--{flag}', getattr(args, flag)) for flag in ('test', 'predict', 'export') if getattr(args, flag))
     exp = ExperimentDir(target)
     if not (exp.path / 'config.yaml').is_file():
         raise ConfigError(f'{flag} {target}: no config.yaml there; is it an experiment folder?')
