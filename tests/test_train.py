@@ -105,7 +105,8 @@ def test_train_py_never_imports_lightning(tmp_path: Path) -> None:
                                                  'save_last, every_n_epochs, filename'),
     ('train_wrapper.name=gan', "train_wrapper.name: train.py runs the 'base' wrapper only, not 'gan'; "
                                'use train_pl.py for it'),
-    ('callbacks=[{name: x}]', 'callbacks: callbacks are Lightning callbacks; use train_pl.py to run them'),
+    ('callbacks=[{name: x}]', "callbacks.0: train.py runs only the 'ema' callback, not 'x'; use train_pl.py for "
+                              'Lightning callbacks'),
 ])
 def test_what_train_py_cannot_honour_is_refused_by_name(override: str, message: str, save_root: Path,
                                                         capsys: pytest.CaptureFixture) -> None:
