@@ -103,6 +103,8 @@ def validate(cfg: Config) -> None:
                                                         f"use train_pl.py for Lightning callbacks"))
         elif names.index('ema') != i:
             problems.append(cfg.error(f'callbacks.{i}', "a second 'ema' callback; keep one"))
+        elif not isinstance(callbacks[i], Mapping) or set(callbacks[i]) - {'name', 'args'}:
+            problems.append(cfg.error(f'callbacks.{i}', f"expected {{name: ema, args: {{...}}}}, got {callbacks[i]!r}"))
         else:
             before = len(problems)
             check_kwargs(EMAParams, callbacks[i].get('args') or {}, f'callbacks.{i}.args', cfg, problems,
@@ -119,7 +121,7 @@ def validate(cfg: Config) -> None:
 def ema_params(cfg: Config) -> Optional[EMAParams]:
     """The arguments of the config's `ema` callback, or None without one."""
     for i, spec in enumerate(cfg.get('callbacks') or []):
-        if spec['name'] == 'ema':
+        if isinstance(spec, Mapping) and spec.get('name') == 'ema':
             return build("callback 'ema'", f'callbacks.{i}', cfg, lambda: EMAParams(**spec.get('args') or {}))
     return None
 
