@@ -297,7 +297,8 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
     step = resumed.step
 
     # --- the moving average of the weights (the `ema` callback), continued on resume ---------------
-    ema = EMA(task.model, ema_params(cfg)) if ema_params(cfg) is not None else None
+    ema_args = ema_params(cfg)
+    ema = EMA(ema_target(task), ema_args) if ema_args is not None else None   # averages task.model
     if ema is not None and resumed.ema:
         ema.load_state_dict(resumed.ema)
 
