@@ -27,6 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+if __name__ == '__main__' and '--print-config' in sys.argv:
+    # The printout needs only the config files: answer before importing torch (a second or more).
+    from configs.cli import run_cli
+    sys.exit(run_cli(None, 'train.py', __doc__))
+
 import torch
 
 from callbacks.checkpoint_files import TopK, load_weights, save_checkpoint, seed_everything, set_rng_state

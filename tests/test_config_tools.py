@@ -89,12 +89,23 @@ def test_a_reference_to_a_missing_key_stops_the_run_before_anything_is_created(
 
 # ---------------------------------------------------------------------------------------- --print-config
 
-def test_print_config_shows_resolved_values_and_their_origins_and_creates_nothing(tmp_path: Path) -> None:
+# Runs a script as `python SCRIPT ARGS` does, then says whether torch and Lightning were imported.
+RUN_AND_LIST_IMPORTS = '''import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name='__main__')
+except SystemExit as e:
+    status = e.code
+print('imported:', 'torch' in sys.modules, 'pytorch_lightning' in sys.modules)
+sys.exit(status)
+'''
+
+
+@pytest.mark.parametrize('entry', RUNNERS)
+def test_print_config_shows_resolved_values_and_their_origins_and_creates_nothing(entry: str, tmp_path: Path) -> None:
     # A fresh process, to see what --print-config imports: neither torch nor Lightning.
-    code = ('import sys, train_pl; status = train_pl.main(sys.argv[1:]); '
-            "print('imported:', 'torch' in sys.modules, 'pytorch_lightning' in sys.modules); sys.exit(status)")
-    done = subprocess.run([sys.executable, '-c', code, '--config', 'configs/mnist.yaml', '--print-config',
-                           '--save-root', str(tmp_path / 'save'), 'trainer_params.max_epochs=3'],
+    done = subprocess.run([sys.executable, '-c', RUN_AND_LIST_IMPORTS, entry, '--config', 'configs/mnist.yaml',
+                           '--print-config', '--save-root', str(tmp_path / 'save'), 'trainer_params.max_epochs=3'],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     *printed, imported = done.stdout.splitlines()
