@@ -205,6 +205,8 @@ def test_validation_and_test_use_the_averaged_weights(entry: str, ema_runs: dict
         logged = [float(row['val/loss']) for row in csv.DictReader(f) if row.get('val/loss')][-1]
     assert logged == pytest.approx(val_loss(task), abs=1e-5)   # the average was validated ...
     assert abs(logged - trained) > 1e-3                          # ... not the trained weights
+    best = checkpoint(exp, 'epoch=1-step=80.ckpt')   # saved right after validation: the trained weights are back
+    assert all(torch.equal(v, best['state_dict'][k]) for k, v in state['state_dict'].items())
     assert RUNNERS[entry](exp.parent, '--test', str(exp), '--ckpt', 'last') == 0
     assert RUNNERS[entry](exp.parent, '--test', str(exp), '--ckpt', 'last', '--no-ema') == 0
     tests = parse_yaml((exp / 'test.yaml').read_text(), 'test.yaml')
