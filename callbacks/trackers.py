@@ -162,11 +162,30 @@ class TrackedRun:
             self.guard.call(self.logger.finalize, status)
 
 
+class TrackedRuns(list):
+    """The TrackedRuns of a config's `loggers`, as train.py calls them."""
+
+    def start(self) -> None:
+        """Begin every tracker's run (once the experiment folder exists)."""
+        for run in self:
+            run.started()
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Send metric values (metrics.csv's row) to every tracker."""
+        for run in self:
+            run.call('log_metrics', metrics, step)
+
+    def finish(self, status: str) -> None:
+        """End every tracker's run: 'success' or 'failed'."""
+        for run in self:
+            run.finish(status)
+
+
 def make_tracked_runs(specs: Sequence[Mapping], classes: Callable[[str], type], exp: ExperimentDir,
-                      config: Mapping, resume: bool) -> list[TrackedRun]:
+                      config: Mapping, resume: bool) -> TrackedRuns:
     """A TrackedRun per entry of `loggers`; `classes` gives the class of a name."""
-    return [TrackedRun(f'loggers.{i}', spec['name'], spec.get('args') or {}, classes(spec['name']), exp, config, resume)
-            for i, spec in enumerate(specs)]
+    return TrackedRuns(TrackedRun(f'loggers.{i}', spec['name'], spec.get('args') or {}, classes(spec['name']), exp,
+                                  config, resume) for i, spec in enumerate(specs))
 
 
 # ------------------------------------------------------------- train.py's trackers, without Lightning
