@@ -57,8 +57,10 @@ def tracker_args(name: str, args: Mapping, accepted: Sequence[str], exp: Experim
         default('project', os.environ.get('WANDB_PROJECT') or DEFAULT_PROJECT)
         if group and 'group' not in args:
             args['group'] = group   # Lightning's WandbLogger passes it on to wandb.init
-        if 'offline' not in args and 'mode' not in args and not os.environ.get('WANDB_MODE'):
-            args['offline'] = not os.environ.get('WANDB_API_KEY')
+        if not (args.get('offline') or 'mode' in args or os.environ.get('WANDB_MODE') or os.environ.get('WANDB_API_KEY')):
+            # wandb.init's own `mode` (Lightning's `offline: true` only sets WANDB_MODE, which a
+            # second run in the same process would not read)
+            args['mode'] = 'offline'
     default('save_dir', str(exp.path))   # W&B: save/<name>/wandb/; CSVLogger, TensorBoardLogger: below the folder
     key = resume_argument(name, accepted)
     if key is not None:

@@ -186,6 +186,8 @@ def wandb_records(run_dir: Path) -> list[Any]:
             pos += block - pos % block
             continue
         _, length, kind = struct.unpack('<IHB', data[pos:pos + 7])
+        if pos + 7 + length > len(data):   # still being written
+            break
         pending += data[pos + 7:pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):   # a full record, or the last piece of one
@@ -199,12 +201,17 @@ def wandb_records(run_dir: Path) -> list[Any]:
 def wandb_offline_run(run_dir: Path) -> tuple[Any, dict, list[float]]:
     """(the run record, its config, its val/acc history) of one offline run folder."""
     import json
+    deadline = time.monotonic() + 60
     records = wandb_records(run_dir)
+    while not any(r.WhichOneof('record_type') == 'exit' for r in records):
+        assert time.monotonic() < deadline, 'the W&B run file never got its exit record'
+        time.sleep(0.5)   # W&B's service process may still be writing the file
+        records = wandb_records(run_dir)
     run = next(r.run for r in records if r.WhichOneof('record_type') == 'run')
     config = {item.key: json.loads(item.value_json) for r in records if r.WhichOneof('record_type') == 'config'
               for item in r.config.update}
     acc = [float(item.value_json) for r in records if r.WhichOneof('record_type') == 'history'
-           for item in r.history.item if item.key == 'val/acc']
+           for item in r.history.item if (item.key or '/'.join(item.nested_key)) == 'val/acc']
     return run, config, acc
 
 
@@ -297,11 +304,11 @@ def test_tracker_defaults_live_in_the_folder_and_name_the_run_and_the_sweep(tmp_
         'tracking_uri': f'file:{exp.path.resolve() / "mlruns"}', 'experiment_name': 'lr', 'run_name': 'lr-lr=0.1',
         'save_dir': str(exp.path)}
     assert tracker_args('WandbLogger', {'project': 'mine'}, init_parameters(WandbLogger), exp, {'version': 'abc'}) == {
-        'project': 'mine', 'name': 'lr-lr=0.1', 'group': 'lr', 'offline': True, 'save_dir': str(exp.path),
+        'project': 'mine', 'name': 'lr-lr=0.1', 'group': 'lr', 'mode': 'offline', 'save_dir': str(exp.path),
         'version': 'abc'}
     monkeypatch.setenv('WANDB_API_KEY', 'x' * 40)
     monkeypatch.setenv('MLFLOW_TRACKING_URI', 'http://team-server:5000')
-    assert tracker_args('WandbLogger', {}, init_parameters(WandbLogger), exp, {})['offline'] is False
+    assert 'mode' not in tracker_args('WandbLogger', {}, init_parameters(WandbLogger), exp, {})
     assert tracker_args('MLFlowLogger', {}, init_parameters(MLFlowLogger), exp, {})['tracking_uri'] == (
         'http://team-server:5000')
 
