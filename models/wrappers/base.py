@@ -81,9 +81,10 @@ class BaseWrapper(Task, WrapperModule):
         self.log_epoch_means(self.epoch_metrics('val', self.sum_across_processes))
         samples = self.take_samples()
         if samples is not None and self.trainer.is_global_zero and not self.trainer.sanity_checking and self.logger:
-            # self.logger is the experiment folder's: log_dir is save/<name>, experiment the tb/ writer
+            # self.logger is the experiment folder's: log_dir is save/<name>, experiment the tb/ writer.
+            # The step is the one Lightning logs the epoch's val/ metrics at (the last one done).
             write_prediction_grid(Path(self.logger.log_dir), self.logger.experiment, self.current_epoch + 1,
-                                  self.global_step, samples)
+                                  self.global_step - 1, samples)
 
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self.step(batch, 'test')
