@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 from pytorch_lightning.loggers import Logger
-from pytorch_lightning.loggers.logger import rank_zero_experiment
+from pytorch_lightning.loggers.logger import DummyExperiment, rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
 from callbacks.base_logger import Deferred
@@ -37,11 +37,12 @@ class TrackerLogger(Logger):
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
-        """The wrapped logger's own `experiment` (an MlflowClient, a wandb Run, ...)."""
+        """The wrapped logger's own `experiment` (an MlflowClient, a wandb Run, ...); once the
+        tracker has failed, a stand-in whose methods do nothing, so user code goes on too."""
         if not self.run.exp.started:
             return Deferred(lambda: self.experiment)
         logger = self.run.started()
-        return None if logger is None else logger.experiment
+        return DummyExperiment() if logger is None else logger.experiment
 
     @rank_zero_only
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import DIGITS, RUNNERS, run_pl, run_py
+from conftest import DIGITS, QUIET, ROOT, RUNNERS, run_pl, run_py
 from configs.loading import parse_yaml
 
 EPOCHS2 = 'trainer_params.max_epochs=2'
@@ -386,3 +386,19 @@ def test_train_py_logs_the_sample_grid_too(save_root: Path) -> None:
     found = summaries(exp)
     assert found['val/samples'] == [(step, 'image') for step, _ in found['val/acc']] and len(found['val/acc']) == 2
     assert sorted(p.name for p in (exp / 'samples').iterdir()) == ['val_epoch_001.png', 'val_epoch_002.png']
+
+
+@pytest.mark.slow
+def test_under_ddp_only_rank_0_talks_to_the_tracker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip('mlflow')
+    monkeypatch.setenv('MLFLOW_ALLOW_FILE_STORE', 'true')   # to read the store here
+    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LIGHTYAML_SEED')}
+    done = subprocess.run([sys.executable, 'train_pl.py', '--config', DIGITS, '--name', 'ddp', '--save-root',
+                           str(tmp_path), EPOCHS2, 'trainer_params.accelerator=cpu', 'trainer_params.devices=2',
+                           'trainer_params.strategy=ddp', 'loggers=[{name: MLFlowLogger}]', *QUIET],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    exp = tmp_path / 'ddp'
+    client, run = mlflow_run(f'file:{exp / "mlruns"}')   # one run: rank 1 built no tracker
+    assert history(client, run, 'val/acc') == pytest.approx(val_acc(exp)) and len(val_acc(exp)) == 2
+    assert list(parse_yaml((exp / 'trackers.yaml').read_text(), 'trackers.yaml')) == ['loggers.0']
