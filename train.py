@@ -10,6 +10,9 @@
     python train.py --test save/exp                                       # evaluate the best checkpoint
     python train.py --export save/exp --format onnx                       # save/exp/export/model.onnx, checked
 
+The config's `loggers` may name MLFlowLogger and WandbLogger (logged through their own clients);
+other Lightning loggers need train_pl.py.
+
 It trains what the `base` wrapper trains (models/task.py) with a loop you can read and step
 through. It never imports Lightning, yet its checkpoints use Lightning's layout, so weights move
 freely between the two entry points.
@@ -38,12 +41,14 @@ from callbacks.checkpoint_files import TopK, load_weights, save_checkpoint, seed
 from callbacks.experiment_dir import ExperimentDir
 from callbacks.metrics_files import MetricsWriter, format_epoch_line, model_summary
 from callbacks.results import finish_run, predict_spec, record_test, write_predictions
-from configs.checking import build, check_kwargs, check_sections
+from callbacks.sample_grid import write_prediction_grid
+from callbacks.trackers import TrackedRuns, make_tracked_runs
+from configs.checking import build, check_kwargs, check_sections, check_spec_list
 from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli, select_cuda_devices
 from configs.loading import Config
 from models.ema import EMA, STATE_KEY, EMAParams, ema_target, ema_weights
 from models.optim import step_schedulers
-from utils import DATA_MODULES, ConfigError, keep_freed_memory
+from utils import DATA_MODULES, TRACKERS, ConfigError, keep_freed_memory
 
 
 @dataclass
@@ -119,6 +124,7 @@ def validate(cfg: Config) -> None:
                     ema_params(cfg)
                 except ConfigError as e:
                     problems += e.problems
+    check_loggers(cfg, problems)
     if problems:
         raise ConfigError(*problems)
 
@@ -129,6 +135,20 @@ def ema_params(cfg: Config) -> Optional[EMAParams]:
         if isinstance(spec, Mapping) and spec.get('name') == 'ema':
             return build("callback 'ema'", f'callbacks.{i}', cfg, lambda: EMAParams(**spec.get('args') or {}))
     return None
+
+
+def check_loggers(cfg: Config, problems: list[str]) -> None:
+    """train.py logs to MLflow and W&B by their own clients; any other logger is refused by name."""
+    specs = cfg.get('loggers') or []
+    known = TRACKERS.names()
+    refused = [cfg.error(f'loggers.{i}.name', f"train.py logs to {' and '.join(known)} only, not {spec['name']!r}; "
+                                              f"use train_pl.py for other loggers")
+               for i, spec in enumerate(specs if isinstance(specs, list) else [])
+               if isinstance(spec, Mapping) and isinstance(spec.get('name'), str) and spec['name'] not in known]
+    if refused:
+        problems.extend(refused)
+    else:
+        check_spec_list(TRACKERS, cfg, 'loggers', problems)
 
 
 # ----------------------------------------------------------------------------- devices and processes
@@ -260,17 +280,23 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
         launch_processes(nproc, command[2:])   # each process runs this function again, under the launcher
         return {}
     device, rank, world_size = setup_process(device_type)
+    trackers = make_tracked_runs(cfg.get('loggers') or [], TRACKERS.get, exp, cfg, resume_ckpt is not None)
+    status = 'failed'
     try:
-        return train_process(cfg, exp, command, params, ckpt_params, device, rank, world_size, resume_ckpt,
-                             overwrite, init_from)
+        metrics = train_process(cfg, exp, command, params, ckpt_params, device, rank, world_size, resume_ckpt,
+                                overwrite, init_from, trackers)
+        status = 'success'
+        return metrics
     finally:
+        trackers.finish(status)
         if world_size > 1:
             torch.distributed.destroy_process_group()
 
 
 def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], params: TrainerParams,
                   ckpt_params: CheckpointParams, device: torch.device, rank: int, world_size: int,
-                  resume_ckpt: Optional[Path], overwrite: bool, init_from: Optional[Path]) -> dict[str, float]:
+                  resume_ckpt: Optional[Path], overwrite: bool, init_from: Optional[Path],
+                  trackers: TrackedRuns) -> dict[str, float]:
     """One process's training: set-up, resume, the loop, the end of the run."""
     # --- set-up: seeds, data, task, optimizer ------------------------------------------------------
     master = rank == 0   # only global rank 0 writes files
@@ -311,6 +337,7 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
     writer = top_k = None
     if master:
         exp.start(cfg, command, resume=resume_ckpt is not None, overwrite=overwrite)
+        trackers.start()   # their runs begin now, not inside the first epoch's time
         exp.log(model_summary(task))
         if params.enable_model_summary:
             print(task)
@@ -368,6 +395,7 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
                 if master:
                     step_values = {f'train/{k}_step': v.item() for k, v in terms.items()}
                     writer.log({**step_values, 'epoch': epoch}, step)
+                    trackers.log_metrics({**step_values, 'epoch': epoch}, step)
                     if hasattr(batches, 'set_postfix'):
                         batches.set_postfix(loss=f"{step_values['train/loss_step']:.4f}")
             step += 1
@@ -380,6 +408,9 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
         if val_loader is not None and params.check_val_every_n_epoch and (epoch + 1) % params.check_val_every_n_epoch == 0:
             with ema.swapped(ema.params.validate_with_ema) if ema else contextlib.nullcontext():
                 metrics.update(evaluate(task, val_loader, n_val, 'val', device, autocast))
+            samples = task.take_samples()
+            if master and samples is not None:
+                write_prediction_grid(exp.path, writer.tensorboard, epoch + 1, step - 1, samples)
         step_schedulers([scheduler], 'epoch', epoch + 1, metrics)
         metrics.update(epoch=epoch, step=step - 1)
         if master:
@@ -389,6 +420,7 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
             print(line)
             exp.log(line)
             writer.log({k: v for k, v in metrics.items() if k != 'step'}, step - 1)
+            trackers.log_metrics({k: v for k, v in metrics.items() if k != 'step'}, step - 1)
             writer.flush()
 
             def save(path: Path) -> None:

@@ -13,7 +13,8 @@
         --seeds 0,1,2                                                     # a grid, mean +- std over seeds
     python train_pl.py --plot save/a save/b --out ab.png                  # curves of several runs
 
-The run goes to save/<name>/: config.yaml, src/, log.txt, metrics.csv, tb/, ckpt/.
+The run goes to save/<name>/: config.yaml, src/, log.txt, metrics.csv, tb/, ckpt/; the config's
+`loggers` (MLflow, W&B, ...) get the same metrics.
 """
 from __future__ import annotations
 
@@ -26,15 +27,15 @@ from typing import Any, Optional
 
 from callbacks.experiment_dir import ExperimentDir
 from callbacks.results import finish_run, predict_spec, record_test, write_predictions
-from configs.checking import build, check_kwargs, check_sections, check_spec
+from configs.checking import build, check_kwargs, check_sections, check_spec, check_spec_list
 from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli, select_cuda_devices
 from configs.loading import Config
-from utils import CALLBACKS, DATA_MODULES, WRAPPERS, ConfigError
+from utils import CALLBACKS, DATA_MODULES, LOGGERS, WRAPPERS, ConfigError
 
 # Trainer and ModelCheckpoint arguments lightyaml sets itself, and what to do instead.
 TRAINER_OWN = {
     'callbacks': 'list callbacks in the top-level callbacks section',
-    'logger': 'lightyaml logs to the experiment folder (metrics.csv, tb/); remove this key',
+    'logger': 'list loggers in the top-level loggers section (the folder keeps its metrics.csv and tb/ too)',
     'default_root_dir': 'runs go to save/<name>; choose the name with --name',
     'enable_checkpointing': 'checkpoints are configured in the checkpoint section',
 }
@@ -52,12 +53,8 @@ def validate(cfg: Config) -> None:
                  'pl.Trainer', refused=TRAINER_OWN)
     check_kwargs(ModelCheckpoint, cfg.get('checkpoint') or {}, 'checkpoint', cfg, problems,
                  'ModelCheckpoint', refused=CHECKPOINT_OWN)
-    callbacks = cfg.get('callbacks') or []
-    if not isinstance(callbacks, list):
-        problems.append(cfg.error('callbacks', f'expected a list of callback specs, got {type(callbacks).__name__}'))
-    else:
-        for i, spec in enumerate(callbacks):
-            check_spec(CALLBACKS, spec, f'callbacks.{i}', cfg, problems, required=True)
+    check_spec_list(CALLBACKS, cfg, 'callbacks', problems)
+    check_spec_list(LOGGERS, cfg, 'loggers', problems)
     if problems:
         raise ConfigError(*problems)
 
@@ -92,6 +89,7 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     from callbacks.fast_paths import FastPaths
     from callbacks.last_checkpoint import LastCheckpoint
     from callbacks.progress_bar import ThrottledProgressBar
+    from callbacks.tracker_logger import make_loggers
 
     pl.seed_everything(cfg['seed'], workers=True, verbose=False)
     data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
@@ -114,8 +112,10 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
         callbacks.append(ThrottledProgressBar())   # Lightning's own redraws after every step
     if not isinstance(data, pl.LightningDataModule):
         params.setdefault('use_distributed_sampler', False)   # the data module shards the data itself
+    # The folder's own logger first: `self.logger` in a LightningModule is it, the trackers follow.
+    loggers = [ExperimentLogger(exp), *make_loggers(cfg, exp, resume=resume_ckpt is not None)]
     trainer = build('pl.Trainer', 'trainer_params', cfg, lambda: pl.Trainer(
-        **params, logger=ExperimentLogger(exp), callbacks=callbacks, default_root_dir=exp.path))
+        **params, logger=loggers, callbacks=callbacks, default_root_dir=exp.path))
     if trainer.world_size == 1:   # build the datasets now, so that a data error is a config error
         build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
     with warnings.catch_warnings():

@@ -180,12 +180,16 @@ WRAPPERS = Registry('training wrapper', 'models.wrappers')    # LightningModules
 CALLBACKS = Registry('callback', 'callbacks',                 # Lightning callbacks: train_pl.py only
                      fallback=ClassNamespace('callback', 'pytorch_lightning.callbacks',   # + its built-ins
                                              'pytorch_lightning.callbacks.Callback'))
+LOGGERS = Registry('logger', 'callbacks',                     # Lightning loggers (`loggers:`): train_pl.py
+                   fallback=ClassNamespace('logger', 'pytorch_lightning.loggers', 'pytorch_lightning.loggers.Logger'))
+TRACKERS = ClassNamespace('train.py logger', 'callbacks.trackers',   # MLflow and W&B by their own clients: train.py
+                          'callbacks.trackers.Tracker')
 OPTIMIZERS = ClassNamespace('optimizer', 'torch.optim', 'torch.optim.Optimizer')
 SCHEDULERS = ClassNamespace('scheduler', 'torch.optim.lr_scheduler', 'torch.optim.lr_scheduler.LRScheduler',
                             extra_keys=('interval', 'frequency', 'monitor', 'warmup'), check=check_scheduler_spec)
 METRICS = ClassNamespace('metric', 'torchmetrics', 'torchmetrics.Metric')
 REGISTRIES = {'datasets': DATASETS, 'data_modules': DATA_MODULES, 'models': MODELS, 'losses': LOSSES,
-              'wrappers': WRAPPERS, 'callbacks': CALLBACKS, 'optimizers': OPTIMIZERS,
+              'wrappers': WRAPPERS, 'callbacks': CALLBACKS, 'loggers': LOGGERS, 'optimizers': OPTIMIZERS,
               'schedulers': SCHEDULERS, 'metrics': METRICS}
 
 

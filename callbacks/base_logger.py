@@ -1,13 +1,15 @@
 """BaseLogger (always on): the experiment folder and its per-epoch log.txt line.
-ExperimentLogger: Lightning's logger interface over metrics.csv and TensorBoard events."""
+ExperimentLogger: Lightning's logger interface over metrics.csv and TensorBoard events; its
+`experiment` (`self.logger.experiment` in a LightningModule) is the tb/ SummaryWriter."""
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import Logger
+from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
 from callbacks.experiment_dir import ExperimentDir
@@ -67,6 +69,17 @@ class BaseLogger(pl.Callback):
         self._elapsed_before = state_dict.get('elapsed', 0.0)
 
 
+class Deferred:
+    """Stands for a logger's experiment until the experiment folder exists: Lightning asks every
+    logger for its `experiment` before the callbacks' `setup`, which creates the folder."""
+
+    def __init__(self, get: Callable[[], Any]) -> None:
+        self._get = get
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+
 class ExperimentLogger(Logger):
     """Sends Lightning's logged metrics to the experiment's metrics.csv and TensorBoard (tb/)."""
 
@@ -86,6 +99,15 @@ class ExperimentLogger(Logger):
     @property
     def log_dir(self) -> str:
         return str(self.exp.path)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        """tb/'s tensorboardX SummaryWriter: `self.logger.experiment.add_image(...)`, `add_histogram`,
+        `add_figure` from a LightningModule (a stand-in that does nothing on other ranks)."""
+        if not self.exp.started:
+            return Deferred(lambda: self.experiment)
+        return self.writer.tensorboard
 
     @property
     def writer(self) -> MetricsWriter:

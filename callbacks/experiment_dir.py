@@ -39,6 +39,7 @@ class ExperimentDir:
         self.path = Path(path)
         self.ckpt_dir = self.path / 'ckpt'
         self.log_file = self.path / 'log.txt'
+        self.started = False   # set by start(): trackers and TensorBoard wait for it (rank 0 only)
 
     @classmethod
     def for_name(cls, save_root: str | os.PathLike, name: str) -> 'ExperimentDir':
@@ -74,11 +75,12 @@ class ExperimentDir:
         if resume:
             self.write_config(config, command)
             self.log(f'resumed: {" ".join(command)}')
-            return
-        moved = self.create(config, command, overwrite=overwrite)
-        if moved is not None:
-            print(f'moved the old {display_path(self.path)} to {display_path(moved)}')
-        self.log(f'command: {" ".join(command)}')
+        else:
+            moved = self.create(config, command, overwrite=overwrite)
+            if moved is not None:
+                print(f'moved the old {display_path(self.path)} to {display_path(moved)}')
+            self.log(f'command: {" ".join(command)}')
+        self.started = True
 
     def write_config(self, config: Mapping, command: Sequence[str]) -> None:
         """config.yaml: the merged config with its references resolved (the values the run used),

@@ -72,12 +72,17 @@ class MetricsWriter:
                 writer.writerows(old_rows)
         with open(self.csv_path, 'a', newline='') as f:
             csv.DictWriter(f, fieldnames=self._columns).writerow(row)
+        for key, value in metrics.items():
+            if key != 'epoch':
+                self.tensorboard.add_scalar(key, float(value), step)
+
+    @property
+    def tensorboard(self) -> Any:
+        """The tensorboardX SummaryWriter of tb/ (made on first use): add_image, add_figure, ..."""
         if self._tb is None:
             from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(str(self.tb_dir))
-        for key, value in metrics.items():
-            if key != 'epoch':
-                self._tb.add_scalar(key, float(value), step)
+        return self._tb
 
     def flush(self) -> None:
         """Push TensorBoard events to disk."""

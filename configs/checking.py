@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 from configs.loading import Config
 from utils import DATA_MODULES, REGISTRIES, ConfigError, Registry, SpecMarker, did_you_mean
 
-TOP_LEVEL_SECTIONS = ('seed', 'data_module', 'train_wrapper', 'trainer_params', 'checkpoint', 'callbacks')
+TOP_LEVEL_SECTIONS = ('seed', 'data_module', 'train_wrapper', 'trainer_params', 'checkpoint', 'callbacks', 'loggers')
 REQUIRED_SECTIONS = ('data_module', 'train_wrapper')
 
 # How a value from YAML is checked against an annotation: True fits, False does not, None can't tell.
@@ -171,6 +171,16 @@ def check_spec(registry: Registry, spec: Any, key: str, cfg: Config, problems: l
                  required=required)
     if registry.check is not None:
         registry.check(spec, key, cfg, problems)
+
+
+def check_spec_list(registry: Registry, cfg: Config, section: str, problems: list[str]) -> None:
+    """Check a top-level list of specs such as `callbacks` or `loggers`: a list, each item a spec."""
+    specs = cfg.get(section) or []
+    if not isinstance(specs, list):
+        problems.append(cfg.error(section, f'expected a list of {registry.kind} specs, got {type(specs).__name__}'))
+        return
+    for i, spec in enumerate(specs):
+        check_spec(registry, spec, f'{section}.{i}', cfg, problems, required=True)
 
 
 def check_sections(cfg: Config, allowed: Sequence[str] = TOP_LEVEL_SECTIONS) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import os
 import re
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from callbacks.experiment_dir import atomic_write, check_experiment_name
+from callbacks.trackers import GROUP_ENV
 from configs.cli import parse_gpu_flag
 from configs.loading import dump_yaml, load_config, parse_yaml
 from utils import PROJECT_ROOT, ConfigError
@@ -84,7 +86,8 @@ def run_sweep(script: str, args: argparse.Namespace, argv: Sequence[str]) -> int
             command = [sys.executable, str(PROJECT_ROOT / script), *target, '--save-root', args.save_root,
                        *(['--gpu', str(slot)] if slot is not None else []), *args.overrides, *combo]
             print(f'sweep: {exp.name}', flush=True)
-            return subprocess.run(command).returncode
+            # The sweep's name becomes each run's group (W&B) or experiment (MLflow) in the trackers.
+            return subprocess.run(command, env={**os.environ, GROUP_ENV: base}).returncode
         finally:
             free.append(slot)
     with concurrent.futures.ThreadPoolExecutor(len(slots)) as pool:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from models.optim import make_optimizer, make_scheduler
-from utils import LOSSES, METRICS, MODELS, NonFiniteLossError, Spec
+from utils import LOSSES, METRICS, MODELS, ConfigError, NonFiniteLossError, Spec
 
 STAGES = ('train', 'val', 'test')
 
@@ -95,12 +95,15 @@ class Task(nn.Module):
             with tensor cores and oneDNN); results agree within float tolerance.
         compile: `torch.compile` the model's forward in place (parameter names, and so
             checkpoints, stay the same); the first steps are slow while it compiles.
+        log_samples: show this many validation images (the batch's `image`) each epoch with
+            their predicted and true labels: samples/val_epoch_NNN.png and `val/samples` in tb/.
     """
 
     def __init__(self, model_spec: Spec['models'], loss_spec: Spec['losses'], optim_spec: Spec['optimizers'],
                  scheduler_spec: Optional[Spec['schedulers']] = None,
                  metrics: Optional[dict[str, Spec['metrics']]] = None, target_key: str = 'label',
-                 train_metrics: bool = False, channels_last: bool = False, compile: bool = False) -> None:
+                 train_metrics: bool = False, channels_last: bool = False, compile: bool = False,
+                 log_samples: int = 0) -> None:
         super().__init__()
         self.model = MODELS.make(model_spec)
         if channels_last:
@@ -116,6 +119,8 @@ class Task(nn.Module):
             for stage in stages})
         self.running = {stage: RunningMeans() for stage in STAGES}
         self.finite = FiniteLossGuard()
+        self.log_samples = log_samples
+        self._samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []   # this epoch's, on the CPU
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Any:
         return self.model(batch)
@@ -123,7 +128,22 @@ class Task(nn.Module):
     def step(self, batch: Mapping[str, torch.Tensor], stage: str) -> tuple[Any, dict[str, torch.Tensor]]:
         """Forward and loss on one batch; accumulates the loss terms and metrics of `stage`."""
         pred = self.model(batch)
+        if stage == 'val' and self.log_samples > sum(len(s[0]) for s in self._samples):
+            self.keep_samples(batch, pred)
         return pred, self.compute_loss(pred, batch, stage)
+
+    def keep_samples(self, batch: Mapping[str, torch.Tensor], pred: Any) -> None:
+        """Keep the first validation samples of the epoch for `log_samples` (a copy of a few, once)."""
+        if 'image' not in batch:
+            raise ConfigError("train_wrapper.args.log_samples: the batches have no 'image' to show")
+        need = self.log_samples - sum(len(s[0]) for s in self._samples)
+        self._samples.append(tuple(t[:need].detach().float().cpu() for t in
+                                   (batch['image'], pred, batch[self.target_key])))
+
+    def take_samples(self) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """This epoch's kept samples (images, predictions, targets), or None; the next epoch keeps anew."""
+        samples, self._samples = self._samples, []
+        return tuple(torch.cat(parts) for parts in zip(*samples)) if samples else None
 
     def compute_loss(self, pred: Any, batch: Mapping[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
         """The loss terms of a prediction; accumulates them and the metrics of `stage`. (Under DDP

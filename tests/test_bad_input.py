@@ -37,10 +37,10 @@ CASES = [
     (['--config', '{tmp}/orphan.yaml'], '{tmp}/missing.yaml: config file not found'),
     (['--config', '{tmp}/nowrapper.yaml'], "{tmp}/nowrapper.yaml: missing section 'train_wrapper'"),
     (['--config', '{tmp}/number.yaml'], '{tmp}/number.yaml: 0: unknown section; sections: seed, data_module, '
-                                        'train_wrapper, trainer_params, checkpoint, callbacks'),
+                                        'train_wrapper, trainer_params, checkpoint, callbacks, loggers'),
     (['--config', DIGITS, 'trainer_paramz.max_epochs=1'],
      o.format('trainer_paramz.max_epochs=1') + "trainer_paramz: unknown section (did you mean 'trainer_params'?); "
-     'sections: seed, data_module, train_wrapper, trainer_params, checkpoint, callbacks'),
+     'sections: seed, data_module, train_wrapper, trainer_params, checkpoint, callbacks, loggers'),
     (['--config', DIGITS, 'train_wrapper.args.model_spec.name=mlpp'],
      o.format('train_wrapper.args.model_spec.name=mlpp') + 'train_wrapper.args.model_spec.name: unknown model '
      "'mlpp' (did you mean 'mlp'?); registered: {models}"),

@@ -26,7 +26,7 @@ def write(path: Path, text: str) -> str:
 # ------------------------------------------------------------------------------------------ references
 
 def test_references_keep_types_fill_strings_index_lists_follow_chains_and_escape(tmp_path: Path) -> None:
-    base = write(tmp_path / 'base.yaml', 'seed: 7\nsizes: {classes: 10, hidden: [512, 64]}\n')
+    write(tmp_path / 'base.yaml', 'seed: 7\nsizes: {classes: 10, hidden: [512, 64]}\n')
     child = write(tmp_path / 'child.yaml', '''extends: base.yaml
 model: {out: '${sizes.classes}', width: '${sizes.hidden.1}', all: '${sizes}'}
 name: run-${seed}-w${model.width}

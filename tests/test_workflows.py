@@ -143,7 +143,8 @@ def test_a_sweep_with_gpus_runs_one_experiment_per_gpu_at_a_time(tmp_path: Path,
     import configs.sweep
     running, most, seen, lock = 0, 0, [], threading.Lock()
 
-    def fake_run(command: list[str]) -> subprocess.CompletedProcess:
+    def fake_run(command: list[str], env: dict) -> subprocess.CompletedProcess:
+        assert env['LIGHTYAML_GROUP'] == 'g'   # the sweep's name: its runs' group in the trackers
         nonlocal running, most
         with lock:
             running += 1

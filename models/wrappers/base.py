@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from callbacks.sample_grid import write_prediction_grid
 from models.optim import monitored_value, step_scheduler
 from models.task import Task
 from models.wrappers import WrapperModule, register
@@ -25,10 +27,12 @@ class BaseWrapper(Task, WrapperModule):
     def __init__(self, model_spec: Spec['models'], loss_spec: Spec['losses'], optim_spec: Spec['optimizers'],
                  scheduler_spec: Optional[Spec['schedulers']] = None,
                  metrics: Optional[dict[str, Spec['metrics']]] = None, target_key: str = 'label',
-                 train_metrics: bool = False, channels_last: bool = False, compile: bool = False) -> None:
+                 train_metrics: bool = False, channels_last: bool = False, compile: bool = False,
+                 log_samples: int = 0) -> None:
         super().__init__(model_spec=model_spec, loss_spec=loss_spec, optim_spec=optim_spec,
                          scheduler_spec=scheduler_spec, metrics=metrics, target_key=target_key,
-                         train_metrics=train_metrics, channels_last=channels_last, compile=compile)
+                         train_metrics=train_metrics, channels_last=channels_last, compile=compile,
+                         log_samples=log_samples)
         self.save_hyperparameters()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -75,6 +79,12 @@ class BaseWrapper(Task, WrapperModule):
 
     def on_validation_epoch_end(self) -> None:
         self.log_epoch_means(self.epoch_metrics('val', self.sum_across_processes))
+        samples = self.take_samples()
+        if samples is not None and self.trainer.is_global_zero and not self.trainer.sanity_checking and self.logger:
+            # self.logger is the experiment folder's: log_dir is save/<name>, experiment the tb/ writer.
+            # The step is the one Lightning logs the epoch's val/ metrics at (the last one done).
+            write_prediction_grid(Path(self.logger.log_dir), self.logger.experiment, self.current_epoch + 1,
+                                  self.global_step - 1, samples)
 
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self.step(batch, 'test')
