@@ -116,7 +116,9 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     loggers = [ExperimentLogger(exp), *make_loggers(cfg, exp, resume=resume_ckpt is not None)]
     trainer = build('pl.Trainer', 'trainer_params', cfg, lambda: pl.Trainer(
         **params, logger=loggers, callbacks=callbacks, default_root_dir=exp.path))
-    if trainer.world_size == 1:   # build the datasets now, so that a data error is a config error
+    if trainer.world_size == 1 and not isinstance(data, pl.LightningDataModule):
+        # Build the datasets now, so that a data error is a config error. (A LightningDataModule
+        # builds its data in prepare_data/setup, which Lightning calls inside fit.)
         build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
     with warnings.catch_warnings():
         if resume_ckpt is not None:   # continuing in place: ckpt/ holds the run's checkpoints, as it should
@@ -159,12 +161,20 @@ def test_or_predict(args: argparse.Namespace) -> None:
         record_test(exp, ckpt, trainer.test(wrapper, datamodule=lightning_data(data), verbose=False)[0],
                     ema=averaged is not None)
         return
+    out = Path(args.out) if args.out else exp.path / 'predictions.csv'
+    if isinstance(data, pl.LightningDataModule):   # its own predict_dataloader decides what is predicted
+        if args.data is not None:
+            raise ConfigError(f"--data: data module {cfg['data_module']['name']!r} is a LightningDataModule; "
+                              f"its predict_dataloader() gives the data (leave out --data)")
+        outputs = trainer.predict(wrapper, datamodule=data)
+        write_predictions(out, torch.cat(outputs), None)
+        return
     if not hasattr(data, 'specs'):
-        raise ConfigError('--predict: works with the default data module (data_module.name: default)')
+        raise ConfigError('--predict: works with the default data module (data_module.name: default) '
+                          'or a LightningDataModule')
     data.specs['predict'] = predict_spec(args.data, cfg)
     outputs = trainer.predict(wrapper, dataloaders=data.predict_dataloader())
-    write_predictions(Path(args.out) if args.out else exp.path / 'predictions.csv', torch.cat(outputs),
-                      data.dataset('predict'))
+    write_predictions(out, torch.cat(outputs), data.dataset('predict'))
 
 
 def lightning_data(data: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
@@ -20,19 +21,46 @@ def format_duration(seconds: float) -> str:
     return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
 
 
+# `train/loss`, `train_loss`, `valid/acc`, `val_acc_epoch`: a stage prefix, then the metric's name.
+_STAGED_KEY = re.compile(r'^(train|training|val|valid|validation|test)[/_](.+)$')
+_STAGE_NAMES = {'training': 'train', 'valid': 'val', 'validation': 'val'}
+
+
+def split_metric_key(key: str) -> Optional[tuple[str, str]]:
+    """(stage, metric) of a logged key, or None for what is not an epoch-level metric.
+
+    Any naming a LightningModule uses is understood: `train/loss` and `train_loss` are
+    ('train', 'loss'), `valid/acc` and `val_acc_epoch` ('val', 'acc'); a key without a stage
+    prefix (`loss`, `lr-Adam`) is ('other', key). Step-level values (`..._step`) and the
+    `epoch`/`step` counters are None.
+    """
+    if key in ('epoch', 'step') or key.endswith('_step'):
+        return None
+    key = key[:-len('_epoch')] if key.endswith('_epoch') else key
+    match = _STAGED_KEY.match(key)
+    if match is None:
+        return 'other', key
+    return _STAGE_NAMES.get(match[1], match[1]), match[2]
+
+
 def format_epoch_line(epoch: int, max_epochs: Optional[int], metrics: Mapping[str, float],
                       epoch_seconds: float, elapsed: float, epochs_done: int) -> str:
     """The per-epoch line of log.txt, the same for both entry points:
 
     epoch 3/20  train: loss 0.2311  val: loss 0.1540 acc 0.9593  1.2s, 4s / ~27s
+
+    Keys are grouped by `split_metric_key`; keys without a stage go under `other:`.
     """
     total = f'/{max_epochs}' if max_epochs and max_epochs > 0 else ''
     parts = [f'epoch {epoch}{total}']
-    for stage in ('train', 'val'):
-        terms = [f'{k.split("/", 1)[1]} {v:.4f}' for k, v in sorted(metrics.items())
-                 if k.startswith(stage + '/') and not k.endswith('_step')]
+    stages: dict[str, dict[str, float]] = {'train': {}, 'val': {}, 'other': {}}
+    for key, value in metrics.items():
+        split = split_metric_key(key)
+        if split is not None and split[0] in stages:
+            stages[split[0]][split[1]] = value
+    for stage, terms in stages.items():
         if terms:
-            parts.append(f'{stage}: ' + ' '.join(terms))
+            parts.append(f'{stage}: ' + ' '.join(f'{k} {v:.4f}' for k, v in sorted(terms.items())))
     timing = f'{epoch_seconds:.1f}s, {format_duration(elapsed)}'
     if max_epochs and max_epochs > 0 and epochs_done > 0:
         timing += f' / ~{format_duration(elapsed / epochs_done * max_epochs)}'

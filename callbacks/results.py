@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from callbacks.experiment_dir import ExperimentDir, atomic_write
+from callbacks.metrics_files import split_metric_key
 from configs.checking import check_spec
 from configs.loading import Config, dump_yaml, parse_yaml
 from utils import DATASETS, ConfigError, display_path
@@ -18,7 +19,8 @@ def finish_run(exp: ExperimentDir, final: Mapping[str, float], monitor: Optional
                best_checkpoint: Optional[Path]) -> None:
     """At the end of a run (rank 0): result.yaml, the run's own curves.png, a closing log line."""
     exp.write_result(final, monitor, best, best_checkpoint.name if best_checkpoint else None)
-    plot_metrics([exp.path])
+    if read_curves(exp.path):   # a run that logged nothing has no curves to draw
+        plot_metrics([exp.path])
     if monitor and best is not None:
         exp.log(f'done: best {monitor} {best:.4f} ({best_checkpoint.name if best_checkpoint else "-"})')
     else:
@@ -82,14 +84,18 @@ def write_predictions(path: Path, outputs: Any, dataset: Any) -> Path:
 
 
 def read_curves(exp: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """{metric: {stage: [(epoch, value), ...]}} from an experiment's metrics.csv (epoch-level
-    values only; an epoch logged twice, as after a resume, keeps its last value)."""
+    """{metric: {stage: [(epoch, value), ...]}} from an experiment's metrics.csv (stage and metric
+    from `split_metric_key`, so `train/loss` and `train_loss` are both train's loss; a value
+    logged several times in an epoch, or an epoch logged again after a resume, keeps its last)."""
     curves: dict[str, dict[str, dict[int, float]]] = {}
+    if not (Path(exp) / 'metrics.csv').is_file():   # nothing was logged
+        return {}
     with open(Path(exp) / 'metrics.csv', newline='') as f:
         for row in csv.DictReader(f):
             for key, value in row.items():
-                stage, _, metric = key.partition('/')
-                if value and metric and not metric.endswith('_step') and row.get('epoch'):
+                split = split_metric_key(key)
+                if value and split and row.get('epoch'):
+                    stage, metric = split
                     curves.setdefault(metric, {}).setdefault(stage, {})[int(row['epoch'])] = float(value)
     return {m: {st: sorted(v.items()) for st, v in stages.items()} for m, stages in curves.items()}
 
@@ -102,7 +108,7 @@ def plot_metrics(experiments: Sequence[Path], out: Optional[str | os.PathLike] =
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
     for exp in experiments:
-        if not (Path(exp) / 'metrics.csv').is_file():
+        if not (Path(exp) / 'metrics.csv').is_file() and not (Path(exp) / 'config.yaml').is_file():
             raise ConfigError(f'--plot {exp}: no metrics.csv there; is it an experiment folder?')
     curves = {Path(exp): read_curves(exp) for exp in experiments}
     metrics = sorted({m for c in curves.values() for m in c}, key=lambda m: (m != 'loss', m))

@@ -1,0 +1,192 @@
+"""Code written the usual Lightning and PyTorch way, registered and named in YAML, just works:
+a LightningDataModule that builds its data in setup(), a LightningModule with its own optimizer
+and metric names, lazy and parameter-free models, torchvision models by name, and mistakes in a
+user's module file reported with the file and line."""
+from __future__ import annotations
+
+import csv
+import inspect
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from conftest import QUIET, ROOT, run_pl, snapshot
+from utils import DATA_MODULES, WRAPPERS, Registry
+
+PNG = b'\x89PNG\r\n\x1a\n'
+
+
+class DigitsLightningData(pl.LightningDataModule):
+    """Lightning's BoringDataModule pattern on the bundled digits: nothing is built before setup()."""
+
+    def __init__(self, batch_size: int = 32) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.prepared = False
+
+    def prepare_data(self) -> None:
+        self.prepared = True   # where a download would go (rank 0 only)
+
+    def setup(self, stage: str) -> None:
+        from datasets.digits import Digits
+        if stage == 'fit':
+            self.train_set = Digits('train')
+        if stage in ('fit', 'validate'):
+            self.val_set = Digits('val')
+        if stage in ('test', 'predict'):
+            self.test_set = Digits('test')
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=256)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_set, batch_size=256)
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_set, batch_size=256)
+
+
+class UsualModule(pl.LightningModule):
+    """A LightningModule as the Lightning docs write one: its own optimizer, `self.log` with
+    names of its own (no `stage/metric`), or nothing logged at all."""
+
+    def __init__(self, hidden: int = 64, lr: float = 1e-2, log_metrics: bool = True) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.net(batch['image'])
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = F.cross_entropy(self(batch), batch['label'])
+        if self.hparams.log_metrics:
+            self.log('train_loss', loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self(batch)
+        if self.hparams.log_metrics:
+            self.log('val_acc', (logits.argmax(1) == batch['label']).float().mean())
+            self.log('valid/loss', F.cross_entropy(logits, batch['label']))
+            self.log('lr', self.trainer.optimizers[0].param_groups[0]['lr'])
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.log('test_acc', (self(batch).argmax(1) == batch['label']).float().mean())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+@pytest.fixture
+def registered() -> Iterator[None]:
+    """The two classes above registered for the test, and unregistered after it."""
+    DATA_MODULES.register('digits_lightning')(DigitsLightningData)
+    WRAPPERS.register('usual')(UsualModule)
+    try:
+        yield
+    finally:
+        DATA_MODULES._classes.pop('digits_lightning')
+        WRAPPERS._classes.pop('usual')
+
+
+def write_config(path: Path, **args: object) -> str:
+    cfg = {'seed': 0, 'data_module': {'name': 'digits_lightning', 'args': {'batch_size': 32}},
+           'train_wrapper': {'name': 'usual', 'args': args},
+           'trainer_params': {'max_epochs': 3, 'accelerator': 'cpu', 'enable_model_summary': False},
+           'checkpoint': {'monitor': 'val_acc', 'mode': 'max'}}
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_a_lightning_data_module_and_a_usual_module_fit_resume_test_and_predict(
+        registered: None, save_root: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / 'usual.yaml')
+    assert run_pl(save_root, '--config', config, '--name', 'usual', 'trainer_params.max_epochs=2') == 0
+    exp = save_root / 'usual'
+    assert run_pl(save_root, '--resume', str(exp), 'trainer_params.max_epochs=3') == 0
+    # The epoch line understands `train_loss`, `val_acc`, `valid/loss` and an unstaged `lr`.
+    lines = [line for line in (exp / 'log.txt').read_text().splitlines() if line.startswith('epoch ')]
+    assert [line.split()[1] for line in lines] == ['1/2', '2/2', '3/3']
+    for line in lines:
+        assert ('  train: loss ' in line and '  val: acc ' in line and ' loss ' in line.split('val: ')[1]
+                and '  other: lr 0.0100  ' in line), line
+    final_acc = float(lines[-1].split('val: acc ')[1].split()[0])
+    assert final_acc >= 0.9
+    with open(exp / 'metrics.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert {'train_loss', 'val_acc', 'valid/loss', 'lr'} <= set(rows[0])
+    assert [int(r['epoch']) for r in rows if r['val_acc']] == [0, 1, 2]
+    result = yaml.safe_load((exp / 'result.yaml').read_text())
+    assert result['final']['val_acc'] == pytest.approx(final_acc, abs=1e-4)
+    assert result['best']['monitor'] == 'val_acc' and result['best']['value'] >= final_acc - 1e-4
+    from callbacks.results import read_curves
+    curves = read_curves(exp)
+    assert set(curves) == {'loss', 'acc', 'lr'} and set(curves['loss']) == {'train', 'val'}
+    assert [e for e, _ in curves['acc']['val']] == [0, 1, 2]
+    assert (exp / 'curves.png').read_bytes().startswith(PNG)
+    # --test and --predict go through the module's own setup('test') / predict_dataloader().
+    assert run_pl(save_root, '--test', str(exp)) == 0
+    tests = yaml.safe_load((exp / 'test.yaml').read_text())
+    assert tests[result['best']['checkpoint']]['test_acc'] >= 0.85
+    assert run_pl(save_root, '--predict', str(exp)) == 0
+    with open(exp / 'predictions.csv') as f:
+        predictions = list(csv.DictReader(f))
+    from datasets.digits import Digits
+    labels = Digits('test').tensors['label'].tolist()
+    assert len(predictions) == len(labels)
+    assert sum(int(r['pred']) == y for r, y in zip(predictions, labels)) / len(labels) >= 0.85
+
+
+def test_a_module_that_logs_nothing_finishes_cleanly(registered: None, save_root: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    config = write_config(tmp_path / 'silent.yaml', log_metrics=False)
+    assert run_pl(save_root, '--config', config, '--name', 'silent', 'checkpoint.monitor=null',
+                  'trainer_params.max_epochs=1') == 0
+    assert capsys.readouterr().err == ''
+    exp = save_root / 'silent'
+    result = yaml.safe_load((exp / 'result.yaml').read_text())
+    assert result == {'final': {}, 'best': {'monitor': None, 'value': None, 'checkpoint': 'epoch=0-step=40.ckpt'}}
+    log = (exp / 'log.txt').read_text().splitlines()
+    assert log[-1] == 'done' and log[-2].startswith('epoch 1/1  ')
+    assert not (exp / 'curves.png').exists()   # nothing to draw
+    assert run_pl(save_root, '--plot', str(exp), '--out', str(tmp_path / 'empty.png')) == 0
+    assert (tmp_path / 'empty.png').read_bytes().startswith(PNG)
+
+
+@pytest.mark.slow
+def test_a_lightning_data_module_in_a_users_file_trains_with_ddp(tmp_path: Path) -> None:
+    # A copy of the project with the data module dropped into datasets/ as a user would; DDP
+    # starts fresh processes, which find it by the registry's scan of the folder.
+    copy = tmp_path / 'project'
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns('save', 'load', '.git', '__pycache__', 'tests'))
+    source = inspect.getsource(DigitsLightningData)
+    (copy / 'datasets' / 'digits_lightning.py').write_text(
+        'import pytorch_lightning as pl\nfrom torch.utils.data import DataLoader\n\nfrom utils import DATA_MODULES\n\n\n'
+        f"@DATA_MODULES.register('digits_lightning')\n{source}")
+    (copy / 'models' / 'wrappers' / 'usual.py').write_text(
+        'import pytorch_lightning as pl\nimport torch\nfrom torch import nn\nfrom torch.nn import functional as F\n\n'
+        f"from models.wrappers import register\n\n\n@register('usual')\n{inspect.getsource(UsualModule)}")
+    config = write_config(tmp_path / 'ddp.yaml')
+    done = subprocess.run([sys.executable, 'train_pl.py', '--config', config, '--name', 'ddp',
+                           '--save-root', str(tmp_path / 'save'), 'trainer_params.max_epochs=1',
+                           'trainer_params.devices=2', 'trainer_params.strategy=ddp', *QUIET],
+                          cwd=copy, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (tmp_path / 'save' / 'ddp' / 'log.txt').read_text().splitlines()
+    epochs = [line for line in log if line.startswith('epoch ')]
+    assert len(epochs) == 1 and float(epochs[0].split('val: acc ')[1].split()[0]) >= 0.8
+    assert sum(line.startswith('command: ') for line in log) == 1
