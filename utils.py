@@ -54,6 +54,15 @@ class ExportCheckError(Exception):
     """An exported model's outputs differ from the PyTorch model's (--export); nothing is kept."""
 
 
+class DuplicateNameError(ValueError):
+    """Two classes registered under one name; the message names both definitions."""
+
+
+class ModuleFileError(ConfigError):
+    """A file of a registry's package failed to import: `models/x.py:3: SyntaxError: ...`. It is
+    reported as it is, not as a problem of the config key that asked for the registry."""
+
+
 def did_you_mean(word: str, candidates: Sequence[str]) -> str:
     """' (did you mean 'x' or 'y'?)' for the closest candidates, or ''."""
     matches = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=3, cutoff=0.6)
@@ -83,7 +92,7 @@ class Registry:
         def decorator(obj: Any) -> Any:
             old = self._classes.get(name)
             if old is not None and _defined_at(old) != _defined_at(obj):
-                raise ValueError(f"{self.kind} '{name}' is registered twice: "
+                raise DuplicateNameError(f"{self.kind} '{name}' is registered twice: "
                                  f"{_defined_at(old)} and {_defined_at(obj)}")
             self._classes[name] = obj
             return obj
@@ -96,7 +105,12 @@ class Registry:
         package = importlib.import_module(self.package)
         for module in pkgutil.iter_modules(package.__path__):
             if not module.ispkg and not module.name.startswith('_'):
-                importlib.import_module(f'{self.package}.{module.name}')
+                try:
+                    importlib.import_module(f'{self.package}.{module.name}')
+                except Exception as e:   # a mistake in a user's file: say where, without a traceback
+                    self._imported = False   # asked again, the same error, not a registry missing names
+                    raise ModuleFileError(_where_it_failed(e, Path(module.module_finder.path) / f'{module.name}.py')
+                                          ) from e
 
     def names(self) -> list[str]:
         """Every registered name, sorted (this registry's first, then its fallback's)."""
@@ -141,6 +155,23 @@ class ClassNamespace(Registry):
                 self._classes[name] = obj
 
 
+def _where_it_failed(error: Exception, file: Path) -> str:
+    """`file:line: Type: message` for an exception raised while importing `file`: the line of a
+    SyntaxError, else the deepest line of the traceback inside `file`'s folder (the user's code,
+    not the importer's or a decorator's)."""
+    message = f'{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}'.rstrip(': ')
+    if isinstance(error, DuplicateNameError):   # it names both files and lines already
+        return str(error)
+    if isinstance(error, SyntaxError) and error.filename:
+        return f'{display_path(Path(error.filename))}:{error.lineno}: {type(error).__name__}: {error.msg}'
+    import traceback
+    inside = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if Path(frame.filename).resolve().parent == file.resolve().parent]
+    if inside:
+        return f'{display_path(Path(inside[-1].filename))}:{inside[-1].lineno}: {message}'
+    return f'{display_path(file)}: {message}'
+
+
 def _import_object(dotted: str) -> Any:
     module, _, name = dotted.rpartition('.')
     return getattr(importlib.import_module(module), name)
@@ -149,7 +180,7 @@ def _import_object(dotted: str) -> Any:
 def _defined_at(obj: Any) -> str:
     try:
         line = inspect.getsourcelines(obj)[1]
-        return f'{inspect.getsourcefile(obj)}:{line} ({obj.__module__}.{obj.__qualname__})'
+        return f'{display_path(Path(inspect.getsourcefile(obj)))}:{line} ({obj.__module__}.{obj.__qualname__})'
     except (OSError, TypeError):
         return f'{obj.__module__}.{obj.__qualname__}'
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from configs.loading import Config
-from utils import DATA_MODULES, REGISTRIES, ConfigError, Registry, SpecMarker, did_you_mean
+from utils import DATA_MODULES, REGISTRIES, ConfigError, ModuleFileError, Registry, SpecMarker, did_you_mean
 
 TOP_LEVEL_SECTIONS = ('seed', 'data_module', 'train_wrapper', 'trainer_params', 'checkpoint', 'callbacks', 'loggers')
 REQUIRED_SECTIONS = ('data_module', 'train_wrapper')
@@ -164,6 +164,8 @@ def check_spec(registry: Registry, spec: Any, key: str, cfg: Config, problems: l
         return
     try:
         cls = registry.get(spec['name'])
+    except ModuleFileError:
+        raise
     except ConfigError as e:
         problems.append(cfg.error(f'{key}.name', str(e)))
         return

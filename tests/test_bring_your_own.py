@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import pytorch_lightning as pl
@@ -190,3 +191,49 @@ def test_a_lightning_data_module_in_a_users_file_trains_with_ddp(tmp_path: Path)
     epochs = [line for line in log if line.startswith('epoch ')]
     assert len(epochs) == 1 and float(epochs[0].split('val: acc ')[1].split()[0]) >= 0.8
     assert sum(line.startswith('command: ') for line in log) == 1
+
+
+# ----------------------------------------------------------------------- mistakes in a user's file
+
+MISTAKES = {
+    'syntax': ("from models import register\n\n\n@register('broken')\nclass Broken(\n    pass\n",
+               "mine.py:5: SyntaxError: '(' was never closed"),
+    'import': ('import torch\nimport no_such_package\n', "mine.py:2: ModuleNotFoundError: No module named 'no_such_package'"),
+    'duplicate': ("from torch import nn\nfrom my_models import register\n\n\n@register('mlp')\nclass MyMLP(nn.Module):\n"
+                  "    pass\n", "model 'mlp' is registered twice: {folder}/mine.py:5 (my_models.mine.MyMLP) and "
+                                "{folder}/mlp.py:4 (my_models.mlp.MLP)"),
+}
+
+
+@pytest.mark.parametrize('mistake', MISTAKES)
+def test_a_mistake_in_a_users_module_file_names_the_file_and_line(mistake: str, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from utils import ModuleFileError
+    source, message = MISTAKES[mistake]
+    folder = tmp_path / 'my_models'   # a package of its own, with a registry over it, as models/ has
+    folder.mkdir()
+    (folder / '__init__.py').write_text("from utils import Registry\n\nMODELS = Registry('model', 'my_models')\n"
+                                        'register = MODELS.register\n')
+    (folder / 'mlp.py').write_text("from my_models import register\n\n\n@register('mlp')\nclass MLP:\n    pass\n")
+    (folder / 'mine.py').write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_models
+    try:
+        for _ in range(2):   # asked again, the same error (not a registry quietly missing names)
+            with pytest.raises(ModuleFileError) as error:
+                my_models.MODELS.names()
+            expected = message.format(folder=folder) if mistake == 'duplicate' else f'{folder}/{message}'
+            assert str(error.value) == expected
+    finally:
+        for name in [m for m in sys.modules if m.split('.')[0] == 'my_models']:
+            del sys.modules[name]
+
+
+def test_a_syntax_error_in_models_stops_the_run_before_anything_is_created(tmp_path: Path) -> None:
+    copy = tmp_path / 'project'
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns('save', 'load', '.git', '__pycache__', 'tests'))
+    (copy / 'models' / 'mine.py').write_text(MISTAKES['syntax'][0])
+    done = subprocess.run([sys.executable, 'train_pl.py', '--config', 'configs/digits.yaml', *QUIET], cwd=copy,
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (2, "error: models/mine.py:5: SyntaxError: '(' was never closed\n")
+    assert not (copy / 'save').exists()
