@@ -47,6 +47,7 @@ from configs.checking import build, check_kwargs, check_sections, check_spec_lis
 from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli, select_cuda_devices
 from configs.loading import Config
 from models.ema import EMA, STATE_KEY, EMAParams, ema_target, ema_weights
+from models.lazy import materialize
 from models.optim import step_schedulers
 from utils import DATA_MODULES, TRACKERS, ConfigError, keep_freed_memory
 
@@ -257,12 +258,13 @@ def restore(path: Path, task: Any, optimizer: Any, scheduler: Optional[dict], sc
     optimizer and scheduler arguments the config now gives differently replace the saved ones."""
     state = torch.load(path, map_location=device, weights_only=True)
     task.load_state_dict(state['state_dict'])
-    optimizer.load_state_dict(state['optimizer_states'][0])
+    if optimizer is not None:
+        optimizer.load_state_dict(state['optimizer_states'][0])
     if scheduler and state['lr_schedulers']:
         scheduler['scheduler'].load_state_dict(state['lr_schedulers'][0])
     if scaler is not None and 'MixedPrecision' in state:
         scaler.load_state_dict(state['MixedPrecision'])
-    for change in task.apply_changed_specs(optimizer, scheduler, state['hyper_parameters']):
+    for change in task.apply_changed_specs(optimizer, scheduler, state['hyper_parameters']) if optimizer else ():
         print(f'resume: {change} (from the config)')
     set_rng_state(state['callbacks']['LastCheckpoint']['rng'])   # the next shuffle and dropout masks
     return Resumed(state['epoch'] + 1, state['global_step'], state['callbacks'].get('BaseLogger', {}).get('elapsed', 0.0),
@@ -313,14 +315,16 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
     if init_from is not None:   # fine-tuning: the weights only; optimizer, schedule and counters start fresh
         load_weights(task, init_from)
     task.to(device)
-    # What the training step calls: the model alone (Task.forward minus a module call), or under
-    # DDP the wrapper around the whole task, which averages gradients inside backward().
-    step_module = (task.model if world_size == 1 else torch.nn.parallel.DistributedDataParallel(
-        task, device_ids=[device.index] if device.index is not None else None))
     train_loader = build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
     val_loader = data.val_dataloader()
-    optimizers = task.configure_optimizers()
+    materialize(task, train_loader)   # lazy modules take their shapes from the first batch
+    # A model (and loss) without trainable parameters is evaluated and checkpointed as it is.
+    optimizers = task.configure_optimizers() or {'optimizer': None}
     optimizer, scheduler = optimizers['optimizer'], optimizers.get('lr_scheduler')
+    # What the training step calls: the model alone (Task.forward minus a module call), or under
+    # DDP the wrapper around the whole task, which averages gradients inside backward().
+    step_module = (task.model if world_size == 1 or optimizer is None else torch.nn.parallel.DistributedDataParallel(
+        task, device_ids=[device.index] if device.index is not None else None))
     autocast, scaler = autocast_and_scaler(params.precision, device)
 
     # --- resume: weights, optimizer, scheduler and counters from the checkpoint ---------------------
@@ -374,19 +378,21 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
                 loss = terms['loss']
                 if params.accumulate_grad_batches > 1:   # an op (and a backward node) only when it changes the loss
                     loss = loss / params.accumulate_grad_batches
-                (scaler.scale(loss) if scaler else loss).backward()
+                if optimizer is not None:
+                    (scaler.scale(loss) if scaler else loss).backward()
             if accumulating:
                 continue
-            if params.gradient_clip_val:
+            if optimizer is not None:   # None: nothing to train (a model with buffers only)
+                if params.gradient_clip_val:
+                    if scaler:
+                        scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(task.parameters(), params.gradient_clip_val)
                 if scaler:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(task.parameters(), params.gradient_clip_val)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             step_schedulers([scheduler], 'step', step + 1, {})
             if ema is not None:
                 ema.update(step + 1)

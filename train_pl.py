@@ -88,6 +88,7 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     from callbacks.checkpoint_files import load_weights
     from callbacks.fast_paths import FastPaths
     from callbacks.last_checkpoint import LastCheckpoint
+    from callbacks.lazy_modules import LazyModules
     from callbacks.progress_bar import ThrottledProgressBar
     from callbacks.tracker_logger import make_loggers
 
@@ -102,7 +103,7 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     checkpoint = build('ModelCheckpoint', 'checkpoint', cfg, lambda: ModelCheckpoint(dirpath=exp.ckpt_dir,
                                                                                    **checkpoint_args))
     callbacks = [BaseLogger(exp, cfg, command, resume=resume_ckpt is not None, overwrite=overwrite), checkpoint,
-                 FastPaths()]
+                 FastPaths(), LazyModules()]
     if save_last:
         callbacks.append(LastCheckpoint(exp.ckpt_dir))
     for i, spec in enumerate(cfg.get('callbacks') or []):

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from torch.nn.parameter import is_lazy
 
 from callbacks.experiment_dir import ExperimentDir
 from configs.loading import parse_yaml
@@ -72,8 +73,9 @@ def load_weights(module: Any, path: Path, flag: str = '--init-from') -> None:
     """Load only the weights of a checkpoint into `module`; every mismatch is listed in one line."""
     weights = read_checkpoint(path, f'{flag} {display_path(path)}')['state_dict']
     own = module.state_dict()
+    # A lazy parameter has no shape yet: loading gives it the checkpoint's (torch's lazy load hook).
     shapes = [f'{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
-              if k in weights and weights[k].shape != v.shape]
+              if k in weights and not is_lazy(v) and weights[k].shape != v.shape]
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
     problems = ([f"shapes differ (checkpoint vs model): {'; '.join(shapes)}"] if shapes else []) + \
@@ -123,7 +125,8 @@ def save_checkpoint(path: Path, task: Any, optimizer: Any, scheduler: Optional[d
     except importlib.metadata.PackageNotFoundError:
         lightning_version = '2.6.6'
     state = {'epoch': epoch, 'global_step': step, 'pytorch-lightning_version': lightning_version,
-             'state_dict': task.state_dict(), 'optimizer_states': [optimizer.state_dict()],
+             'state_dict': task.state_dict(),
+             'optimizer_states': [optimizer.state_dict()] if optimizer is not None else [],
              'lr_schedulers': [scheduler['scheduler'].state_dict()] if scheduler else [],
              'hyper_parameters': dict(hparams), 'callbacks': {**callbacks, 'LastCheckpoint': {'rng': rng_state()}}}
     if scaler is not None:

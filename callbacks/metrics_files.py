@@ -125,8 +125,14 @@ class MetricsWriter:
 
 
 def model_summary(module: Any) -> str:
-    """Parameter counts per top-level submodule and in total, for the head of log.txt."""
+    """Parameter counts per top-level submodule and in total, for the head of log.txt. Lazy
+    parameters not yet initialized (no shape, normally materialized before this) are counted
+    apart, and buffers are not parameters: a model with none says `parameters: 0 total`."""
+    from torch.nn.parameter import is_lazy
+
     def count(m: Any) -> int:
-        return sum(p.numel() for p in m.parameters())
+        return sum(p.numel() for p in m.parameters() if not is_lazy(p))
     parts = [f'{name} {count(child):,}' for name, child in module.named_children() if count(child)]
-    return f'parameters: {count(module):,} total' + (f' ({", ".join(parts)})' if parts else '')
+    lazy = sum(is_lazy(p) for p in module.parameters())
+    return (f'parameters: {count(module):,} total' + (f' ({", ".join(parts)})' if parts else '')
+            + (f', and {lazy} lazy ones not yet initialized' if lazy else ''))

@@ -165,8 +165,16 @@ class Task(nn.Module):
             metric.reset()
         return values
 
-    def configure_optimizers(self) -> dict:
-        """`{'optimizer': ..., 'lr_scheduler': {'scheduler', 'interval', 'frequency', 'monitor'}}`."""
+    def has_trainable_parameters(self) -> bool:
+        """False for a model (and loss) with buffers only or nothing at all: the run then
+        evaluates, logs and checkpoints as usual, with no optimizer and no backward pass."""
+        return any(p.requires_grad for p in self.parameters())
+
+    def configure_optimizers(self) -> Optional[dict]:
+        """`{'optimizer': ..., 'lr_scheduler': {'scheduler', 'interval', 'frequency', 'monitor'}}`,
+        or None when there is nothing to train."""
+        if not self.has_trainable_parameters():
+            return None
         optimizer = make_optimizer(self.optim_spec, self.parameters())
         scheduler = make_scheduler(self.scheduler_spec, optimizer)
         return {'optimizer': optimizer, 'lr_scheduler': scheduler} if scheduler else {'optimizer': optimizer}

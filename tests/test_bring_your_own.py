@@ -237,3 +237,99 @@ def test_a_syntax_error_in_models_stops_the_run_before_anything_is_created(tmp_p
                           capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stderr) == (2, "error: models/mine.py:5: SyntaxError: '(' was never closed\n")
     assert not (copy / 'save').exists()
+
+
+# ------------------------------------------------------------- lazy and parameter-free models
+
+class LazyMLP(nn.Module):
+    """Input sizes left to the first batch (nn.LazyLinear)."""
+
+    def __init__(self, hidden: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.LazyLinear(hidden), nn.ReLU(), nn.LazyLinear(10))
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.net(batch['image'])
+
+
+class NearestMean(nn.Module):
+    """Buffers only: class means accumulated while training, logits = -squared distance to them."""
+
+    def __init__(self, in_dim: int = 64, classes: int = 10) -> None:
+        super().__init__()
+        self.register_buffer('sums', torch.zeros(classes, in_dim))
+        self.register_buffer('counts', torch.zeros(classes))
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        x = batch['image'].flatten(1)
+        if self.training:
+            self.sums.index_add_(0, batch['label'], x)
+            self.counts.index_add_(0, batch['label'], torch.ones(len(x)))
+        means = self.sums / self.counts.clamp(min=1).unsqueeze(1)
+        return -torch.cdist(x, means) ** 2
+
+
+@pytest.fixture
+def models_registered() -> Iterator[None]:
+    from utils import MODELS
+    MODELS.register('lazy_mlp')(LazyMLP)
+    MODELS.register('nearest_mean')(NearestMean)
+    try:
+        yield
+    finally:
+        MODELS._classes.pop('lazy_mlp')
+        MODELS._classes.pop('nearest_mean')
+
+
+def val_acc(exp: Path) -> float:
+    return float([line for line in (exp / 'log.txt').read_text().splitlines()
+                  if line.startswith('epoch ')][-1].split('val: acc ')[1].split()[0])
+
+
+@pytest.mark.parametrize('entry', ['train_pl.py', 'train.py'])
+def test_a_lazy_model_trains_resumes_and_starts_others(entry: str, models_registered: None, save_root: Path) -> None:
+    from conftest import DIGITS, RUNNERS
+    run = RUNNERS[entry]
+    model = 'train_wrapper.args.model_spec={name: lazy_mlp, args: {hidden: 32}}'
+    assert run(save_root, '--config', DIGITS, '--name', 'lazy', model, 'trainer_params.max_epochs=2') == 0
+    exp = save_root / 'lazy'
+    # Materialized by the first batch before the summary: 64*32 + 32 + 32*10 + 10 parameters.
+    assert (exp / 'log.txt').read_text().splitlines()[1] == 'parameters: 2,410 total (model 2,410)'
+    assert run(save_root, '--resume', str(exp), 'trainer_params.max_epochs=3') == 0
+    assert val_acc(exp) >= 0.9
+    state = torch.load(exp / 'ckpt' / 'last.ckpt', weights_only=True)
+    assert state['state_dict']['model.net.1.weight'].shape == (32, 64)
+    # --init-from loads into a fresh lazy model: it takes the checkpoint's shapes and weights.
+    assert run(save_root, '--config', DIGITS, '--name', 'tuned', model, '--init-from', str(exp),
+               'trainer_params.max_epochs=1', 'train_wrapper.args.optim_spec.args.lr=0') == 0
+    assert val_acc(save_root / 'tuned') == pytest.approx(val_acc(exp), abs=1e-4)
+    assert run(save_root, '--test', str(exp)) == 0
+
+
+@pytest.mark.parametrize('entry', ['train_pl.py', 'train.py'])
+def test_a_model_with_buffers_only_trains_checkpoints_and_starts_others(entry: str, models_registered: None,
+                                                                         save_root: Path) -> None:
+    from conftest import DIGITS, RUNNERS
+    run = RUNNERS[entry]
+    model = 'train_wrapper.args.model_spec={name: nearest_mean}'
+    assert run(save_root, '--config', DIGITS, '--name', 'means', model, 'trainer_params.max_epochs=1') == 0
+    exp = save_root / 'means'
+    assert (exp / 'log.txt').read_text().splitlines()[1] == 'parameters: 0 total'
+    assert val_acc(exp) >= 0.85   # nearest class mean on the digits
+    counts = torch.load(exp / 'ckpt' / 'last.ckpt', weights_only=True)['state_dict']['model.counts']
+    from datasets.digits import Digits
+    assert counts.sum() == len(Digits('train'))
+    assert run(save_root, '--config', DIGITS, '--name', 'again', model, '--init-from', str(exp),
+               'trainer_params.max_epochs=1') == 0
+    again = torch.load(save_root / 'again' / 'ckpt' / 'last.ckpt', weights_only=True)['state_dict']['model.counts']
+    assert torch.equal(again, 2 * counts)   # started from the first run's sums, then one more epoch
+
+
+def test_the_summary_counts_models_without_parameters_and_uninitialized_lazy_ones() -> None:
+    from callbacks.metrics_files import model_summary
+    from models.lazy import has_uninitialized, materialize
+    assert model_summary(nn.Sequential(nn.Flatten(), nn.ReLU())) == 'parameters: 0 total'
+    lazy = LazyMLP()
+    assert model_summary(lazy) == 'parameters: 0 total, and 4 lazy ones not yet initialized'
+    assert materialize(lazy, [{'image': torch.rand(2, 1, 8, 8)}]) and not has_uninitialized(lazy)
+    assert model_summary(lazy) == 'parameters: 2,410 total (net 2,410)'

@@ -41,18 +41,23 @@ class BaseWrapper(Task, WrapperModule):
     def on_train_start(self) -> None:
         # A resume restores the optimizer as it was; arguments given anew on the command line win.
         saved = getattr(self, '_saved_hparams', None)
-        if saved:
+        if saved and self.has_trainable_parameters():
             configs = self.trainer.lr_scheduler_configs
             scheduler = {'scheduler': configs[0].scheduler} if configs else None
             for change in self.apply_changed_specs(self.trainer.optimizers[0], scheduler, saved):
                 print(f'resume: {change} (from the config)')
 
-    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def on_fit_start(self) -> None:
+        # Lightning warns once per step of a training_step returning None; with no parameters to
+        # train (configure_optimizers gave None) that is what it should do.
+        self._returns_loss = self.has_trainable_parameters()
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> Optional[torch.Tensor]:
         _, terms = self.step(batch, 'train')
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.check_finite(self.current_epoch, self.global_step)
             self.log_dict({f'train/{k}_step': v.detach() for k, v in terms.items()}, prog_bar=True)
-        return terms['loss']
+        return terms['loss'] if self._returns_loss else None
 
     def on_train_epoch_start(self) -> None:
         self.finite.start_epoch(self.global_step)
