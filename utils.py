@@ -112,10 +112,11 @@ class Registry:
                     raise ModuleFileError(_where_it_failed(e, Path(module.module_finder.path) / f'{module.name}.py')
                                           ) from e
 
-    def names(self) -> list[str]:
-        """Every registered name, sorted (this registry's first, then its fallback's)."""
+    def names(self, fallback: bool = True) -> list[str]:
+        """Every registered name, sorted (this registry's first, then its fallback's unless
+        `fallback` is false)."""
         self._import_package()
-        return sorted(self._classes) + (self.fallback.names() if self.fallback else [])
+        return sorted(self._classes) + (self.fallback.names() if self.fallback and fallback else [])
 
     def get(self, name: str) -> Any:
         """The class registered as `name`; an unknown name is a ConfigError with close matches."""
@@ -172,6 +173,25 @@ def _where_it_failed(error: Exception, file: Path) -> str:
     return f'{display_path(file)}: {message}'
 
 
+class TorchvisionModels(Registry):
+    """Every torchvision classification model as `torchvision.<name>` (read-only), built by the
+    adapter class `adapter` names (models/torchvision_models.py: the batch's image in, logits out,
+    `in_channels` and `image_key` as options). torchvision is imported when a name is looked up."""
+
+    def __init__(self, kind: str, adapter: str) -> None:
+        super().__init__(kind)
+        self.adapter = adapter
+
+    def _import_package(self) -> None:
+        if self._imported:
+            return
+        self._imported = True
+        import torchvision
+        adapter = _import_object(self.adapter)
+        for name in torchvision.models.list_models(module=torchvision.models):
+            self._classes[f'torchvision.{name}'] = adapter.for_builder(name)
+
+
 def _import_object(dotted: str) -> Any:
     module, _, name = dotted.rpartition('.')
     return getattr(importlib.import_module(module), name)
@@ -205,7 +225,8 @@ def check_scheduler_spec(spec: Any, key: str, cfg: Config, problems: list[str]) 
 # Every extension point of the template. A package's own `register`/`make` are these objects.
 DATASETS = Registry('dataset', 'datasets')
 DATA_MODULES = Registry('data module', 'datasets')
-MODELS = Registry('model', 'models')
+MODELS = Registry('model', 'models',                          # + every torchvision classifier, by name
+                  fallback=TorchvisionModels('model', 'models.torchvision_models.TorchvisionClassifier'))
 LOSSES = Registry('loss', 'losses')
 WRAPPERS = Registry('training wrapper', 'models.wrappers')    # LightningModules: train_pl.py only
 CALLBACKS = Registry('callback', 'callbacks',                 # Lightning callbacks: train_pl.py only
