@@ -2,7 +2,7 @@
 
 Contract with `models/wrappers/gan.py`: a generator has `latent_dim` and maps `{'z': (N, latent_dim)}`
 to images in [0, 1]; a discriminator maps `{'image': (N, C, H, W)}` to one logit per image, (N,).
-`task = 'gan'` and `example_batch(n)` tell the model tests these are not ten-class classifiers.
+`example_batch(n)` gives the model tests the input each takes (the contract in models/__init__.py).
 """
 from __future__ import annotations
 
@@ -40,8 +40,6 @@ class MLPGenerator(nn.Module):
             digits whatever the noise ("mode collapse"); with it, it draws all ten.
     """
 
-    task = 'gan'
-
     def __init__(self, latent_dim: int = 32, hidden: Sequence[int] = (128, 256),
                  image_shape: Sequence[int] = (1, 8, 8), batch_norm: bool = True) -> None:
         super().__init__()
@@ -67,8 +65,6 @@ class MLPDiscriminator(nn.Module):
         dropout: after each hidden layer; it keeps the discriminator from memorising the
             training images, which would starve the generator of useful gradients.
     """
-
-    task = 'gan'
 
     def __init__(self, in_dim: int = 64, hidden: Sequence[int] = (256, 128), dropout: float = 0.0,
                  input_key: str = 'image') -> None:

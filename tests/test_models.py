@@ -1,36 +1,94 @@
-"""Every registered model and loss, tested the day it is registered (as timm does)."""
+"""Every registered model and loss, tested the day it is registered (as timm does), through the
+model contract in models/__init__.py: built from its defaults (or `example_args`), run on its
+`example_batch(n)` (or a batch of 8x8 digits), one prediction row per sample, finite, and a
+gradient for every trainable parameter."""
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 import torch
+from torch import nn
 
 from utils import LOSSES, MODELS
 
 
-# A model that is not a ten-class digit classifier says so with a class attribute `task` (e.g.
-# 'gan') and brings an input of its own, `example_batch(n)`.
-CLASSIFIERS = [n for n in MODELS.names() if getattr(MODELS.get(n), 'task', 'classification') == 'classification']
-OTHERS = [n for n in MODELS.names() if n not in CLASSIFIERS]
+def digits_batch(n: int) -> dict[str, torch.Tensor]:
+    """The batch a model without `example_batch` is taken to read: grey 8x8 digits, ten classes."""
+    return {'image': torch.rand(n, 1, 8, 8), 'label': torch.arange(n) % 10}
 
 
-@pytest.mark.parametrize('name', CLASSIFIERS)
-def test_every_model_maps_a_batch_of_digits_to_ten_logits(name: str) -> None:
-    model = MODELS.make({'name': name})
-    batch = {'image': torch.rand(4, 1, 8, 8), 'label': torch.tensor([0, 1, 2, 3])}
-    logits = model(batch)
-    assert logits.shape == (4, 10)
-    loss = LOSSES.make({'name': 'ce'})(logits, batch)['loss']
-    loss.backward()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
-
-
-@pytest.mark.parametrize('name', OTHERS)
-def test_every_other_model_runs_on_its_example_batch(name: str) -> None:
-    model = MODELS.make({'name': name})
-    out = model(model.example_batch(4))
-    assert out.shape[0] == 4 and torch.isfinite(out).all()
+def check_model(name: str) -> torch.Tensor:
+    """The contract every registered model meets; returns its prediction on its example batch."""
+    cls = MODELS.get(name)
+    model = MODELS.make({'name': name, 'args': getattr(cls, 'example_args', {})})
+    batch = model.example_batch(4) if hasattr(model, 'example_batch') else digits_batch(4)
+    out = model(batch)
+    assert isinstance(out, torch.Tensor) and out.dim() >= 1 and out.shape[0] == 4 and torch.isfinite(out).all()
     out.float().sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    return out
+
+
+# Every model registered in models/, and one of the torchvision namespace as a sample of it.
+@pytest.mark.parametrize('name', MODELS.names(fallback=False) + ['torchvision.mobilenet_v3_small'])
+def test_every_model_meets_the_contract(name: str) -> None:
+    out = check_model(name)
+    if not hasattr(MODELS.get(name), 'example_batch'):   # a digits classifier: ten logits it can be trained on
+        assert out.shape == (4, 10)
+
+
+class Regressor(nn.Module):
+    """A user's regression model: tabular features in, one value per sample out."""
+
+    def __init__(self, in_dim: int, input_key: str = 'features') -> None:
+        super().__init__()
+        self.fc, self.input_key = nn.Linear(in_dim, 1), input_key
+
+    example_args = {'in_dim': 10}
+
+    def example_batch(self, n: int) -> dict[str, torch.Tensor]:
+        return {self.input_key: torch.randn(n, self.fc.in_features), 'target': torch.randn(n, 1)}
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.fc(batch[self.input_key])
+
+
+class Segmenter(nn.Module):
+    """A user's segmentation model: RGB images in, per-pixel class logits out (lazy first layer)."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.LazyConv2d(8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, classes, 1))
+
+    def example_batch(self, n: int) -> dict[str, torch.Tensor]:
+        return {'image': torch.rand(n, 3, 16, 16), 'mask': torch.randint(0, 3, (n, 16, 16))}
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.net(batch['image'])
+
+
+@pytest.fixture
+def user_models() -> Iterator[None]:
+    MODELS.register('my_regressor')(Regressor)
+    MODELS.register('my_segmenter')(Segmenter)
+    try:
+        yield
+    finally:
+        MODELS._classes.pop('my_regressor')
+        MODELS._classes.pop('my_segmenter')
+
+
+def test_regression_and_segmentation_models_meet_the_contract_without_editing_the_tests(user_models: None) -> None:
+    assert check_model('my_regressor').shape == (4, 1)
+    assert check_model('my_segmenter').shape == (4, 3, 16, 16)
+    # The contract can fail: a prediction without one row per sample.
+    MODELS.register('bad')(type('Bad', (Regressor,), {'forward': lambda self, batch: self.fc.weight.sum()}))
+    try:
+        with pytest.raises(AssertionError):
+            check_model('bad')
+    finally:
+        MODELS._classes.pop('bad')
 
 
 def test_mse_returns_the_loss_and_a_logged_term() -> None:
