@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from configs.loading import Config
-from utils import DATA_MODULES, REGISTRIES, ConfigError, ModuleFileError, Registry, SpecMarker, did_you_mean
+from utils import DATA_MODULES, DATASETS, REGISTRIES, ConfigError, ModuleFileError, Registry, SpecMarker, did_you_mean
 
 TOP_LEVEL_SECTIONS = ('seed', 'data_module', 'train_wrapper', 'trainer_params', 'checkpoint', 'callbacks', 'loggers')
 REQUIRED_SECTIONS = ('data_module', 'train_wrapper')
@@ -194,7 +194,14 @@ def check_sections(cfg: Config, allowed: Sequence[str] = TOP_LEVEL_SECTIONS) -> 
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
         problems.append(cfg.error('seed', f'expected a non-negative integer, got {seed!r}'))
     if 'data_module' in cfg:
-        check_spec(DATA_MODULES, cfg['data_module'], 'data_module', cfg, problems, required=True)
+        name = cfg['data_module'].get('name') if isinstance(cfg['data_module'], Mapping) else None
+        if isinstance(name, str) and name not in DATA_MODULES.names() and name in DATASETS.names():
+            # torchx and others name a data set where lightyaml wants the data module that serves it
+            problems.append(cfg.error('data_module.name', f"unknown data module {name!r}: {name!r} is a dataset; use "
+                                      f"data_module: {{name: default, args: {{train: {{name: {name}, args: {{...}}}}, "
+                                      f"val: {{name: {name}, args: {{...}}}}, batch_size: 32}}}}"))
+        else:
+            check_spec(DATA_MODULES, cfg['data_module'], 'data_module', cfg, problems, required=True)
     for section in ('trainer_params', 'checkpoint'):
         if cfg.get(section) is not None and not isinstance(cfg[section], Mapping):
             problems.append(cfg.error(section, f'expected a mapping, got {type(cfg[section]).__name__}'))

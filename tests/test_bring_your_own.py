@@ -378,3 +378,22 @@ def test_a_torchvision_model_by_name_trains_on_grey_digits(save_root: Path, caps
     assert capsys.readouterr().err.endswith(
         "train_wrapper.args.model_spec.args.num_clases: model 'torchvision.resnet18' does not take 'num_clases' "
         "(did you mean 'num_classes' or 'norm_layer'?)\n")
+
+
+# ------------------------------------------------------------------------------ coming from torchx
+
+def test_a_torchx_config_is_told_what_lightyaml_calls_things(save_root: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    # torchx's own example config: its data module is named after the data set, its loss `mnist_ce`.
+    config = tmp_path / 'torchx.yaml'
+    config.write_text('data_module: {name: mnist, args: {root_dir: ./load/mnist, batch_size: 32}}\n'
+                      'train_wrapper:\n  name: base\n  args:\n    model_spec: {name: resnet18, args: {num_classes: 10}}\n'
+                      '    loss_spec: {name: mnist_ce}\n    optim_spec: {name: Adam, args: {lr: 1.e-4}}\n'
+                      'trainer_params: {max_epochs: 100}\ncheckpoint: {every_n_epochs: 1}\nseed: 42\n')
+    assert run_pl(save_root, '--config', str(config)) == 2
+    shown = str(config.relative_to(Path.cwd())) if config.is_relative_to(Path.cwd()) else str(config)
+    assert capsys.readouterr().err == (
+        f"error: {shown}: data_module.name: unknown data module 'mnist': 'mnist' is a dataset; use data_module: "
+        "{name: default, args: {train: {name: mnist, args: {...}}, val: {name: mnist, args: {...}}, batch_size: 32}}\n"
+        f"error: {shown}: train_wrapper.args.loss_spec.name: unknown loss 'mnist_ce'; registered: ce, mse\n")
+    assert not save_root.exists()
