@@ -126,6 +126,9 @@ def validate(cfg: Config) -> None:
                 except ConfigError as e:
                     problems += e.problems
     check_loggers(cfg, problems)
+    if is_lightning_data_module(cfg.get('data_module')):
+        problems.append(cfg.error('data_module.name', f"{cfg['data_module']['name']!r} is a LightningDataModule, "
+                                                      f"whose setup() Lightning calls; use train_pl.py for it"))
     if problems:
         raise ConfigError(*problems)
 
@@ -150,6 +153,14 @@ def check_loggers(cfg: Config, problems: list[str]) -> None:
         problems.extend(refused)
     else:
         check_spec_list(TRACKERS, cfg, 'loggers', problems)
+
+
+def is_lightning_data_module(spec: Any) -> bool:
+    """Whether a data module spec names a LightningDataModule (told by its class names, so that
+    this check itself never imports Lightning)."""
+    if not isinstance(spec, Mapping) or not isinstance(spec.get('name'), str) or spec['name'] not in DATA_MODULES.names():
+        return False
+    return any(base.__name__ == 'LightningDataModule' for base in DATA_MODULES.get(spec['name']).__mro__)
 
 
 # ----------------------------------------------------------------------------- devices and processes

@@ -152,6 +152,16 @@ def test_a_lightning_data_module_and_a_usual_module_fit_resume_test_and_predict(
     assert sum(int(r['pred']) == y for r, y in zip(predictions, labels)) / len(labels) >= 0.85
 
 
+def test_train_py_refuses_a_lightning_data_module_by_name(registered: None, save_root: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    from conftest import DIGITS, run_py
+    assert run_py(save_root, '--config', DIGITS, 'data_module={name: digits_lightning}') == 2
+    assert capsys.readouterr().err == (
+        "error: override 'data_module={name: digits_lightning}': data_module.name: 'digits_lightning' is a "
+        "LightningDataModule, whose setup() Lightning calls; use train_pl.py for it\n")
+    assert not save_root.exists()
+
+
 def test_a_module_that_logs_nothing_finishes_cleanly(registered: None, save_root: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture) -> None:
     config = write_config(tmp_path / 'silent.yaml', log_metrics=False)
