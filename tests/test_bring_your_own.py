@@ -105,6 +105,7 @@ def registered() -> Iterator[None]:
 
 
 def write_config(path: Path, **args: object) -> str:
+    """A config for the two classes above, written to `path`; `args` go to the LightningModule."""
     cfg = {'seed': 0, 'data_module': {'name': 'digits_lightning', 'args': {'batch_size': 32}},
            'train_wrapper': {'name': 'usual', 'args': args},
            'trainer_params': {'max_epochs': 3, 'accelerator': 'cpu', 'enable_model_summary': False},
@@ -281,6 +282,7 @@ class NearestMean(nn.Module):
 
 @pytest.fixture
 def models_registered() -> Iterator[None]:
+    """The lazy and the buffers-only model registered for the test, and unregistered after it."""
     from utils import MODELS
     MODELS.register('lazy_mlp')(LazyMLP)
     MODELS.register('nearest_mean')(NearestMean)
@@ -292,6 +294,7 @@ def models_registered() -> Iterator[None]:
 
 
 def val_acc(exp: Path) -> float:
+    """The validation accuracy on the last epoch line of an experiment's log.txt."""
     return float([line for line in (exp / 'log.txt').read_text().splitlines()
                   if line.startswith('epoch ')][-1].split('val: acc ')[1].split()[0])
 
