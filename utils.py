@@ -93,7 +93,7 @@ class Registry:
             old = self._classes.get(name)
             if old is not None and _defined_at(old) != _defined_at(obj):
                 raise DuplicateNameError(f"{self.kind} '{name}' is registered twice: "
-                                 f"{_defined_at(old)} and {_defined_at(obj)}")
+                                         f"{_defined_at(old)} and {_defined_at(obj)}")
             self._classes[name] = obj
             return obj
         return decorator
