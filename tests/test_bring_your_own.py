@@ -155,11 +155,15 @@ def test_a_lightning_data_module_and_a_usual_module_fit_resume_test_and_predict(
 
 def test_train_py_refuses_a_lightning_data_module_by_name(registered: None, save_root: Path, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
-    from conftest import DIGITS, run_py
-    assert run_py(save_root, '--config', DIGITS, 'data_module={name: digits_lightning}') == 2
+    from conftest import run_py
+    config = tmp_path / 'x.yaml'
+    config.write_text('data_module: {name: digits_lightning}\ntrain_wrapper: {name: base, args: {model_spec: '
+                      '{name: mlp}, loss_spec: {name: ce}, optim_spec: {name: Adam}}}\n')
+    assert run_py(save_root, '--config', str(config)) == 2
+    shown = str(config.relative_to(Path.cwd())) if config.is_relative_to(Path.cwd()) else str(config)
     assert capsys.readouterr().err == (
-        "error: override 'data_module={name: digits_lightning}': data_module.name: 'digits_lightning' is a "
-        "LightningDataModule, whose setup() Lightning calls; use train_pl.py for it\n")
+        f"error: {shown}: data_module.name: 'digits_lightning' is a LightningDataModule, whose setup() Lightning "
+        "calls; use train_pl.py for it\n")
     assert not save_root.exists()
 
 
