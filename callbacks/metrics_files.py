@@ -25,14 +25,18 @@ def format_epoch_line(epoch: int, max_epochs: Optional[int], metrics: Mapping[st
     """The per-epoch line of log.txt, the same for both entry points:
 
     epoch 3/20  train: loss 0.2311  val: loss 0.1540 acc 0.9593  1.2s, 4s / ~27s
+
+    With several validation sets, one group each: `val/clean: acc 0.97 ...  val/noisy: acc 0.90 ...`.
     """
     total = f'/{max_epochs}' if max_epochs and max_epochs > 0 else ''
     parts = [f'epoch {epoch}{total}']
-    for stage in ('train', 'val'):
-        terms = [f'{k.split("/", 1)[1]} {v:.4f}' for k, v in sorted(metrics.items())
-                 if k.startswith(stage + '/') and not k.endswith('_step')]
-        if terms:
-            parts.append(f'{stage}: ' + ' '.join(terms))
+    groups: dict[str, list[str]] = {}   # stage ('train', 'val', 'val/clean') -> 'name value' terms
+    for key, value in sorted(metrics.items()):
+        stage, _, name = key.rpartition('/')
+        if stage.split('/')[0] in ('train', 'val') and not key.endswith('_step'):
+            groups.setdefault(stage, []).append(f'{name} {value:.4f}')
+    for stage in sorted(groups, key=lambda s: (s != 'train', s)):
+        parts.append(f'{stage}: ' + ' '.join(groups[stage]))
     timing = f'{epoch_seconds:.1f}s, {format_duration(elapsed)}'
     if max_epochs and max_epochs > 0 and epochs_done > 0:
         timing += f' / ~{format_duration(elapsed / epochs_done * max_epochs)}'
