@@ -1,6 +1,6 @@
 """Write a labelled image folder to train on: scikit-learn's bundled digits as PNG files.
 
-    python datasets/make_image_folder.py                  # -> load/digits_png/ (2 s, no download)
+    python datasets/make_image_folder.py                  # -> load/digits_png/ (about 4 s of CPU, no download)
     python datasets/make_image_folder.py --size 64 --out load/digits_big
 
 It writes torchvision's layout, one folder per class, for each split of the `digits` dataset
