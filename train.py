@@ -49,6 +49,7 @@ from configs.loading import Config
 from models.ema import EMA, STATE_KEY, EMAParams, ema_target, ema_weights
 from models.lazy import materialize
 from models.optim import step_schedulers
+from models.task import val_stages
 from utils import DATA_MODULES, TRACKERS, ConfigError, keep_freed_memory
 
 
@@ -327,7 +328,8 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
         load_weights(task, init_from)
     task.to(device)
     train_loader = build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
-    val_loader = data.val_dataloader()
+    val_loaders = data.val_dataloader() or []   # one loader, or one per named validation set
+    val_loaders = val_loaders if isinstance(val_loaders, list) else [val_loaders]
     materialize(task, train_loader)   # lazy modules take their shapes from the first batch
     # A model (and loss) without trainable parameters is evaluated and checkpointed as it is.
     optimizers = task.configure_optimizers() or {'optimizer': None}
@@ -354,6 +356,7 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
         exp.start(cfg, command, resume=resume_ckpt is not None, overwrite=overwrite)
         trackers.start()   # their runs begin now, not inside the first epoch's time
         exp.log(model_summary(task))
+        exp.write_classes(getattr(train_loader.dataset, 'classes', None))   # for --predict
         if params.enable_model_summary:
             print(task)
         writer, top_k = MetricsWriter(exp.path), TopK(ckpt_params, exp.ckpt_dir)
@@ -361,7 +364,8 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
     hparams = cfg['train_wrapper'].get('args', {})
     max_epochs = params.max_epochs if params.max_epochs is not None else (1000 if params.max_steps < 0 else -1)
     n_train = limit(len(train_loader), params.limit_train_batches)
-    n_val = limit(len(val_loader), params.limit_val_batches) if val_loader is not None else 0
+    val_sets = {stage: (loader, limit(len(loader), params.limit_val_batches)) for stage, loader in
+                zip(val_stages(getattr(data, 'val_names', None), len(val_loaders)), val_loaders)}
     start_time, metrics = time.perf_counter(), {}
 
     # --- the loop -------------------------------------------------------------------------------------
@@ -422,9 +426,10 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
         # --- end of epoch: train means, validation, scheduler, log line, checkpoints -----------------
         task.check_finite(epoch, step - 1)
         metrics = task.epoch_metrics('train', all_reduce_sum)
-        if val_loader is not None and params.check_val_every_n_epoch and (epoch + 1) % params.check_val_every_n_epoch == 0:
+        if params.check_val_every_n_epoch and (epoch + 1) % params.check_val_every_n_epoch == 0:
             with ema.swapped(ema.params.validate_with_ema) if ema else contextlib.nullcontext():
-                metrics.update(evaluate(task, val_loader, n_val, 'val', device, autocast))
+                for stage, (loader, n_val) in val_sets.items():   # 'val', or 'val/<name>' for each named set
+                    metrics.update(evaluate(task, loader, n_val, stage, device, autocast))
             samples = task.take_samples()
             if master and samples is not None:
                 write_prediction_grid(exp.path, writer.tensorboard, epoch + 1, step - 1, samples)
@@ -490,7 +495,7 @@ def test_or_predict(args: argparse.Namespace) -> None:
     with torch.no_grad(), autocast:
         outputs = [task(to_device(batch, device)).cpu() for batch in data.predict_dataloader()]
     write_predictions(Path(args.out) if args.out else exp.path / 'predictions.csv', torch.cat(outputs),
-                      data.dataset('predict'))
+                      data.dataset('predict'), exp.read_classes())
 
 
 def run(args: argparse.Namespace, command: list[str]) -> None:

@@ -175,7 +175,7 @@ def test_or_predict(args: argparse.Namespace) -> None:
                           'or a LightningDataModule')
     data.specs['predict'] = predict_spec(args.data, cfg)
     outputs = trainer.predict(wrapper, dataloaders=data.predict_dataloader())
-    write_predictions(out, torch.cat(outputs), data.dataset('predict'))
+    write_predictions(out, torch.cat(outputs), data.dataset('predict'), exp.read_classes())
 
 
 def lightning_data(data: Any) -> Any:
@@ -186,6 +186,8 @@ def lightning_data(data: Any) -> Any:
         return data
 
     class PlainDataModule(pl.LightningDataModule):
+        val_names = getattr(data, 'val_names', None)   # the base wrapper's names of several val sets
+
         def train_dataloader(self) -> Any:
             return data.train_dataloader()
 

@@ -136,12 +136,14 @@ class Registry:
 
 
 class ClassNamespace(Registry):
-    """A read-only registry over an existing module, e.g. every optimizer in `torch.optim`."""
+    """A read-only registry over an existing module, e.g. every optimizer in `torch.optim` or every
+    transform in `torchvision.transforms.v2`."""
 
     def __init__(self, kind: str, module: str, base: str, extra_keys: tuple[str, ...] = (),
-                 check: Optional[Callable[..., None]] = None) -> None:
+                 check: Optional[Callable[..., None]] = None, spec_lists: tuple[str, ...] = ()) -> None:
         super().__init__(kind, check=check)
         self.module, self.base, self.extra_keys = module, base, extra_keys
+        self.spec_lists = spec_lists   # arguments given as lists of specs of this kind (checked by `check`)
 
     def _import_package(self) -> None:
         if self._imported:
@@ -222,8 +224,28 @@ def check_scheduler_spec(spec: Any, key: str, cfg: Config, problems: list[str]) 
 
 
 
+def check_dataset_spec(spec: Any, key: str, cfg: Config, problems: list[str]) -> None:
+    """A dataset class may check its arguments beyond their types with a classmethod
+    `check_args(args) -> [(sub key, problem), ...]` (e.g. which transforms it can apply)."""
+    if not isinstance(spec, Mapping) or not isinstance(spec.get('args') or {}, Mapping):
+        return
+    check_args = getattr(DATASETS.get(spec['name']), 'check_args', None)
+    for sub, problem in check_args(dict(spec.get('args') or {})) if check_args else ():
+        problems.append(cfg.error(f'{key}.args.{sub}', problem))
+
+
+def check_transform_spec(spec: Any, key: str, cfg: Config, problems: list[str]) -> None:
+    """`RandomChoice`, `RandomApply`, `Compose`, ... take a list of transform specs: check each."""
+    from configs.checking import check_spec   # configs imports utils: import at use
+    if not isinstance(spec, Mapping) or not isinstance(spec.get('args'), Mapping):
+        return
+    if isinstance(spec['args'].get('transforms'), list):
+        for i, item in enumerate(spec['args']['transforms']):
+            check_spec(TRANSFORMS, item, f'{key}.args.transforms.{i}', cfg, problems)
+
+
 # Every extension point of the template. A package's own `register`/`make` are these objects.
-DATASETS = Registry('dataset', 'datasets')
+DATASETS = Registry('dataset', 'datasets', check=check_dataset_spec)
 DATA_MODULES = Registry('data module', 'datasets')
 MODELS = Registry('model', 'models',                          # + every torchvision classifier, by name
                   fallback=TorchvisionModels('model', 'models.torchvision_models.TorchvisionClassifier'))
@@ -240,9 +262,12 @@ OPTIMIZERS = ClassNamespace('optimizer', 'torch.optim', 'torch.optim.Optimizer')
 SCHEDULERS = ClassNamespace('scheduler', 'torch.optim.lr_scheduler', 'torch.optim.lr_scheduler.LRScheduler',
                             extra_keys=('interval', 'frequency', 'monitor', 'warmup'), check=check_scheduler_spec)
 METRICS = ClassNamespace('metric', 'torchmetrics', 'torchmetrics.Metric')
+TRANSFORMS = ClassNamespace('transform', 'torchvision.transforms.v2', 'torchvision.transforms.v2.Transform',
+                            check=check_transform_spec, spec_lists=('transforms',))   # a dataset's `transforms`
 REGISTRIES = {'datasets': DATASETS, 'data_modules': DATA_MODULES, 'models': MODELS, 'losses': LOSSES,
               'wrappers': WRAPPERS, 'callbacks': CALLBACKS, 'loggers': LOGGERS, 'optimizers': OPTIMIZERS,
-              'schedulers': SCHEDULERS, 'metrics': METRICS}
+              'schedulers': SCHEDULERS, 'metrics': METRICS,
+              'transforms': TRANSFORMS}
 
 
 class SpecMarker(typing.NamedTuple):

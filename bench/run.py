@@ -5,6 +5,7 @@
     python bench/run.py --tiny          # seconds: checks that every run works (the smoke test)
     python bench/run.py --threads 1     # torch threads per run (default: torch's own choice)
     python bench/run.py --workload conv # one workload only
+    python bench/run.py --workload images   # the image-folder loaders only
 
 Six ways to train the same model on the same data, with the same batch size and number of steps:
   floor        a minimal hand-written loop indexing in-memory tensors by batch
@@ -19,6 +20,15 @@ Six ways to train the same model on the same data, with the same batch size and 
 and two workloads: `mlp`, digits through a 64-256-10 MLP with batches of 32 (overhead-bound), and
 `conv`, a small conv net (PyTorch's MNIST example) on synthetic 1x28x28 10-class images with
 batches of 64 (compute-bound). Everything runs on the CPU.
+
+A third workload, `images`, measures loading alone: a folder of 32x32 RGB PNG files in
+torchvision's layout (root/<class>/<file>, written by this script), read in batches of 64 by 2
+worker processes with the same transforms (random crop with 4 pixels of padding, horizontal flip,
+Normalize), two ways:
+  torchvision ImageFolder  the plain script: ImageFolder + DataLoader(shuffle, workers, persistent)
+  lightyaml loader         the default data module's loader of a `labelled_images` dataset
+Its "step" is one batch; its ratio is images per second of lightyaml over the plain script, from
+the mean time per batch (workers deliver batches in bursts, so the mean is the throughput).
 
 How a step is timed: every run is a fresh process, `python bench/run.py --child ...`. The child
 registers a global hook that torch calls after every optimizer step
@@ -59,6 +69,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ('floor', 'floor + mallopt', 'train.py', 'train_pl.py', 'plain PL', 'bare PL')
+LOADER_VARIANTS = ('torchvision ImageFolder', 'lightyaml loader')   # the `images` workload's
 COLUMNS = ('workload', 'variant', 'steps', 'median ms/step', 'x floor', 'mean ms/step', 'start-up to 1st step',
            'peak RSS')
 WARMUP_STEPS = 10
@@ -69,15 +80,27 @@ WORKLOADS = {
             'data': {'name': 'digits', 'args': {'split': 'train'}}, 'batch_size': 32, 'epochs': 20},
     'conv': {'model': {'name': 'bench_convnet'},
              'data': {'name': 'bench_images', 'args': {'size': 64 * 40}}, 'batch_size': 64, 'epochs': 4},
+    'images': {'files': 64 * 80, 'size': 32, 'batch_size': 64, 'workers': 2, 'epochs': 3,
+               'transforms': [{'name': 'RandomCrop', 'args': {'size': 32, 'padding': 4}},
+                              {'name': 'RandomHorizontalFlip'},
+                              {'name': 'Normalize', 'args': {'mean': [0.5, 0.5, 0.5], 'std': [0.25, 0.25, 0.25]}}]},
 }
-# The issue's targets: what, the ratio's two rows (or one row's start-up in seconds), the bound.
+# The issues' targets: what, the ratio's two rows (or one row's start-up in seconds), the bound,
+# and the statistic compared ('median' step unless given).
 TARGETS = [('train.py / floor, mlp', ('mlp', 'train.py'), ('mlp', 'floor'), '<=', 1.10),
            ('train.py / floor, conv', ('conv', 'train.py'), ('conv', 'floor'), '<=', 1.10),
            ('train_pl.py / floor, conv', ('conv', 'train_pl.py'), ('conv', 'floor'), '<=', 1.05),
            ('train_pl.py / floor, mlp', ('mlp', 'train_pl.py'), ('mlp', 'floor'), '<=', 2.0),
            ('plain PL / train_pl.py, mlp', ('mlp', 'plain PL'), ('mlp', 'train_pl.py'), '>=', 1.8),
            ('train.py start-up, mlp (s)', ('mlp', 'train.py'), None, '<=', 3.5),
-           ('train_pl.py start-up, mlp (s)', ('mlp', 'train_pl.py'), None, '<=', 7.0)]
+           ('train_pl.py start-up, mlp (s)', ('mlp', 'train_pl.py'), None, '<=', 7.0),
+           ('lightyaml loader / torchvision ImageFolder images/s, images', ('images', 'torchvision ImageFolder'),
+            ('images', 'lightyaml loader'), '>=', 0.95, 'mean')]
+
+
+def variants(workload_name: str) -> tuple[str, ...]:
+    """The ways a workload is run: training loops, or (for `images`) loaders."""
+    return LOADER_VARIANTS if workload_name == 'images' else VARIANTS
 
 
 # ------------------------------------------------------------------------- the parent: run, report
@@ -88,7 +111,8 @@ def workloads(tiny: bool) -> dict[str, dict]:
         return WORKLOADS
     return {'mlp': dict(WORKLOADS['mlp'], epochs=1,   # 5% of the digits: 3 batches
                         data={'name': 'digits', 'args': {'split': 'train', 'val_fraction': 0.8}}),
-            'conv': dict(WORKLOADS['conv'], epochs=1, data={'name': 'bench_images', 'args': {'size': 64 * 3}})}
+            'conv': dict(WORKLOADS['conv'], epochs=1, data={'name': 'bench_images', 'args': {'size': 64 * 3}}),
+            'images': dict(WORKLOADS['images'], files=64 * 4, epochs=1)}
 
 
 def write_config(workload: dict, path: Path) -> Path:
@@ -130,28 +154,30 @@ def measure(rounds: int, tiny: bool, threads: Optional[int], log: Callable[[str]
     with tempfile.TemporaryDirectory(prefix='lightyaml-bench-') as tmp:
         work = Path(tmp)
         specs = {name: w for name, w in workloads(tiny).items() if only in (None, name)}
-        configs = {name: write_config(w, work / f'{name}.yaml') for name, w in specs.items()}
+        if 'images' in specs:
+            specs['images'] = dict(specs['images'], root=str(write_image_files(specs['images'], work / 'images')))
+        configs = {name: write_config(w, work / f'{name}.yaml') for name, w in specs.items() if name != 'images'}
         jobs = [(r, name, variant) for r in range(rounds) for name in specs
-                for variant in VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]]
+                for variant in variants(name)[r % len(variants(name)):] + variants(name)[:r % len(variants(name))]]
 
         def run_job(job: tuple[int, str, str]) -> dict:
             r, name, variant = job
             tag = f"{name}-{variant.replace(' ', '_').replace('.', '_')}-{r}"
-            return run_once(variant, name, specs[name], configs[name], work, tag, threads)
+            return run_once(variant, name, specs[name], configs.get(name, work), work, tag, threads)
 
         # --tiny only checks that everything runs, so it runs two processes at a time; a measurement
         # runs one, alone.
         with ThreadPoolExecutor(max_workers=2 if tiny else 1) as pool:
             for (r, name, variant), result in zip(jobs, pool.map(run_job, jobs)):
                 results.setdefault((name, variant), []).append(result)
-                log(f"round {r + 1}/{rounds} {name:4} {variant:11} {result['median'] * 1e3:7.2f} ms/step  "
+                log(f"round {r + 1}/{rounds} {name:6} {variant:11} {result['median'] * 1e3:7.2f} ms/step  "
                     f"start-up {result['startup']:.1f}s")
     return results
 
 
-def ratio(results: dict, key: tuple[str, str], base: tuple[str, str]) -> float:
-    """Median over rounds of key's median step / base's median step in the same round."""
-    return statistics.median(a['median'] / b['median'] for a, b in zip(results[key], results[base]))
+def ratio(results: dict, key: tuple[str, str], base: tuple[str, str], stat: str = 'median') -> float:
+    """Median over rounds of key's median (or mean) step / base's in the same round."""
+    return statistics.median(a[stat] / b[stat] for a, b in zip(results[key], results[base]))
 
 
 def report(results: dict, rounds: int, threads: Optional[int], loads: tuple[str, str]) -> str:
@@ -164,18 +190,23 @@ def report(results: dict, rounds: int, threads: Optional[int], loads: tuple[str,
              f'before, {loads[1]} after.', '',
              '| ' + ' | '.join(COLUMNS) + ' |', '| --- | --- |' + ' ---: |' * (len(COLUMNS) - 2)]
     for name in dict.fromkeys(k[0] for k in results):
-        for variant in VARIANTS:
+        for variant in variants(name):   # "x floor": against the workload's first variant
             runs = results[name, variant]
             step, mean, startup, peak = (statistics.median(run[key] for run in runs)
                                          for key in ('median', 'mean', 'startup', 'peak_mb'))
             lines.append(f"| {name} | {variant} | {runs[0]['steps']} | {step * 1e3:.2f} | "
-                         f"{ratio(results, (name, variant), (name, 'floor')):.2f} | {mean * 1e3:.2f} | "
+                         f"{ratio(results, (name, variant), (name, variants(name)[0])):.2f} | {mean * 1e3:.2f} | "
                          f"{startup:.1f} s | {peak:.0f} MB |")
+    if ('images', LOADER_VARIANTS[0]) in results:
+        batch = WORKLOADS['images']['batch_size']
+        lines += ['', 'images (a step is a batch of ' f'{batch}): ' + ', '.join(
+            f"{v} {statistics.median(batch / r['mean'] for r in results['images', v]):.0f} images/s"
+            for v in LOADER_VARIANTS)]
     lines += ['', 'Targets:']
-    for what, row, base, bound, limit in TARGETS:
+    for what, row, base, bound, limit, *stat in TARGETS:
         if row not in results:
             continue
-        value = ratio(results, row, base) if base else statistics.median(r['startup'] for r in results[row])
+        value = ratio(results, row, base, *stat) if base else statistics.median(r['startup'] for r in results[row])
         met = value <= limit if bound == '<=' else value >= limit
         lines.append(f"- {what}: {value:.2f} ({bound} {limit}) {'met' if met else 'NOT met'}")
     return '\n'.join(lines)
@@ -208,7 +239,9 @@ def child(args: argparse.Namespace) -> None:
     workload = json.loads(args.spec)
     status = 0
     try:
-        if args.child.startswith('floor'):
+        if args.child in LOADER_VARIANTS:
+            load_images(workload, args.child, steps)
+        elif args.child.startswith('floor'):
             if args.child == 'floor + mallopt':
                 from utils import keep_freed_memory
                 keep_freed_memory()
@@ -285,6 +318,48 @@ def floor(workload: dict) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+
+
+def write_image_files(workload: dict, root: Path) -> Path:
+    """`files` random RGB PNGs of `size` pixels in 10 class folders (root/<class>/<n>.png)."""
+    import warnings
+
+    import torch
+    from torchvision.io import write_png
+    generator = torch.Generator().manual_seed(0)
+    with warnings.catch_warnings():   # torchvision 0.29's notice about TorchCodec, once per file otherwise
+        warnings.simplefilter('ignore', DeprecationWarning)
+        for n in range(workload['files']):
+            folder = root / f'class_{n % 10}'
+            folder.mkdir(parents=True, exist_ok=True)
+            size = workload['size']
+            pixels = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator)
+            write_png(pixels, str(folder / f'{n:05d}.png'))
+    return root
+
+
+def load_images(workload: dict, variant: str, steps: list[float]) -> None:
+    """Read every batch of the image folder for `epochs` epochs, a timestamp per batch: through
+    torchvision's ImageFolder and a DataLoader, or through lightyaml's data module."""
+    import torch
+    if variant == 'lightyaml loader':
+        from datasets.data_module import DataModule
+        loader = DataModule(train={'name': 'labelled_images', 'args': {'root': workload['root'], 'channels': 3,
+                                                                       'transforms': workload['transforms']}},
+                            batch_size=workload['batch_size'], num_workers=workload['workers']).train_dataloader()
+    else:   # the plain script, as torchvision's documentation writes it
+        from torch.utils.data import DataLoader
+        from torchvision.datasets import ImageFolder
+        from torchvision.transforms import v2
+        from datasets.transforms import build_transform
+        transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                                *[build_transform(spec) for spec in workload['transforms']]])
+        loader = DataLoader(ImageFolder(workload['root'], transform=transform), batch_size=workload['batch_size'],
+                            shuffle=True, num_workers=workload['workers'], persistent_workers=workload['workers'] > 0,
+                            pin_memory=torch.cuda.is_available())
+    for _ in range(workload['epochs']):
+        for _batch in loader:
+            steps.append(time.perf_counter())
 
 
 def plain_lightning(workload: dict, root: Path) -> None:

@@ -48,6 +48,10 @@ class BaseLogger(pl.Callback):
         if trainer.is_global_zero:
             self.exp.log(model_summary(pl_module))
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:   # the training set's class names, for --predict
+            self.exp.write_classes(getattr(getattr(trainer.train_dataloader, 'dataset', None), 'classes', None))
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Optional
 
-from configs.loading import dump_yaml
+from configs.loading import dump_yaml, parse_yaml
 from configs.references import escape_references
 from utils import PROJECT_ROOT, ConfigError, display_path
 
@@ -33,7 +33,8 @@ _SOURCE_SKIP_DIRS = {'save', 'load', '.git', '__pycache__', '.pytest_cache', '.h
 
 
 class ExperimentDir:
-    """`save/<name>/`: config.yaml, src/, git.txt, git.diff, log.txt, metrics.csv, tb/, ckpt/."""
+    """`save/<name>/`: config.yaml, src/, git.txt, git.diff, log.txt, metrics.csv, tb/, ckpt/,
+    classes.yaml (when the training set names its classes)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -126,6 +127,17 @@ class ExperimentDir:
                   'best': {'monitor': monitor, 'value': None if best is None else float(best),
                            'checkpoint': best_checkpoint}}
         atomic_write(self.path / 'result.yaml', dump_yaml(result))
+
+    def write_classes(self, classes: Optional[Sequence[str]]) -> None:
+        """classes.yaml: the training set's class names in label order, for `--predict`'s
+        predictions.csv (nothing if the dataset has none)."""
+        if classes:
+            atomic_write(self.path / 'classes.yaml', dump_yaml([str(c) for c in classes]))
+
+    def read_classes(self) -> Optional[list[str]]:
+        """The class names classes.yaml holds, or None."""
+        path = self.path / 'classes.yaml'
+        return parse_yaml(path.read_text(), display_path(path)) if path.is_file() else None
 
     def log(self, line: str) -> None:
         """Append one line to log.txt."""

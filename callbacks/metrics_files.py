@@ -49,18 +49,23 @@ def format_epoch_line(epoch: int, max_epochs: Optional[int], metrics: Mapping[st
 
     epoch 3/20  train: loss 0.2311  val: loss 0.1540 acc 0.9593  1.2s, 4s / ~27s
 
-    Keys are grouped by `split_metric_key`; keys without a stage go under `other:`.
+    Keys are grouped by `split_metric_key`; keys without a stage go under `other:`. With several
+    validation sets, one group each: `val/clean: acc 0.97 ...  val/noisy: acc 0.90 ...`.
     """
     total = f'/{max_epochs}' if max_epochs and max_epochs > 0 else ''
     parts = [f'epoch {epoch}{total}']
-    stages: dict[str, dict[str, float]] = {'train': {}, 'val': {}, 'other': {}}
+    groups: dict[str, dict[str, float]] = {}   # 'train', 'val', 'val/clean', 'other' -> {name: value}
     for key, value in metrics.items():
         split = split_metric_key(key)
-        if split is not None and split[0] in stages:
-            stages[split[0]][split[1]] = value
-    for stage, terms in stages.items():
-        if terms:
-            parts.append(f'{stage}: ' + ' '.join(f'{k} {v:.4f}' for k, v in sorted(terms.items())))
+        if split is None or split[0] == 'test':
+            continue
+        stage, name = split
+        if stage == 'val' and '/' in name:   # one of several validation sets: val/clean/acc
+            subset, _, name = name.rpartition('/')
+            stage = f'val/{subset}'
+        groups.setdefault(stage, {})[name] = value
+    for stage in sorted(groups, key=lambda s: (s == 'other', s != 'train', s)):
+        parts.append(f'{stage}: ' + ' '.join(f'{k} {v:.4f}' for k, v in sorted(groups[stage].items())))
     timing = f'{epoch_seconds:.1f}s, {format_duration(elapsed)}'
     if max_epochs and max_epochs > 0 and epochs_done > 0:
         timing += f' / ~{format_duration(elapsed / epochs_done * max_epochs)}'

@@ -45,12 +45,21 @@ def predict_spec(data: Optional[str], cfg: Mapping) -> dict:
     """The dataset to predict on: a YAML spec, a folder of images (sized like the training images),
     or by default the config's test split."""
     args = cfg['data_module'].get('args') or {}
+    val = args.get('val')
+    if isinstance(val, Mapping) and 'name' not in val:   # several named validation sets: the first
+        val = next(iter(val.values()), None)
+    evaluation = args.get('test') or val
     if data is None:
-        return args.get('test') or args.get('val')
+        return evaluation
     if Path(data).is_dir():
-        sample = DATASETS.make(args.get('test') or args['train'])[0]['image']
+        # Read like the evaluation images: their channels and size, then their transforms
+        # (Normalize, ...) where they are applied image by image.
+        reference = evaluation or args['train']
+        reference_args = dict(reference.get('args') or {})
+        transforms = reference_args.pop('transforms', None)
+        sample = DATASETS.make({**reference, 'args': reference_args})[0]['image']
         return {'name': 'image_folder', 'args': {'root': str(Path(data).resolve()), 'channels': sample.shape[0],
-                                                 'size': list(sample.shape[1:])}}
+                                                 'size': list(sample.shape[1:]), 'transforms': transforms}}
     spec = parse_yaml(data, '--data')
     if not isinstance(spec, Mapping) or 'name' not in spec:
         raise ConfigError(f'--data {data!r}: expected a folder of images or a dataset spec such as '
@@ -62,18 +71,21 @@ def predict_spec(data: Optional[str], cfg: Mapping) -> dict:
     return dict(spec)
 
 
-def write_predictions(path: Path, outputs: Any, dataset: Any) -> Path:
+def write_predictions(path: Path, outputs: Any, dataset: Any, classes: Optional[Sequence[str]] = None) -> Path:
     """predictions.csv: one row per sample (its file for an image folder); for class scores the
-    predicted class and its probability, else the output values."""
+    predicted class, its name (from the experiment's classes.yaml) and its probability, else the
+    output values."""
     rows = outputs.float().flatten(1) if outputs.dim() > 1 else outputs.float().unsqueeze(1)
     files = getattr(dataset, 'files', None)
     with open(path, 'w', newline='') as f:
         writer = csv.writer(f)
         if outputs.dim() == 2 and outputs.shape[1] > 1:
             probabilities = rows.softmax(1)
-            writer.writerow(['index', *(['file'] if files else []), 'pred', 'prob'])
+            named = classes is not None and len(classes) == outputs.shape[1]
+            writer.writerow(['index', *(['file'] if files else []), 'pred', *(['class'] if named else []), 'prob'])
             for i, (p, c) in enumerate(zip(*probabilities.max(1))):
-                writer.writerow([i, *([files[i]] if files else []), int(c), f'{float(p):.6f}'])
+                writer.writerow([i, *([files[i]] if files else []), int(c), *([classes[int(c)]] if named else []),
+                                 f'{float(p):.6f}'])
         else:
             writer.writerow(['index', *(['file'] if files else []), *[f'out_{j}' for j in range(rows.shape[1])]])
             for i, row in enumerate(rows.tolist()):

@@ -111,6 +111,13 @@ def check_kwargs(target: Any, kwargs: Mapping, key: str, cfg: Config, problems: 
 
 def check_value(value: Any, annotation: Any, key: str, cfg: Config, problems: list[str]) -> None:
     """Check one value against its annotation, following `Spec[...]` into nested specs."""
+    named = _named_specs(annotation)
+    if named is not None and isinstance(value, Mapping) and 'name' not in value:
+        if not value:
+            problems.append(cfg.error(key, 'expected a spec {name: ..., args: {...}} or named specs '
+                                           '{some_name: SPEC, ...}, got an empty mapping'))
+        check_value(value, named, key, cfg, problems)   # `{clean: SPEC, noisy: SPEC}`
+        return
     spec = _spec_registry(annotation)
     if spec is not None and value is not None:
         check_spec(REGISTRIES[spec], value, key, cfg, problems)
@@ -132,6 +139,14 @@ def check_value(value: Any, annotation: Any, key: str, cfg: Config, problems: li
     if _fits(value, annotation) is False:
         got = 'null' if value is None else f'{type(value).__name__} {value!r}'
         problems.append(cfg.error(key, f'expected {_describe(annotation)}, got {got}'))
+
+
+def _named_specs(annotation: Any) -> Optional[Any]:
+    """`dict[str, Spec[...]]` where the annotation is a Union that also takes one spec, else None."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    return next((a for a in typing.get_args(annotation) if typing.get_origin(a) is dict
+                 and _spec_registry(typing.get_args(a)[-1])), None)
 
 
 def _spec_registry(annotation: Any) -> Optional[str]:
@@ -169,8 +184,11 @@ def check_spec(registry: Registry, spec: Any, key: str, cfg: Config, problems: l
     except ConfigError as e:
         problems.append(cfg.error(f'{key}.name', str(e)))
         return
-    check_kwargs(cls, spec.get('args') or {}, f'{key}.args', cfg, problems, f"{registry.kind} {spec['name']!r}",
-                 required=required)
+    args = spec.get('args') or {}
+    nested = getattr(registry, 'spec_lists', ())   # e.g. RandomChoice's transforms: specs, checked by registry.check
+    if nested and isinstance(args, Mapping):
+        args = {k: v for k, v in args.items() if not (k in nested and isinstance(v, list))}
+    check_kwargs(cls, args, f'{key}.args', cfg, problems, f"{registry.kind} {spec['name']!r}", required=required)
     if registry.check is not None:
         registry.check(spec, key, cfg, problems)
 

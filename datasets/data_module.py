@@ -1,9 +1,11 @@
-"""The generic data module: loaders for train/val/test/predict from dataset specs."""
+"""The generic data module: loaders for train/val/test/predict from dataset specs (several named
+validation sets allowed)."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import distributed as dist
@@ -23,6 +25,8 @@ class DataModule:
 
     Args:
         train, val, test, predict: dataset specs `{name, args}`; leave out what you don't use.
+            `val` may also be several named specs, `{clean: SPEC, noisy: SPEC}`: each is
+            evaluated and logged on its own (`val/clean/acc`, `val/noisy/loss`, ...).
         batch_size: per process (with DDP each process loads this many samples per step).
         eval_batch_size: for val/test/predict; defaults to `batch_size`.
         num_workers: DataLoader worker processes for datasets loaded sample by sample
@@ -37,12 +41,22 @@ class DataModule:
             one place model and metric arguments refer to (`${data_module.args.num_classes}`).
     """
 
-    def __init__(self, train: Optional[Spec['datasets']] = None, val: Optional[Spec['datasets']] = None,
+    def __init__(self, train: Optional[Spec['datasets']] = None,
+                 val: Union[Spec['datasets'], dict[str, Spec['datasets']], None] = None,
                  test: Optional[Spec['datasets']] = None, predict: Optional[Spec['datasets']] = None,
                  batch_size: int = 32, eval_batch_size: Optional[int] = None, num_workers: int = 0,
                  pin_memory: Optional[bool] = None, drop_last: bool = False, batch_by_index: bool = True,
                  device: Optional[str] = None, num_classes: Optional[int] = None) -> None:
-        self.specs = {'train': train, 'val': val, 'test': test, 'predict': predict}
+        self.specs: dict[str, Any] = {'train': train, 'val': val, 'test': test, 'predict': predict}
+        # Several validation sets: their names, and a spec per stage 'val/<name>'.
+        self.val_names: Optional[list[str]] = None
+        if isinstance(val, dict) and 'name' not in val:
+            bad = [n for n in val if not re.fullmatch(r'[A-Za-z0-9_\-]+', str(n))]
+            if not val or bad:
+                raise ValueError(f'val: named validation sets need names of letters, digits, _ and - '
+                                 f'(got {bad or "none"})')
+            self.val_names = [str(n) for n in val]
+            self.specs.update({f'val/{n}': spec for n, spec in val.items()})
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -53,8 +67,14 @@ class DataModule:
         self.num_classes = num_classes
         self._datasets: dict[str, Dataset] = {}
 
+    @property
+    def classes(self) -> Optional[list[str]]:
+        """The training set's class names, if it has them (`dataset.classes`, as torchvision's)."""
+        return getattr(self.dataset('train'), 'classes', None) if self.specs['train'] else None
+
     def dataset(self, stage: str) -> Dataset:
-        """The dataset of one split, built once (and moved to `device` if one is set)."""
+        """The dataset of one split ('val/<name>' for a named validation set), built once (and
+        moved to `device` if one is set)."""
         if stage not in self._datasets:
             dataset = DATASETS.make(self.specs[stage])
             if self.device is not None:
@@ -73,7 +93,7 @@ class DataModule:
         DistributedSampler (seeded from the run's seed, reshuffled by `set_epoch`), evaluation
         takes every world_size-th sample with no padding, so each sample is counted once.
         """
-        dataset, train = self.dataset(stage), stage == 'train'
+        dataset, train = self.dataset(stage), stage == 'train'   # 'val/<name>' is evaluated like 'val'
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             if train:
                 return DistributedSampler(dataset, shuffle=True, seed=torch.initial_seed(), drop_last=self.drop_last)
@@ -81,15 +101,21 @@ class DataModule:
         # What DataLoader(shuffle=True) builds: the shuffle is drawn from the global torch RNG.
         return RandomSampler(dataset) if train else SequentialSampler(dataset)
 
-    def loader(self, stage: str) -> Union[BatchLoader, DataLoader, None]:
-        """The loader of one split (shuffled for training); None if the split has no spec."""
+    def loader(self, stage: str) -> Union[BatchLoader, DataLoader, list, None]:
+        """The loader of one split (shuffled for training); None if the split has no spec. With
+        several validation sets, 'val' gives a list of loaders in the order of `val_names`."""
         if self.specs[stage] is None:
             return None
+        if stage == 'val' and self.val_names:
+            return [self.loader(f'val/{name}') for name in self.val_names]
         dataset, sampler = self.dataset(stage), self.sampler(stage)
         batch_size = self.batch_size if stage == 'train' else self.eval_batch_size
         drop_last = stage == 'train' and self.drop_last
         if self.batch_by_index and serves_batches(dataset):
             return BatchLoader(dataset, sampler, batch_size, drop_last, pin_memory=self.pin_memory and not self.device)
+        if getattr(dataset, 'augment', None) is not None:
+            raise ValueError(f'the {stage} dataset {self.specs[stage]["name"]!r} is held in memory and transformed '
+                             f'batch by batch: keep batch_by_index: true')
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
@@ -97,7 +123,7 @@ class DataModule:
     def train_dataloader(self) -> Union[BatchLoader, DataLoader, None]:
         return self.loader('train')
 
-    def val_dataloader(self) -> Union[BatchLoader, DataLoader, None]:
+    def val_dataloader(self) -> Union[BatchLoader, DataLoader, list, None]:
         return self.loader('val')
 
     def test_dataloader(self) -> Union[BatchLoader, DataLoader, None]:
@@ -135,8 +161,14 @@ class BatchLoader:
         # The epoch's order goes to the data's device in one copy; each batch indexes with a slice
         # of it, so there is no host sync per step.
         order = torch.tensor(list(self.sampler), dtype=torch.long).to(self.dataset.device)
+        augment = getattr(self.dataset, 'augment', None)
+        if augment is not None and augment.random:   # each process its own draws (all share the global seed)
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            augment.reseed(int(torch.empty((), dtype=torch.int64).random_()) + rank, self.dataset.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             batch = self.dataset[order[start:start + self.batch_size]]
+            if augment is not None:
+                batch = augment(batch)
             yield {k: v.pin_memory() for k, v in batch.items()} if self.pin_memory else batch
 
 

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
 from datasets import register
 from datasets.tensor_dict import TensorDictDataset, split_indices
+from utils import Spec
 
 SPLITS = ('train', 'val', 'test')
 
@@ -21,17 +24,18 @@ class Digits(TensorDictDataset):
         split: 'train', 'val' or 'test'.
         val_fraction, test_fraction: shares of the 1797 images held out (train keeps the rest).
         split_seed: seed of the split, independent of the training seed.
+        transforms: batch augmentation (`torchvision.transforms.v2` specs, see TensorDictDataset).
     """
 
     def __init__(self, split: str = 'train', val_fraction: float = 0.15, test_fraction: float = 0.15,
-                 split_seed: int = 0) -> None:
+                 split_seed: int = 0, transforms: Optional[Sequence[Spec['transforms']]] = None) -> None:
         if split not in SPLITS:
             raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
         pixels, targets = load_digits_arrays()
         images = torch.tensor(pixels, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
         labels = torch.tensor(targets, dtype=torch.long)
         index = split_indices(len(labels), {'val': val_fraction, 'test': test_fraction}, split_seed)[split]
-        super().__init__({'image': images[index], 'label': labels[index]})
+        super().__init__({'image': images[index], 'label': labels[index]}, transforms)
 
 
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import gzip
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-
+from typing import Optional
 
 from datasets import register
 from datasets.tensor_dict import TensorDictDataset, split_indices
-from utils import PROJECT_ROOT
+from utils import PROJECT_ROOT, Spec
 
 FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
 MEAN, STD = 0.1307, 0.3081
@@ -22,10 +23,12 @@ class MNIST(TensorDictDataset):
         root: folder holding `MNIST/raw/` (relative paths are relative to the project folder).
         split: 'train' and 'val' (a seeded hold-out of `val_size` training images), or 'test'.
         download: fetch the files when they are missing and the network allows it.
+        transforms: batch augmentation (`torchvision.transforms.v2` specs, see TensorDictDataset).
     """
 
     def __init__(self, root: str = 'load/mnist', split: str = 'train', val_size: int = 5000,
-                 split_seed: int = 0, download: bool = True) -> None:
+                 split_seed: int = 0, download: bool = True,
+                 transforms: Optional[Sequence[Spec['transforms']]] = None) -> None:
         if split not in ('train', 'val', 'test'):
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
         from torchvision.datasets import MNIST as TorchvisionMNIST
@@ -54,4 +57,4 @@ class MNIST(TensorDictDataset):
         if split != 'test':
             index = split_indices(len(labels), {'val': val_size / len(labels)}, split_seed)[split]
             images, labels = images[index], labels[index]
-        super().__init__({'image': images, 'label': labels})
+        super().__init__({'image': images, 'label': labels}, transforms)

@@ -1,8 +1,8 @@
 """A dataset held in memory as a dict of tensors that share their first dimension."""
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Union
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Union
 
 import torch
 from torch.utils.data import Dataset
@@ -15,13 +15,27 @@ class TensorDictDataset(Dataset):
     default data module serves batches that way, with one indexing operation per key instead of
     one `__getitem__` per sample and a collate. A subclass that overrides `__getitem__` (say, to
     augment each sample) is loaded sample by sample instead.
+
+    `transforms` (specs of `torchvision.transforms.v2` classes) augment whole batches on the
+    data's device as the default data module serves them (datasets/transforms.py: per-image flips
+    and random crops, MixUp, CutMix, Normalize, ...); `dataset[i]` is never transformed.
     """
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+    def __init__(self, tensors: Mapping[str, torch.Tensor], transforms: Optional[Sequence[Mapping]] = None) -> None:
         lengths = {k: len(v) for k, v in tensors.items()}
         if len(set(lengths.values())) != 1:
             raise ValueError(f'tensors must share their first dimension, got {lengths}')
         self.tensors = dict(tensors)
+        self.augment = None
+        if transforms:
+            from datasets.transforms import BatchAugment
+            self.augment = BatchAugment(transforms)
+
+    @classmethod
+    def check_args(cls, args: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Transforms that cannot run batch by batch, before anything is built."""
+        from datasets.transforms import check_batch_transforms
+        return check_batch_transforms(args.get('transforms'))
 
     def __len__(self) -> int:
         return len(next(iter(self.tensors.values())))

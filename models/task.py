@@ -1,7 +1,8 @@
 """What the `base` training wrapper trains, without Lightning: train.py uses it directly."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
 import torch
@@ -71,6 +72,25 @@ class FiniteLossGuard:
         self.finite_until = step
 
 
+def val_stages(names: Optional[Sequence[str]], loaders: int) -> list[str]:
+    """Where each validation loader's metrics go: ['val'] for one; 'val/<name>' for named sets
+    (the default data module's `val: {clean: SPEC, ...}`), else 'val/0', 'val/1', ..."""
+    if names:
+        return [f'val/{n}' for n in names]
+    return ['val'] if loaders <= 1 else [f'val/{i}' for i in range(loaders)]
+
+
+def hard_labels(target: torch.Tensor, pred: Any) -> torch.Tensor:
+    """Class indices for the metrics: soft labels (MixUp, CutMix: a probability per class) give
+    their most likely class."""
+    soft = (target.is_floating_point() and isinstance(pred, torch.Tensor) and target.shape == pred.shape
+            and target.dim() == 2 and target.shape[1] > 1)
+    # A regression target of the prediction's shape is not soft labels: those sum to 1 per sample.
+    if soft and bool(((target.sum(1) - 1).abs() < 1e-3).all()):
+        return target.argmax(1)
+    return target
+
+
 def batch_size(batch: Any) -> int:
     """Number of samples in a batch dict (the first dimension of its first tensor)."""
     values = batch.values() if isinstance(batch, Mapping) else batch
@@ -89,7 +109,8 @@ class Task(nn.Module):
         scheduler_spec: a `torch.optim.lr_scheduler` class by name plus `interval` (epoch|step),
             `frequency`, `monitor` (for ReduceLROnPlateau) and `warmup` (linear, in intervals).
         metrics: `{short name: torchmetrics spec}`, computed on val and test (and on train if
-            `train_metrics`), logged as `val/<short name>`.
+            `train_metrics`), logged as `val/<short name>` (`val/<set>/<short name>` for named
+            validation sets). Soft labels (MixUp, CutMix) are compared by their likeliest class.
         target_key: the batch key the metrics compare predictions with.
         channels_last: keep the model's 4-D weights in NHWC memory order (faster convolutions
             with tensor cores and oneDNN); results agree within float tolerance.
@@ -114,8 +135,9 @@ class Task(nn.Module):
         self.optim_spec, self.scheduler_spec = optim_spec, scheduler_spec
         self.target_key = target_key
         stages = STAGES if train_metrics else ('val', 'test')
+        # Keyed '<stage>_metrics': a ModuleDict cannot hold a key 'train' (nn.Module.train).
         self.metrics = nn.ModuleDict({
-            stage: nn.ModuleDict({name: METRICS.make(spec) for name, spec in (metrics or {}).items()})
+            f'{stage}_metrics': nn.ModuleDict({name: METRICS.make(spec) for name, spec in (metrics or {}).items()})
             for stage in stages})
         self.running = {stage: RunningMeans() for stage in STAGES}
         self.finite = FiniteLossGuard()
@@ -128,7 +150,7 @@ class Task(nn.Module):
     def step(self, batch: Mapping[str, torch.Tensor], stage: str) -> tuple[Any, dict[str, torch.Tensor]]:
         """Forward and loss on one batch; accumulates the loss terms and metrics of `stage`."""
         pred = self.model(batch)
-        if stage == 'val' and self.log_samples > sum(len(s[0]) for s in self._samples):
+        if stage.partition('/')[0] == 'val' and self.log_samples > sum(len(s[0]) for s in self._samples):
             self.keep_samples(batch, pred)
         return pred, self.compute_loss(pred, batch, stage)
 
@@ -149,17 +171,29 @@ class Task(nn.Module):
         """The loss terms of a prediction; accumulates them and the metrics of `stage`. (Under DDP
         the forward must go through the DDP wrapper, so train.py calls this after it.)"""
         terms = self.loss(pred, batch)
+        self.add_stage(stage)
         self.running[stage].add(terms, batch_size(batch))
-        if stage in self.metrics:
-            for metric in self.metrics[stage].values():
-                metric.update(pred.detach(), batch[self.target_key])
+        if f'{stage}_metrics' in self.metrics:
+            target = hard_labels(batch[self.target_key], pred)
+            for metric in self.metrics[f'{stage}_metrics'].values():
+                metric.update(pred.detach(), target)
         return terms
+
+    def add_stage(self, stage: str) -> None:
+        """Bookkeeping for a named validation set 'val/<name>': its own sums and metrics, as val's."""
+        if stage not in self.running:
+            self.running[stage] = RunningMeans()
+            if 'val_metrics' in self.metrics:
+                # Training mode, as the task's modules start a fit (a metric computes alike in both).
+                self.metrics[f'{stage}_metrics'] = copy.deepcopy(self.metrics['val_metrics']).train()
 
     def epoch_metrics(self, stage: str, all_reduce: Optional[Callable] = None) -> dict[str, float]:
         """`{'<stage>/<term>': mean}` over the epoch (across processes), then reset for the next."""
+        self.add_stage(stage)
         values = {f'{stage}/{k}': v for k, v in self.running[stage].compute(all_reduce).items()}
         self.running[stage].reset()
-        for name, metric in self.metrics[stage].items() if stage in self.metrics else ():
+        metrics = self.metrics[f'{stage}_metrics'] if f'{stage}_metrics' in self.metrics else {}
+        for name, metric in metrics.items():
             if metric.update_count:
                 values[f'{stage}/{name}'] = float(metric.compute())
             metric.reset()

@@ -1,7 +1,9 @@
-"""bench/run.py at a tiny size: every variant runs on every workload and the table is complete.
+"""bench/run.py at a tiny size: every variant runs on every workload (the image-folder loaders
+included) and the table is complete.
 No timing is asserted (this machine is shared; the README holds measured figures)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -13,17 +15,21 @@ COLUMNS = ['workload', 'variant', 'steps', 'median ms/step', 'x floor', 'mean ms
 
 def test_the_benchmark_runs_every_variant_and_prints_the_table() -> None:
     done = subprocess.run([sys.executable, 'bench/run.py', '--tiny'], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=600)   # 14 runs, two at a time: ample on a busy machine
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines[0].startswith('Machine: ') and 'torch threads' in lines[0]
     rows = [[cell.strip() for cell in line.strip('|').split('|')] for line in lines if line.startswith('|')]
     assert rows[0] == COLUMNS
     variants = ['floor', 'floor + mallopt', 'train.py', 'train_pl.py', 'plain PL', 'bare PL']
-    assert [row[:2] for row in rows[2:]] == [[w, v] for w in ('mlp', 'conv') for v in variants]
+    loaders = [['images', 'torchvision ImageFolder'], ['images', 'lightyaml loader']]
+    assert [row[:2] for row in rows[2:]] == [[w, v] for w in ('mlp', 'conv') for v in variants] + loaders
     for row in rows[2:]:
         assert int(row[2]) > 1 and row[4] != 'nan' and row[6].endswith(' s') and row[7].endswith(' MB'), row
-    assert sum(line.startswith('- ') for line in lines) == 7   # one line per target of the issue
+    assert rows[-2][2] == rows[-1][2] == '4'   # 256 files, batches of 64: both loaders read them all
+    assert sum(line.startswith('- ') for line in lines) == 8   # one line per target of the issues
+    assert re.fullmatch(r'images \(a step is a batch of 64\): torchvision ImageFolder \d+ images/s, '
+                        r'lightyaml loader \d+ images/s', next(line for line in lines if line.startswith('images (')))
 
 
 def test_one_workload_is_measured_alone_with_its_own_targets() -> None:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
 
 import pytest
 import pytorch_lightning as pl
@@ -21,8 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from conftest import QUIET, ROOT, run_pl, snapshot
-from utils import DATA_MODULES, WRAPPERS, Registry
+from conftest import QUIET, ROOT, run_pl
+from utils import DATA_MODULES, WRAPPERS
 
 PNG = b'\x89PNG\r\n\x1a\n'
 

@@ -40,4 +40,5 @@ class WrapperModule(pl.LightningModule):
         """Log an epoch's means. They are already exact over all processes (sums and counts
         reduced together); a 'max' sync of identical values keeps them bit-exact and tells
         Lightning they are synced."""
-        self.log_dict(dict(values), on_step=False, on_epoch=True, sync_dist=True, reduce_fx='max')
+        self.log_dict(dict(values), on_step=False, on_epoch=True, sync_dist=True, reduce_fx='max',
+                      add_dataloader_idx=False)

@@ -9,7 +9,7 @@ import torch
 
 from callbacks.sample_grid import write_prediction_grid
 from models.optim import monitored_value, step_scheduler
-from models.task import Task
+from models.task import Task, val_stages
 from models.wrappers import WrapperModule, register
 from utils import Spec
 
@@ -79,11 +79,18 @@ class BaseWrapper(Task, WrapperModule):
     def lr_scheduler_step(self, scheduler: Any, metric: Optional[Any]) -> None:
         step_scheduler(scheduler, None if metric is None else float(metric))
 
-    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        self.step(batch, 'val')
+    def on_validation_epoch_start(self) -> None:
+        # One loader per validation set; the data module names them (`val: {clean: SPEC, ...}`).
+        names = getattr(self.trainer.datamodule, 'val_names', None)
+        loaders = self.trainer.val_dataloaders
+        self._val_stages = val_stages(names, len(loaders) if isinstance(loaders, (list, tuple)) else 1)
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.step(batch, self._val_stages[dataloader_idx])
 
     def on_validation_epoch_end(self) -> None:
-        self.log_epoch_means(self.epoch_metrics('val', self.sum_across_processes))
+        for stage in self._val_stages:
+            self.log_epoch_means(self.epoch_metrics(stage, self.sum_across_processes))
         samples = self.take_samples()
         if samples is not None and self.trainer.is_global_zero and not self.trainer.sanity_checking and self.logger:
             # self.logger is the experiment folder's: log_dir is save/<name>, experiment the tb/ writer.
