@@ -130,8 +130,9 @@ def child(args: object, perf0: float, wall0: float) -> None:
     """`--child quickstart`: import what the run imports, then run train_pl.py with a step hook."""
     import runpy
 
-    from utils import set_thread_defaults
+    from utils import pause_gc_for_start_up, set_thread_defaults
     set_thread_defaults()   # as train_pl.py does before torch
+    pause_gc_for_start_up()
     import pytorch_lightning  # noqa: F401
     import torch
     from torch.optim.optimizer import register_optimizer_step_post_hook

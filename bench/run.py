@@ -216,8 +216,9 @@ def child(args: argparse.Namespace) -> None:
         from quickstart import child as quickstart_child
         quickstart_child(args, perf0, wall0)
     if args.child in ('train.py', 'train_pl.py'):   # what the entry points do before importing torch
-        from utils import set_thread_defaults
+        from utils import pause_gc_for_start_up, set_thread_defaults
         set_thread_defaults()
+        pause_gc_for_start_up()
     import torch
     from torch.optim.optimizer import register_optimizer_step_post_hook
     if args.threads:
