@@ -121,21 +121,21 @@ def plot_metrics(experiments: Sequence[Path], out: Optional[str | os.PathLike] =
         if not (Path(exp) / 'metrics.csv').is_file() and not (Path(exp) / 'config.yaml').is_file():
             raise ConfigError(f'--plot {exp}: no metrics.csv there; is it an experiment folder?')
     path = Path(out) if out else Path(experiments[0]) / 'curves.png'
-    path.write_bytes(render_curves({Path(exp).name: read_curves(exp) for exp in experiments}))
+    path.write_bytes(render_curves([(Path(exp).name, read_curves(exp)) for exp in experiments]))
     return path
 
 
-def render_curves(curves: Mapping[str, dict[str, dict[str, list[tuple[int, float]]]]]) -> bytes:
-    """The PNG of `plot_metrics` for {experiment name: its read_curves()}."""
+def render_curves(curves: Sequence[tuple[str, dict[str, dict[str, list[tuple[int, float]]]]]]) -> bytes:
+    """The PNG of `plot_metrics` for [(experiment name, its read_curves()), ...]."""
     import matplotlib
     matplotlib.use('Agg')   # files only, no display
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
-    metrics = sorted({m for c in curves.values() for m in c}, key=lambda m: (m != 'loss', m))
+    metrics = sorted({m for _, c in curves for m in c}, key=lambda m: (m != 'loss', m))
     fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.5 * max(len(metrics), 1), 3.4), squeeze=False)
     styles = {'train': dict(linestyle='--'), 'val': dict(linestyle='-'), 'test': dict(marker='o', linestyle='')}
     for ax, metric in zip(axes[0], metrics):
-        for colour, (name, exp_curves) in enumerate(curves.items()):
+        for colour, (name, exp_curves) in enumerate(curves):
             for stage, points in exp_curves.get(metric, {}).items():
                 epochs, values = zip(*points)
                 ax.plot([e + 1 for e in epochs], values, color=f'C{colour}', label=f'{name} {stage}',
@@ -180,7 +180,7 @@ def _draw_curves(folder: int, name: str) -> None:
 
 def _write_curves(folder: int, name: str) -> None:
     with os.fdopen(os.open('metrics.csv', os.O_RDONLY, dir_fd=folder), newline='') as f:
-        png = render_curves({name: _curves_from_csv(f)})
+        png = render_curves([(name, _curves_from_csv(f))])
     tmp = f'curves.png.{os.getpid()}.tmp'
     with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=folder), 'wb') as f:
         f.write(png)
