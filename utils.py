@@ -262,7 +262,8 @@ class Spec:
 
 def list_registered(kinds: Sequence[str] = ()) -> str:
     """Text listing every registered name, for `--list [kind]`. It imports neither Lightning nor
-    torch when it can help it (see `listed_names`), so that it answers in a fraction of a second."""
+    torch when it can help it (configs/listing.py), so that it answers in a fraction of a second."""
+    from configs.listing import listed_names
     unknown = [k for k in kinds if k not in REGISTRIES]
     if unknown:
         raise ConfigError(f'--list {unknown[0]}: no such registry{did_you_mean(unknown[0], list(REGISTRIES))}; '
@@ -271,80 +272,6 @@ def list_registered(kinds: Sequence[str] = ()) -> str:
     for kind in kinds or REGISTRIES:
         lines.append(f'{kind}: {", ".join(listed_names(REGISTRIES[kind]))}')
     return '\n'.join(lines)
-
-
-def listed_names(registry: Registry) -> list[str]:
-    """`registry.names()`, read without importing where that gives the same answer: a package's
-    `@register('name')` decorators from its source files (a file that registers in any other way is
-    imported), a library's classes from a cache made by importing it once per installed version."""
-    if isinstance(registry, ClassNamespace):
-        return _cached_namespace_names(registry)
-    names = None if registry._imported else _names_in_source(registry)
-    if names is None:
-        return registry.names()
-    own = sorted(set(names) | set(registry._classes))   # + any registered at run time
-    return own + (listed_names(registry.fallback) if registry.fallback else [])
-
-
-def _names_in_source(registry: Registry) -> Optional[list[str]]:
-    import ast
-    import importlib.util
-    spec = importlib.util.find_spec(registry.package)   # imports the parent package only (light)
-    variables = {name for name, value in globals().items() if value is registry}
-    default = next(r for r in REGISTRIES.values() if r.package == registry.package)   # what `register` means there
-    names = []
-    for module in pkgutil.iter_modules(spec.submodule_search_locations):
-        if module.ispkg or module.name.startswith('_'):
-            continue
-        path = Path(module.module_finder.path) / f'{module.name}.py'
-        if not path.is_file():
-            return None
-        for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
-            if isinstance(node, (ast.Import, ast.ImportFrom)) and any(
-                    a.name.rpartition('.')[2] == 'register' and a.asname for a in node.names):
-                return None   # `register` under another name: import it to be sure
-            if not isinstance(node, ast.Call):
-                continue
-            func = node.func
-            if isinstance(func, ast.Name) and func.id == 'register':
-                target = default is registry
-            elif isinstance(func, ast.Attribute) and func.attr == 'register' and isinstance(func.value, ast.Name):
-                target = func.value.id in variables or (func.value.id == registry.package.rpartition('.')[2]
-                                                        and default is registry)
-            else:
-                continue
-            literal = node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
-            if target and not literal:
-                return None
-            if target:
-                names.append(node.args[0].value)
-    return names
-
-
-def _cached_namespace_names(namespace: ClassNamespace) -> list[str]:
-    import importlib.metadata
-    import json
-    import sys
-    top = namespace.module.partition('.')[0]
-    try:
-        version = importlib.metadata.version(top)
-    except importlib.metadata.PackageNotFoundError:
-        return namespace.names()
-    cache_dir = Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'lightyaml'
-    cache = cache_dir / f'{namespace.module}-{version}-py{sys.version_info[0]}.{sys.version_info[1]}.json'
-    try:
-        return json.loads(cache.read_text())
-    except (OSError, ValueError):
-        pass
-    names = namespace.names()
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f'{cache.name}.{os.getpid()}.tmp')
-        tmp.write_text(json.dumps(names))
-        os.replace(tmp, cache)
-    except OSError:   # a read-only home: list without the cache
-        pass
-    return names
 
 
 # ---------------------------------------------------------------------------------------- process
