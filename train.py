@@ -30,12 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-if __name__ == '__main__' and '--print-config' in sys.argv:
-    # The printout needs only the config files: answer before importing torch (a second or more).
+from utils import pause_gc_for_start_up, set_thread_defaults, skip_collections_at_exit
+
+if __name__ == '__main__' and {'--print-config', '--list'} & set(sys.argv):
+    # These need only the config files and the registries' names: answer before importing torch.
     from configs.cli import run_cli
     sys.exit(run_cli(None, 'train.py', __doc__))
 
-import torch
+set_thread_defaults()   # before anything imports torch, which reads them once: see utils.py
+if __name__ == '__main__':
+    pause_gc_for_start_up()   # until training starts: a third of the import time (utils.py)
+
+import torch  # noqa: E402 (the imports below are after these calls too)
 
 from callbacks.checkpoint_files import TopK, load_weights, save_checkpoint, seed_everything, set_rng_state
 from callbacks.experiment_dir import ExperimentDir
@@ -45,12 +51,13 @@ from callbacks.sample_grid import write_prediction_grid
 from callbacks.trackers import TrackedRuns, make_tracked_runs
 from configs.checking import build, check_kwargs, check_sections, check_spec_list
 from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli, select_cuda_devices
+from configs.console import progress_bar_wanted
 from configs.loading import Config
 from models.ema import EMA, STATE_KEY, EMAParams, ema_target, ema_weights
 from models.lazy import materialize
 from models.optim import step_schedulers
 from models.task import val_stages
-from utils import DATA_MODULES, TRACKERS, ConfigError, keep_freed_memory
+from utils import DATA_MODULES, TRACKERS, ConfigError, keep_freed_memory, resume_gc
 
 
 @dataclass
@@ -71,7 +78,7 @@ class TrainerParams:
     devices: Union[int, str, list[int]] = 'auto'   # more than one: one process each (as --gpu does)
     deterministic: Optional[bool] = None
     log_every_n_steps: int = 50
-    enable_progress_bar: bool = True
+    enable_progress_bar: Optional[bool] = None   # default: only when stderr, where it draws, is a terminal
     enable_model_summary: bool = True         # print the model's modules at the start
 
 
@@ -370,6 +377,7 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
 
     # --- the loop -------------------------------------------------------------------------------------
     keep_freed_memory()
+    resume_gc()   # paused for start-up when run as a script
     epoch = resumed.start_epoch
     while (max_epochs < 0 or epoch < max_epochs) and (params.max_steps < 0 or step < params.max_steps):
         epoch_start = time.perf_counter()
@@ -377,9 +385,10 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
         if hasattr(train_loader.sampler, 'set_epoch'):
             train_loader.sampler.set_epoch(epoch)   # a new shuffle each epoch, the same on every process
         batches = enumerate(train_loader)
-        if master and params.enable_progress_bar:
-            from tqdm import tqdm
-            batches = tqdm(batches, total=n_train, desc=f'epoch {epoch}', leave=False, dynamic_ncols=True)
+        if master and progress_bar_wanted(params.enable_progress_bar, sys.stderr):
+            from tqdm import tqdm   # numbered from 1, as the epoch lines are
+            batches = tqdm(batches, total=n_train, desc=f"epoch {epoch + 1}{f'/{max_epochs}' if max_epochs > 0 else ''}",
+                           leave=False, dynamic_ncols=True)
         for batch_idx, batch in batches:
             if batch_idx >= n_train:
                 break
@@ -486,6 +495,7 @@ def test_or_predict(args: argparse.Namespace) -> None:
     task.to(device)
     data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
     autocast, _ = autocast_and_scaler(params.precision, device)
+    resume_gc()   # paused for start-up when run as a script
     if args.test:
         loader = data.test_dataloader()
         record_test(exp, ckpt, evaluate(task, loader, len(loader), 'test', device, autocast), ema=averaged)
@@ -514,4 +524,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    status = main()
+    skip_collections_at_exit()
+    sys.exit(status)

@@ -25,12 +25,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from utils import pause_gc_for_start_up, set_thread_defaults, skip_collections_at_exit
+
+set_thread_defaults()   # before anything imports torch, which reads them once: see utils.py
+if __name__ == '__main__':
+    pause_gc_for_start_up()   # until training starts: a third of the import time (utils.py)
+
 from callbacks.experiment_dir import ExperimentDir
 from callbacks.results import finish_run, predict_spec, record_test, write_predictions
 from configs.checking import build, check_kwargs, check_sections, check_spec, check_spec_list
 from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli, select_cuda_devices
+from configs.console import progress_bar_wanted
 from configs.loading import Config
-from utils import CALLBACKS, DATA_MODULES, LOGGERS, WRAPPERS, ConfigError
+from utils import CALLBACKS, DATA_MODULES, LOGGERS, WRAPPERS, ConfigError, resume_gc
 
 # Trainer and ModelCheckpoint arguments lightyaml sets itself, and what to do instead.
 TRAINER_OWN = {
@@ -109,7 +116,10 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     for i, spec in enumerate(cfg.get('callbacks') or []):
         callbacks.append(build(f"callback {spec['name']!r}", f'callbacks.{i}', cfg, lambda: CALLBACKS.make(spec)))
     params = device_params(cfg.get('trainer_params') or {}, gpu, nodes)
-    if params.get('enable_progress_bar', True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+    own_bar = any(isinstance(c, ProgressBar) for c in callbacks)   # a configured bar is an explicit choice
+    params['enable_progress_bar'] = progress_bar_wanted(params.get('enable_progress_bar', True if own_bar else None),
+                                                        sys.stdout)   # Lightning's bar draws on stdout
+    if params['enable_progress_bar'] and not own_bar:
         callbacks.append(ThrottledProgressBar())   # Lightning's own redraws after every step
     if not isinstance(data, pl.LightningDataModule):
         params.setdefault('use_distributed_sampler', False)   # the data module shards the data itself
@@ -158,6 +168,7 @@ def test_or_predict(args: argparse.Namespace) -> None:
     same_device = {k: v for k, v in (cfg.get('trainer_params') or {}).items() if k in ('accelerator', 'precision')}
     trainer = pl.Trainer(**{**device_params(same_device, args.gpu, None), 'devices': 1}, logger=False,
                          enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
+    resume_gc()   # paused for start-up when run as a script
     if args.test:
         record_test(exp, ckpt, trainer.test(wrapper, datamodule=lightning_data(data), verbose=False)[0],
                     ema=averaged is not None)
@@ -217,4 +228,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    status = main()
+    skip_collections_at_exit()
+    sys.exit(status)

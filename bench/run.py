@@ -6,6 +6,11 @@
     python bench/run.py --threads 1     # torch threads per run (default: torch's own choice)
     python bench/run.py --workload conv # one workload only
     python bench/run.py --workload images   # the image-folder loaders only
+    python bench/run.py --only contention,quickstart   # the parts named (steps, contention, quickstart)
+
+Three parts, all run by default: `steps` (the table below), `contention` (two runs at once, each
+against itself alone: bench/contention.py) and `quickstart` (the digits quickstart from command to
+exit, and its parts: bench/quickstart.py).
 
 Six ways to train the same model on the same data, with the same batch size and number of steps:
   floor        a minimal hand-written loop indexing in-memory tensors by batch
@@ -67,9 +72,11 @@ from typing import Any, Callable, Optional
 
 import yaml
 
+from images import LOADER_VARIANTS, load_images, write_image_files
+
 ROOT = Path(__file__).resolve().parents[1]
+PARTS = ('steps', 'contention', 'quickstart')
 VARIANTS = ('floor', 'floor + mallopt', 'train.py', 'train_pl.py', 'plain PL', 'bare PL')
-LOADER_VARIANTS = ('torchvision ImageFolder', 'lightyaml loader')   # the `images` workload's
 COLUMNS = ('workload', 'variant', 'steps', 'median ms/step', 'x floor', 'mean ms/step', 'start-up to 1st step',
            'peak RSS')
 WARMUP_STEPS = 10
@@ -143,8 +150,10 @@ def run_once(variant: str, workload_name: str, workload: dict, config: Path, wor
     steps = record['steps']
     skip = min(WARMUP_STEPS, max(len(steps) - 2, 0))
     intervals = [b - a for a, b in zip(steps[skip:], steps[skip + 1:])]
+    offset = record['first_step_wall'] - steps[0]   # perf_counter -> wall clock
     return {'median': statistics.median(intervals), 'mean': statistics.fmean(intervals), 'steps': len(steps),
-            'startup': record['first_step_wall'] - started, 'peak_mb': record['peak_mb']}
+            'startup': record['first_step_wall'] - started, 'peak_mb': record['peak_mb'],
+            'wall_steps': [t + offset for t in steps]}
 
 
 def measure(rounds: int, tiny: bool, threads: Optional[int], log: Callable[[str], None],
@@ -180,14 +189,20 @@ def ratio(results: dict, key: tuple[str, str], base: tuple[str, str], stat: str 
     return statistics.median(a[stat] / b[stat] for a, b in zip(results[key], results[base]))
 
 
-def report(results: dict, rounds: int, threads: Optional[int], loads: tuple[str, str]) -> str:
-    """The markdown table, the machine it ran on, and the issue's targets."""
+def machine_line(rounds: int, threads: Optional[int]) -> str:
+    """The machine, the versions, the thread settings; `{loads}` is filled in by main."""
     import torch  # versions only
     from importlib.metadata import version
-    lines = [f'Machine: {cpu_name()}, {os.cpu_count()} cores, {platform.system()}; Python {platform.python_version()}, '
-             f"torch {torch.__version__}, pytorch-lightning {version('pytorch-lightning')}, "
-             f'torch threads: {threads or torch.get_num_threads()}. {rounds} rounds; load average {loads[0]} '
-             f'before, {loads[1]} after.', '',
+    omp = ', '.join(f'{k}={os.environ[k]}' for k in ('OMP_NUM_THREADS', 'OMP_WAIT_POLICY') if k in os.environ)
+    return (f'Machine: {cpu_name()}, {os.cpu_count()} cores, {platform.system()}; Python {platform.python_version()}, '
+            f"torch {torch.__version__}, pytorch-lightning {version('pytorch-lightning')}, "
+            f"torch threads: {threads or torch.get_num_threads()}{f' ({omp} set)' if omp else ''}. "
+            f'{rounds} rounds; {{loads}}.')
+
+
+def report(results: dict, rounds: int, threads: Optional[int]) -> str:
+    """The markdown table, the machine it ran on, and the issue's targets."""
+    lines = [machine_line(rounds, threads), '',
              '| ' + ' | '.join(COLUMNS) + ' |', '| --- | --- |' + ' ---: |' * (len(COLUMNS) - 2)]
     for name in dict.fromkeys(k[0] for k in results):
         for variant in variants(name):   # "x floor": against the workload's first variant
@@ -229,6 +244,13 @@ def child(args: argparse.Namespace) -> None:
     """Time every optimizer step of one variant, then write steps, first-step time and peak memory."""
     wall0, perf0 = time.time(), time.perf_counter()
     sys.path.insert(0, str(ROOT))
+    if args.child == 'quickstart':
+        from quickstart import child as quickstart_child
+        quickstart_child(args, perf0, wall0)
+    if args.child in ('train.py', 'train_pl.py'):   # what the entry points do before importing torch
+        from utils import pause_gc_for_start_up, set_thread_defaults
+        set_thread_defaults()
+        pause_gc_for_start_up()
     import torch
     from torch.optim.optimizer import register_optimizer_step_post_hook
     if args.threads:
@@ -320,48 +342,6 @@ def floor(workload: dict) -> None:
             optimizer.step()
 
 
-def write_image_files(workload: dict, root: Path) -> Path:
-    """`files` random RGB PNGs of `size` pixels in 10 class folders (root/<class>/<n>.png)."""
-    import warnings
-
-    import torch
-    from torchvision.io import write_png
-    generator = torch.Generator().manual_seed(0)
-    with warnings.catch_warnings():   # torchvision 0.29's notice about TorchCodec, once per file otherwise
-        warnings.simplefilter('ignore', DeprecationWarning)
-        for n in range(workload['files']):
-            folder = root / f'class_{n % 10}'
-            folder.mkdir(parents=True, exist_ok=True)
-            size = workload['size']
-            pixels = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator)
-            write_png(pixels, str(folder / f'{n:05d}.png'))
-    return root
-
-
-def load_images(workload: dict, variant: str, steps: list[float]) -> None:
-    """Read every batch of the image folder for `epochs` epochs, a timestamp per batch: through
-    torchvision's ImageFolder and a DataLoader, or through lightyaml's data module."""
-    import torch
-    if variant == 'lightyaml loader':
-        from datasets.data_module import DataModule
-        loader = DataModule(train={'name': 'labelled_images', 'args': {'root': workload['root'], 'channels': 3,
-                                                                       'transforms': workload['transforms']}},
-                            batch_size=workload['batch_size'], num_workers=workload['workers']).train_dataloader()
-    else:   # the plain script, as torchvision's documentation writes it
-        from torch.utils.data import DataLoader
-        from torchvision.datasets import ImageFolder
-        from torchvision.transforms import v2
-        from datasets.transforms import build_transform
-        transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                                *[build_transform(spec) for spec in workload['transforms']]])
-        loader = DataLoader(ImageFolder(workload['root'], transform=transform), batch_size=workload['batch_size'],
-                            shuffle=True, num_workers=workload['workers'], persistent_workers=workload['workers'] > 0,
-                            pin_memory=torch.cuda.is_available())
-    for _ in range(workload['epochs']):
-        for _batch in loader:
-            steps.append(time.perf_counter())
-
-
 def plain_lightning(workload: dict, root: Path) -> None:
     """A Lightning script written the usual way: per-sample DataLoader, self.log every step, and
     Lightning's defaults (logger, checkpoints, progress bar, model summary)."""
@@ -426,21 +406,50 @@ def main() -> None:
     parser.add_argument('--workload', choices=list(WORKLOADS), help='measure one workload only')
     parser.add_argument('--tiny', action='store_true', help='a few steps per run, one round: checks it all runs')
     parser.add_argument('--threads', type=int, help="torch threads in every run (default: torch's own choice)")
-    parser.add_argument('--out', help='also write the table to this file (markdown)')
+    parser.add_argument('--out', help='also write the tables to this file (markdown)')
+    parser.add_argument('--only', default=','.join(PARTS), help=f"the parts to run, comma-separated (default: all of "
+                                                                f"{','.join(PARTS)})")
     for internal in ('--child', '--spec', '--config', '--workdir', '--tag'):
         parser.add_argument(internal, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
+    parts = [p.strip() for p in args.only.split(',') if p.strip()]
+    if not parts or set(parts) - set(PARTS):
+        parser.error(f"--only {args.only}: expected some of {', '.join(PARTS)}")
     rounds = 1 if args.tiny else args.rounds
-    load_before = ' '.join(f'{x:.1f}' for x in os.getloadavg())
-    results = measure(rounds, args.tiny, args.threads, lambda line: print(line, file=sys.stderr, flush=True),
-                      args.workload)
-    table = report(results, rounds, args.threads, (load_before, ' '.join(f'{x:.1f}' for x in os.getloadavg())))
-    print(table)
+    tables = []
+    for part in PARTS:
+        if part in parts:
+            load_before = ' '.join(f'{x:.1f}' for x in os.getloadavg())
+            table = run_part(part, rounds, args)
+            tables.append(table.replace('{loads}', f"load average {load_before} before, "
+                                                   f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} after"))
+            print(tables[-1] + '\n', flush=True)
     if args.out:
-        Path(args.out).write_text(table + '\n')
+        Path(args.out).write_text('\n\n'.join(tables) + '\n')
+
+
+def run_part(part: str, rounds: int, args: argparse.Namespace) -> str:
+    """One part of the benchmark, measured; its markdown."""
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    if part == 'steps':
+        results = measure(rounds, args.tiny, args.threads, log, args.workload)
+        return report(results, rounds, args.threads)
+    if part == 'contention':
+        import contention
+        with tempfile.TemporaryDirectory(prefix='lightyaml-bench-') as tmp:
+            work = Path(tmp)
+            specs = {name: dict(w, epochs=w['epochs'] if args.tiny else contention.CONTENTION_EPOCHS[name])
+                     for name, w in workloads(args.tiny).items() if args.workload in (None, name)}
+            configs = {name: write_config(w, work / f'{name}.yaml') for name, w in specs.items()}
+            results = contention.measure(rounds, specs, lambda variant, name, spec, tag: run_once(
+                variant, name, spec, configs[name], work, tag, args.threads), log)
+        return machine_line(rounds, args.threads) + '\n\n' + contention.report(results, rounds)
+    import quickstart
+    return machine_line(rounds, args.threads) + '\n\n' + quickstart.report(quickstart.measure(rounds, args.tiny, log),
+                                                                           rounds)
 
 
 if __name__ == '__main__':

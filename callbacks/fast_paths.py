@@ -7,7 +7,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from utils import keep_freed_memory
+from utils import keep_freed_memory, resume_gc
 
 # Hooks Lightning calls once or more per training batch. Each call of a hook costs 1-4 us (a
 # profiler context, the callback's state key) even when it does nothing; with six callbacks that
@@ -20,7 +20,7 @@ NVML_CHECK = 'PYTORCH_NVML_BASED_CUDA_CHECK'
 
 class FastPaths(pl.Callback):
     """Two costs Lightning adds to every step, removed where that changes nothing else, and
-    `keep_freed_memory` (as train.py does) once training starts.
+    `keep_freed_memory` and `resume_gc` (as train.py does) once training starts.
 
     1. Lightning calls every batch hook of every callback and of the LightningModule, and skips
        a hook that is not callable. A hook still inherited unchanged from `pl.Callback` or
@@ -49,6 +49,7 @@ class FastPaths(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._nvml_check = os.environ.pop(NVML_CHECK, None)
         keep_freed_memory()
+        resume_gc()   # paused for start-up when train_pl.py runs as a script
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._nvml_check is not None:

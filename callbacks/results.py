@@ -1,9 +1,17 @@
 """What a run leaves besides its metrics: result.yaml and a closing log line, test.yaml,
-predictions.csv, and the curves plotted from metrics.csv. Lightning-free."""
+predictions.csv, and the curves plotted from metrics.csv. Lightning-free.
+
+A run's own curves.png is drawn by a detached process started as the run ends (importing
+matplotlib and drawing take about 1.2 s, which the run no longer waits for): it appears a
+moment after the command exits, written whole (under a temporary name, then renamed), into the
+run's folder even if that folder is moved meanwhile. `wait_for_plots()` waits for it."""
 from __future__ import annotations
 
 import csv
+import io
 import os
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -12,7 +20,9 @@ from callbacks.experiment_dir import ExperimentDir, atomic_write
 from callbacks.metrics_files import split_metric_key
 from configs.checking import check_spec
 from configs.loading import Config, dump_yaml, parse_yaml
-from utils import DATASETS, ConfigError, display_path
+from utils import DATASETS, PROJECT_ROOT, ConfigError, display_path
+
+_plotters: list[subprocess.Popen] = []   # this process's background curves.png drawers
 
 
 def finish_run(exp: ExperimentDir, final: Mapping[str, float], monitor: Optional[str], best: Optional[float],
@@ -20,7 +30,7 @@ def finish_run(exp: ExperimentDir, final: Mapping[str, float], monitor: Optional
     """At the end of a run (rank 0): result.yaml, the run's own curves.png, a closing log line."""
     exp.write_result(final, monitor, best, best_checkpoint.name if best_checkpoint else None)
     if read_curves(exp.path):   # a run that logged nothing has no curves to draw
-        plot_metrics([exp.path])
+        draw_curves_in_background(exp.path)
     if monitor and best is not None:
         exp.log(f'done: best {monitor} {best:.4f} ({best_checkpoint.name if best_checkpoint else "-"})')
     else:
@@ -99,38 +109,48 @@ def read_curves(exp: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """{metric: {stage: [(epoch, value), ...]}} from an experiment's metrics.csv (stage and metric
     from `split_metric_key`, so `train/loss` and `train_loss` are both train's loss; a value
     logged several times in an epoch, or an epoch logged again after a resume, keeps its last)."""
-    curves: dict[str, dict[str, dict[int, float]]] = {}
     if not (Path(exp) / 'metrics.csv').is_file():   # nothing was logged
         return {}
     with open(Path(exp) / 'metrics.csv', newline='') as f:
-        for row in csv.DictReader(f):
-            for key, value in row.items():
-                split = split_metric_key(key)
-                if value and split and row.get('epoch'):
-                    stage, metric = split
-                    curves.setdefault(metric, {}).setdefault(stage, {})[int(row['epoch'])] = float(value)
+        return _curves_from_csv(f)
+
+
+def _curves_from_csv(f: Any) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    curves: dict[str, dict[str, dict[int, float]]] = {}
+    for row in csv.DictReader(f):
+        for key, value in row.items():
+            split = split_metric_key(key)
+            if value and split and row.get('epoch'):
+                stage, metric = split
+                curves.setdefault(metric, {}).setdefault(stage, {})[int(row['epoch'])] = float(value)
     return {m: {st: sorted(v.items()) for st, v in stages.items()} for m, stages in curves.items()}
 
 
 def plot_metrics(experiments: Sequence[Path], out: Optional[str | os.PathLike] = None) -> Path:
     """A PNG with one panel per metric (loss first): train dashed, val solid, test a dot;
     experiments overlaid in colours. Written to `out`, or <first experiment>/curves.png."""
+    for exp in experiments:
+        if not (Path(exp) / 'metrics.csv').is_file() and not (Path(exp) / 'config.yaml').is_file():
+            raise ConfigError(f'--plot {exp}: no metrics.csv there; is it an experiment folder?')
+    path = Path(out) if out else Path(experiments[0]) / 'curves.png'
+    path.write_bytes(render_curves([(Path(exp).name, read_curves(exp)) for exp in experiments]))
+    return path
+
+
+def render_curves(curves: Sequence[tuple[str, dict[str, dict[str, list[tuple[int, float]]]]]]) -> bytes:
+    """The PNG of `plot_metrics` for [(experiment name, its read_curves()), ...]."""
     import matplotlib
     matplotlib.use('Agg')   # files only, no display
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
-    for exp in experiments:
-        if not (Path(exp) / 'metrics.csv').is_file() and not (Path(exp) / 'config.yaml').is_file():
-            raise ConfigError(f'--plot {exp}: no metrics.csv there; is it an experiment folder?')
-    curves = {Path(exp): read_curves(exp) for exp in experiments}
-    metrics = sorted({m for c in curves.values() for m in c}, key=lambda m: (m != 'loss', m))
+    metrics = sorted({m for _, c in curves for m in c}, key=lambda m: (m != 'loss', m))
     fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.5 * max(len(metrics), 1), 3.4), squeeze=False)
     styles = {'train': dict(linestyle='--'), 'val': dict(linestyle='-'), 'test': dict(marker='o', linestyle='')}
     for ax, metric in zip(axes[0], metrics):
-        for colour, (exp, exp_curves) in enumerate(curves.items()):
+        for colour, (name, exp_curves) in enumerate(curves):
             for stage, points in exp_curves.get(metric, {}).items():
                 epochs, values = zip(*points)
-                ax.plot([e + 1 for e in epochs], values, color=f'C{colour}', label=f'{exp.name} {stage}',
+                ax.plot([e + 1 for e in epochs], values, color=f'C{colour}', label=f'{name} {stage}',
                         **styles.get(stage, {}))
         ax.set_title(metric)
         ax.set_xlabel('epoch')
@@ -138,7 +158,49 @@ def plot_metrics(experiments: Sequence[Path], out: Optional[str | os.PathLike] =
         ax.grid(alpha=0.3)
         ax.legend(fontsize='small')
     fig.tight_layout()
-    path = Path(out) if out else Path(experiments[0]) / 'curves.png'
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, dpi=100, format='png')
     plt.close(fig)
-    return path
+    return png.getvalue()
+
+
+def draw_curves_in_background(exp: Path) -> subprocess.Popen:
+    """Start a detached process that draws <exp>/curves.png, as `plot_metrics([exp])` does. It
+    works through an open handle on the folder, so the picture goes to this run even if the
+    folder is moved (--overwrite) before it is done."""
+    folder = os.open(exp, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
+    try:
+        code = (f'import sys; sys.path.insert(0, {str(PROJECT_ROOT)!r}); from callbacks.results import _draw_curves; '
+                f'_draw_curves({folder}, {Path(exp).name!r})')
+        plotter = subprocess.Popen([sys.executable, '-c', code], pass_fds=(folder,), start_new_session=True,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finally:
+        os.close(folder)
+    _plotters.append(plotter)
+    return plotter
+
+
+def _draw_curves(folder: int, name: str) -> None:
+    """In the background process: metrics.csv -> curves.png in the folder open as `folder`. Its
+    output goes nowhere (the run may be over), so a failure is noted in log.txt."""
+    try:
+        _write_curves(folder, name)
+    except Exception as e:   # noqa: BLE001 (any failure of a picture must not go unnoticed)
+        with os.fdopen(os.open('log.txt', os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644, dir_fd=folder), 'a') as f:
+            f.write(f'curves.png not drawn: {type(e).__name__}: {e}\n')
+
+
+def _write_curves(folder: int, name: str) -> None:
+    with os.fdopen(os.open('metrics.csv', os.O_RDONLY, dir_fd=folder), newline='') as f:
+        png = render_curves([(name, _curves_from_csv(f))])
+    tmp = f'curves.png.{os.getpid()}.tmp'
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=folder), 'wb') as f:
+        f.write(png)
+    os.replace(tmp, 'curves.png', src_dir_fd=folder, dst_dir_fd=folder)
+
+
+def wait_for_plots(timeout: float = 120) -> None:
+    """Wait until the curves.png drawings this process started are written (tests, scripts that
+    read curves.png right after a run in the same process)."""
+    while _plotters:
+        _plotters.pop().wait(timeout)

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 from callbacks.experiment_dir import ExperimentDir, check_experiment_name
 from callbacks.results import plot_metrics
+from configs.console import quiet_console
 from configs.loading import Config, dump_with_origins, load_config, resolve_seed
 from utils import (PROJECT_ROOT, ConfigError, ExportCheckError, NonFiniteLossError, display_path,
                    global_rank_from_env, list_registered)
@@ -56,6 +57,8 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
                         help='print the merged config with references resolved, each key with the file or override '
                              'that set it, and exit (creates nothing)')
     parser.add_argument('--debug', action='store_true', help='show tracebacks of configuration errors')
+    parser.add_argument('--verbose', action='store_true',
+                        help="show third-party tips and libraries' deprecation warnings (hidden by default)")
     parser.add_argument('overrides', nargs='*', metavar='key.path=value', help='dotted config overrides, values parsed as YAML')
     return parser
 
@@ -138,6 +141,7 @@ def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, do
     problem and exits with status 2 (a traceback only with --debug)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = make_parser(doc).parse_intermixed_args(argv)
+    quiet_console(args.verbose)
     try:
         if args.list is not None:
             print(list_registered(args.list))

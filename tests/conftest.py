@@ -40,15 +40,25 @@ def save_root(tmp_path: Path) -> Path:
 
 
 def run_pl(save_root: Path, *args: str) -> int:
-    """`python train_pl.py ARGS --save-root SAVE_ROOT`, in-process; returns the exit status."""
+    """`python train_pl.py ARGS --save-root SAVE_ROOT`, in-process; returns the exit status once
+    the run's curves.png (drawn by a background process) is written too."""
     import train_pl
-    return train_pl.main([*args, '--save-root', str(save_root), *QUIET])
+    from callbacks.results import wait_for_plots
+    try:
+        return train_pl.main([*args, '--save-root', str(save_root), *QUIET])
+    finally:
+        wait_for_plots()
 
 
 def run_py(save_root: Path, *args: str) -> int:
-    """`python train.py ARGS --save-root SAVE_ROOT`, in-process; returns the exit status."""
+    """`python train.py ARGS --save-root SAVE_ROOT`, in-process; returns the exit status once
+    the run's curves.png is written too."""
     import train
-    return train.main([*args, '--save-root', str(save_root), *QUIET])
+    from callbacks.results import wait_for_plots
+    try:
+        return train.main([*args, '--save-root', str(save_root), *QUIET])
+    finally:
+        wait_for_plots()
 
 
 # Both entry points by script name, for tests parametrized over them.

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 COLUMNS = ['workload', 'variant', 'steps', 'median ms/step', 'x floor', 'mean ms/step', 'start-up to 1st step',
@@ -14,8 +16,8 @@ COLUMNS = ['workload', 'variant', 'steps', 'median ms/step', 'x floor', 'mean ms
 
 
 def test_the_benchmark_runs_every_variant_and_prints_the_table() -> None:
-    done = subprocess.run([sys.executable, 'bench/run.py', '--tiny'], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)   # 14 runs, two at a time: ample on a busy machine
+    done = subprocess.run([sys.executable, 'bench/run.py', '--tiny', '--only', 'steps'], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)   # 14 runs, two at a time: ample on a busy machine
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines[0].startswith('Machine: ') and 'torch threads' in lines[0]
@@ -33,7 +35,7 @@ def test_the_benchmark_runs_every_variant_and_prints_the_table() -> None:
 
 
 def test_one_workload_is_measured_alone_with_its_own_targets() -> None:
-    done = subprocess.run([sys.executable, 'bench/run.py', '--tiny', '--workload', 'conv'], cwd=ROOT,
+    done = subprocess.run([sys.executable, 'bench/run.py', '--tiny', '--only', 'steps', '--workload', 'conv'], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
@@ -41,3 +43,31 @@ def test_one_workload_is_measured_alone_with_its_own_targets() -> None:
     assert rows[:2] == ['workload', '---'] and set(rows[2:]) == {'conv'} and len(rows) == 8
     assert [line.split(':')[0] for line in lines if line.startswith('- ')] == [
         '- train.py / floor, conv', '- train_pl.py / floor, conv']
+
+
+@pytest.mark.slow   # a dozen processes, two at a time
+def test_two_runs_at_once_and_the_quickstart_run_alone_with_their_targets() -> None:
+    done = subprocess.run([sys.executable, 'bench/run.py', '--tiny', '--only', 'contention,quickstart',
+                           '--workload', 'mlp'], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    rows = [[cell.strip() for cell in line.strip('|').split('|')] for line in lines if line.startswith('|')]
+    assert rows[0] == ['workload', 'variant', 'alone ms/step', 'two at once ms/step (each copy)',
+                       'x alone (each copy)', 'steps side by side']
+    assert [row[:2] for row in rows[2:5]] == [['mlp', 'floor'], ['mlp', 'train.py'], ['mlp', 'train_pl.py']]
+    assert rows[5] == ['part', 'median s', 'min s', 'max s']
+    parts = [row[0] for row in rows[7:]]
+    assert parts[:7] == ['command to exit (the command)', 'last epoch line to exit (the command)',
+                         'curves.png on disk after exit (the command)', 'imports (instrumented)',
+                         'start-up to first step (instrumented)', 'training (instrumented)',
+                         'last epoch line to exit (instrumented)']
+    assert parts[7:] == ['--list', '--print-config'] and all(float(row[1]) >= 0 for row in rows[7:])
+    targets = [line.split(':')[0] for line in lines if line.startswith('- ')]
+    assert targets == ['- train.py beside itself, mlp', '- train_pl.py beside itself, mlp', '- command to exit',
+                       '- start-up to first step', '- last epoch line to exit', '- --list', '- --print-config']
+
+
+def test_an_unknown_part_is_refused() -> None:
+    done = subprocess.run([sys.executable, 'bench/run.py', '--only', 'steps,speed'], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and 'expected some of steps, contention, quickstart' in done.stderr

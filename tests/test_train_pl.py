@@ -19,10 +19,12 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """The README's quickstart, exactly: the default config, trained once for this module."""
     save_root = tmp_path_factory.mktemp('save')
     import train_pl
+    from callbacks.results import wait_for_plots
     from configs.cli import make_parser, resolve_run
     args = make_parser('').parse_args(['--config', DIGITS, '--save-root', str(save_root)])
     cfg, exp, _, _ = resolve_run(args)
     metrics = train_pl.train(cfg, exp, ['python', 'train_pl.py', '--config', DIGITS])
+    wait_for_plots()   # curves.png is drawn in the background
     return exp.path, metrics
 
 

@@ -1,0 +1,53 @@
+"""What the console shows, the same for both entry points. Lightning-free.
+
+By default, no advertisements (Lightning's "💡 Tip: ..." lines) and no deprecation warnings raised
+inside the libraries (they are about the libraries' own code, which you cannot change); `--verbose`
+shows both, and `python -W ...` or PYTHONWARNINGS settings are left alone. Progress bars are drawn
+only on a terminal: with output going to a file or a pipe, a run prints one line per epoch
+(`trainer_params.enable_progress_bar: true` draws the bar anyway).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import warnings
+from typing import IO, Any, Optional
+
+# Where the warnings to hide come from (matched against the warning's module) and what they are.
+THIRD_PARTY = (r'(torch|torchvision|torchmetrics|pytorch_lightning|lightning_fabric|lightning_utilities|tensorboardX|'
+               r'matplotlib|sklearn|scipy|numpy)(\.|$)')
+DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+# The loggers Lightning's rank_zero_info writes its tips to.
+LIGHTNING_INFO_LOGGERS = ('pytorch_lightning.utilities.rank_zero', 'lightning_fabric.utilities.rank_zero')
+
+
+class NoAdvertisements(logging.Filter):
+    """Drops log records that advertise a product ("💡 Tip: For seamless cloud uploads ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not re.match(r'\W*Tip:', record.getMessage())
+
+
+_NO_ADVERTISEMENTS = NoAdvertisements()
+
+
+def quiet_console(verbose: bool = False) -> None:
+    """Hide third-party tips and deprecation warnings, or with `verbose` show them again.
+    Call it before Lightning is imported or used; the loggers need not exist yet."""
+    for name in LIGHTNING_INFO_LOGGERS:
+        logger = logging.getLogger(name)
+        (logger.removeFilter if verbose else logger.addFilter)(_NO_ADVERTISEMENTS)
+    if sys.warnoptions:   # the user chose what warnings to see
+        return
+    for category in DEPRECATIONS:
+        warnings.filterwarnings('default' if verbose else 'ignore', category=category, module=THIRD_PARTY)
+
+
+def progress_bar_wanted(setting: Optional[bool], stream: IO[Any]) -> bool:
+    """An explicit `enable_progress_bar` decides; by default a bar only when `stream`, where the
+    bar draws, is a terminal (in a file or a pipe every redraw would be a line)."""
+    if setting is not None:
+        return bool(setting)
+    isatty = getattr(stream, 'isatty', None)
+    return bool(isatty is not None and isatty())

@@ -1,0 +1,157 @@
+"""What a run costs around its training and what it prints: thread defaults set before torch starts
+its thread pool, garbage collection paused for start-up, `--list` without torch or Lightning,
+curves.png drawn by a detached process, and a console without advertisements or progress-bar
+redraws when output goes to a file. No timing is asserted (bench/run.py --only quickstart,contention)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DIGITS, ROOT
+from utils import set_thread_defaults
+
+# Imports `module` as a script would, noting the OpenMP variables at the moment torch is first imported.
+SPY = '''
+import importlib.abc, json, os, sys
+seen = {{}}
+class Spy(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == 'torch' and not seen:
+            seen.update({{k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS')}})
+sys.meta_path.insert(0, Spy())
+sys.path.insert(0, {root!r})
+import {module}
+import torch
+print(json.dumps({{'at_torch_import': seen, 'threads': torch.get_num_threads()}}))
+'''
+OMP = ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME', 'LOCAL_WORLD_SIZE')
+
+
+def import_with_env(module: str, **env: str) -> dict:
+    """Import `module` in a fresh process whose environment has none of the OpenMP variables but `env`."""
+    clean = {k: v for k, v in os.environ.items() if k not in OMP}
+    done = subprocess.run([sys.executable, '-c', SPY.format(root=str(ROOT), module=module)], env={**clean, **env},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize('module', ['train', 'train_pl'])
+def test_a_clean_environment_gets_a_passive_wait_policy_before_torch_is_imported(module: str) -> None:
+    seen = import_with_env(module)
+    assert seen['at_torch_import'] == {'OMP_WAIT_POLICY': 'PASSIVE', 'OMP_NUM_THREADS': None}
+
+
+def test_what_the_user_set_is_kept() -> None:
+    seen = import_with_env('train_pl', OMP_WAIT_POLICY='ACTIVE', OMP_NUM_THREADS='1', LOCAL_WORLD_SIZE='2')
+    assert seen == {'at_torch_import': {'OMP_WAIT_POLICY': 'ACTIVE', 'OMP_NUM_THREADS': '1'}, 'threads': 1}
+
+
+def test_processes_on_one_machine_split_its_cores() -> None:
+    cores = len(os.sched_getaffinity(0))
+    seen = import_with_env('train', LOCAL_WORLD_SIZE='2')   # as torchrun and train.py's launcher set it
+    assert seen == {'at_torch_import': {'OMP_WAIT_POLICY': 'PASSIVE', 'OMP_NUM_THREADS': str(max(1, cores // 2))},
+                    'threads': max(1, cores // 2)}
+
+
+def test_the_thread_defaults_rule_by_rule() -> None:
+    assert set_thread_defaults({}, cpu_count=8) == {'OMP_WAIT_POLICY': 'PASSIVE'}
+    environ = {'LOCAL_WORLD_SIZE': '2'}
+    assert set_thread_defaults(environ, cpu_count=8) == {'OMP_WAIT_POLICY': 'PASSIVE', 'OMP_NUM_THREADS': '4'}
+    assert environ == {'LOCAL_WORLD_SIZE': '2', 'OMP_WAIT_POLICY': 'PASSIVE', 'OMP_NUM_THREADS': '4'}
+    assert set_thread_defaults({'LOCAL_WORLD_SIZE': '3'}, cpu_count=2)['OMP_NUM_THREADS'] == '1'
+    assert set_thread_defaults({'LOCAL_WORLD_SIZE': '2', 'MKL_NUM_THREADS': '2', 'GOMP_SPINCOUNT': '0'}, 8) == {}
+    assert set_thread_defaults({'KMP_BLOCKTIME': '0', 'LOCAL_WORLD_SIZE': '1'}, cpu_count=8) == {}
+
+
+def test_garbage_collection_pauses_only_for_a_script_and_resumes_frozen() -> None:
+    code = ('import gc, sys; sys.path.insert(0, {root!r}); import train_pl; assert gc.isenabled(); '
+            'from utils import pause_gc_for_start_up, resume_gc; pause_gc_for_start_up(); assert not gc.isenabled(); '
+            'resume_gc(); print(gc.isenabled(), gc.get_freeze_count() > 10000)').format(root=str(ROOT))
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == ['True', 'True'], done.stderr[-2000:]
+
+
+def test_list_imports_neither_torch_nor_lightning_and_lists_what_importing_finds(tmp_path: Path) -> None:
+    env = {**os.environ, 'XDG_CACHE_HOME': str(tmp_path / 'cache')}
+    code = ('import sys; sys.path.insert(0, {root!r}); import train_pl; train_pl.main(["--list"]); '
+            'print(sorted(m for m in ("torch", "pytorch_lightning", "torchmetrics") if m in sys.modules))')
+    listings = [subprocess.run([sys.executable, '-c', code.format(root=str(ROOT))], env=env, capture_output=True,
+                               text=True, timeout=300) for _ in range(2)]   # the first fills the cache
+    assert listings[0].stdout.splitlines()[:-1] == listings[1].stdout.splitlines()[:-1]
+    assert listings[1].stdout.splitlines()[-1] == '[]'
+    live = ('import sys; sys.path.insert(0, {root!r}); from utils import REGISTRIES; '
+            'print("\\n".join(f"{{k}}: {{\', \'.join(r.names())}}" for k, r in REGISTRIES.items()))')
+    done = subprocess.run([sys.executable, '-c', live.format(root=str(ROOT))], capture_output=True, text=True,
+                          timeout=300)
+    assert listings[1].stdout.splitlines()[:-1] == done.stdout.splitlines()
+    assert done.stdout.startswith('datasets: ') and 'digits' in done.stdout and 'base, gan' in done.stdout
+
+
+def test_curves_are_drawn_in_the_background_into_the_run_even_when_it_is_moved(tmp_path: Path) -> None:
+    from callbacks.results import draw_curves_in_background, plot_metrics
+    metrics = 'epoch,step,train/loss,val/loss,val/acc\n0,9,1.5,1.2,0.6\n1,19,0.9,0.8,0.8\n'
+    exp = tmp_path / 'run'
+    exp.mkdir()
+    (exp / 'metrics.csv').write_text(metrics)
+    plotter = draw_curves_in_background(exp)
+    exp.rename(tmp_path / 'moved')   # as --overwrite moves a run aside
+    (tmp_path / 'run').mkdir()       # and starts the new one in its place
+    assert plotter.wait(120) == 0
+    assert sorted(p.name for p in (tmp_path / 'moved').iterdir()) == ['curves.png', 'metrics.csv']
+    assert list((tmp_path / 'run').iterdir()) == []
+    (tmp_path / 'sync' / 'run').mkdir(parents=True)   # the same name, so the same legend
+    (tmp_path / 'sync' / 'run' / 'metrics.csv').write_text(metrics)
+    expected = plot_metrics([tmp_path / 'sync' / 'run'])   # what the run itself used to draw
+    assert (tmp_path / 'moved' / 'curves.png').read_bytes() == expected.read_bytes()
+
+
+def run_script(entry: str, save_root: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`python ENTRY --config digits.yaml` with its output captured (a pipe, not a terminal)."""
+    clean = {k: v for k, v in os.environ.items() if k not in ('PYTHONWARNINGS', 'COLUMNS')}
+    return subprocess.run([sys.executable, entry, '--config', DIGITS, '--save-root', str(save_root),
+                           'trainer_params.max_epochs=3', *extra], cwd=ROOT, env=clean, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.parametrize('entry', ['train_pl.py', 'train.py'])
+def test_output_to_a_pipe_is_a_line_per_epoch_without_tips_or_deprecations(entry: str, save_root: Path) -> None:
+    done = run_script(entry, save_root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = (done.stdout + done.stderr).splitlines()
+    epochs = [line.split()[1] for line in output if line.startswith('epoch ')]
+    assert epochs == ['1/3', '2/3', '3/3'] and len(output) <= 3 + 4, output   # + GPU/TPU lines and the end
+    assert not [line for line in output if 'Tip' in line or 'eprecat' in line or 'Warning' in line], output
+    curves = save_root / 'digits' / 'curves.png'   # drawn by a detached process: it comes a moment later
+    deadline = time.time() + 120
+    while not curves.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert curves.read_bytes().startswith(b'\x89PNG\r\n\x1a\n')
+
+
+def test_verbose_shows_what_is_hidden(save_root: Path) -> None:
+    done = run_script('train_pl.py', save_root, '--verbose', 'trainer_params.max_epochs=1')
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert 'Tip: ' in done.stderr and 'is deprecated' in done.stderr
+
+
+@pytest.mark.parametrize('entry', ['train_pl.py', 'train.py'])
+def test_a_bar_asked_for_numbers_epochs_from_one_as_the_log_does(entry: str, save_root: Path,
+                                                                   capfd: pytest.CaptureFixture) -> None:
+    import train
+    import train_pl
+    from callbacks.results import wait_for_plots
+    main = train_pl.main if entry == 'train_pl.py' else train.main
+    assert main(['--config', DIGITS, '--save-root', str(save_root), 'trainer_params.max_epochs=2',
+                 'trainer_params.limit_train_batches=3', 'trainer_params.enable_progress_bar=true']) == 0
+    wait_for_plots()
+    out = capfd.readouterr()
+    bar = out.out if entry == 'train_pl.py' else out.err   # Lightning's bar draws on stdout, tqdm on stderr
+    assert 'epoch 1/2: ' in bar and 'epoch 2/2: ' in bar   # tqdm writes the description, then ': '
+    assert 'Epoch 0' not in bar and 'epoch 0' not in bar
