@@ -9,6 +9,7 @@
     python train.py --resume save/exp trainer_params.max_epochs=40        # continue a run
     python train.py --test save/exp                                       # evaluate the best checkpoint
     python train.py --export save/exp --format onnx                       # save/exp/export/model.onnx, checked
+    python train.py --config configs/digits.yaml --search configs/digits-search.yaml   # an Optuna search
 
 The config's `loggers` may name MLFlowLogger and WandbLogger (logged through their own clients);
 other Lightning loggers need train_pl.py.
@@ -53,11 +54,12 @@ from configs.checking import build, check_kwargs, check_sections, check_spec_lis
 from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli, select_cuda_devices
 from configs.console import progress_bar_wanted
 from configs.loading import Config
+from configs.trial import ValidationHook, validation_hook
 from models.ema import EMA, STATE_KEY, EMAParams, ema_target, ema_weights
 from models.lazy import materialize
 from models.optim import step_schedulers
 from models.task import val_stages
-from utils import DATA_MODULES, TRACKERS, ConfigError, keep_freed_memory, resume_gc
+from utils import DATA_MODULES, TRACKERS, ConfigError, display_path, keep_freed_memory, resume_gc
 
 
 @dataclass
@@ -291,8 +293,11 @@ def restore(path: Path, task: Any, optimizer: Any, scheduler: Optional[dict], sc
 
 
 def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Optional[Path] = None,
-          overwrite: bool = False, gpu: Optional[str] = None, init_from: Optional[Path] = None) -> dict[str, float]:
-    """Validate, build, train; returns the last epoch's metrics (on every process)."""
+          overwrite: bool = False, gpu: Optional[str] = None, init_from: Optional[Path] = None,
+          restart: bool = False, on_validation: Optional[ValidationHook] = None) -> dict[str, float]:
+    """Validate, build, train; returns the last epoch's metrics (on every process).
+    `restart`: the folder exists without a checkpoint and starts again in place;
+    `on_validation(epoch, metrics)`: called after each validation, True stops the run."""
     validate(cfg)
     params = TrainerParams(**(cfg.get('trainer_params') or {}))
     ckpt_params = CheckpointParams(**(cfg.get('checkpoint') or {}))
@@ -305,7 +310,7 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     status = 'failed'
     try:
         metrics = train_process(cfg, exp, command, params, ckpt_params, device, rank, world_size, resume_ckpt,
-                                overwrite, init_from, trackers)
+                                overwrite, init_from, trackers, restart, on_validation)
         status = 'success'
         return metrics
     finally:
@@ -317,7 +322,7 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
 def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], params: TrainerParams,
                   ckpt_params: CheckpointParams, device: torch.device, rank: int, world_size: int,
                   resume_ckpt: Optional[Path], overwrite: bool, init_from: Optional[Path],
-                  trackers: TrackedRuns) -> dict[str, float]:
+                  trackers: TrackedRuns, restart: bool, on_validation: Optional[ValidationHook]) -> dict[str, float]:
     """One process's training: set-up, resume, the loop, the end of the run."""
     # --- set-up: seeds, data, task, optimizer ------------------------------------------------------
     master = rank == 0   # only global rank 0 writes files
@@ -360,7 +365,7 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
     # --- the experiment folder ----------------------------------------------------------------------
     writer = top_k = None
     if master:
-        exp.start(cfg, command, resume=resume_ckpt is not None, overwrite=overwrite)
+        exp.start(cfg, command, resume=resume_ckpt is not None or restart, overwrite=overwrite)
         trackers.start()   # their runs begin now, not inside the first epoch's time
         exp.log(model_summary(task))
         exp.write_classes(getattr(train_loader.dataset, 'classes', None))   # for --predict
@@ -435,7 +440,9 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
         # --- end of epoch: train means, validation, scheduler, log line, checkpoints -----------------
         task.check_finite(epoch, step - 1)
         metrics = task.epoch_metrics('train', all_reduce_sum)
-        if params.check_val_every_n_epoch and (epoch + 1) % params.check_val_every_n_epoch == 0:
+        validated = bool(val_sets and params.check_val_every_n_epoch
+                         and (epoch + 1) % params.check_val_every_n_epoch == 0)
+        if validated:
             with ema.swapped(ema.params.validate_with_ema) if ema else contextlib.nullcontext():
                 for stage, (loader, n_val) in val_sets.items():   # 'val', or 'val/<name>' for each named set
                     metrics.update(evaluate(task, loader, n_val, stage, device, autocast))
@@ -462,6 +469,12 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
             if ckpt_params.save_last:
                 save(exp.ckpt_dir / 'last.ckpt')
         epoch += 1
+        # A search's pruner may stop the run here (not after its last epoch: it has run in full);
+        # rank 0 asks it, every process follows.
+        if on_validation is not None and validated and (max_epochs < 0 or epoch < max_epochs):
+            stop = torch.tensor(float(master and on_validation(epoch - 1, metrics)), device=device)
+            if all_reduce_sum(stop).item():
+                break
 
     if master:
         writer.close()
@@ -514,13 +527,17 @@ def run(args: argparse.Namespace, command: list[str]) -> None:
         return test_or_predict(args)
     if args.nodes:
         raise ConfigError('--nodes: train.py runs on several machines under torchrun (see its docstring)')
-    cfg, exp, ckpt, init_from = resolve_run(args)
-    train(cfg, exp, command, ckpt, args.overwrite, args.gpu, init_from)
+    resolved = resolve_run(args)
+    if resolved.finished:
+        print(f'{display_path(resolved.exp.path)} has finished (result.yaml); nothing to do')
+        return
+    train(resolved.cfg, resolved.exp, command, resolved.resume, args.overwrite, args.gpu, resolved.init_from,
+          resolved.restart, validation_hook(resolved.exp))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit status (2 for a configuration error)."""
-    return run_cli(run, 'train.py', __doc__, argv)
+    return run_cli(run, 'train.py', __doc__, argv, validate)
 
 
 if __name__ == '__main__':

@@ -11,6 +11,9 @@
     python train_pl.py --export save/exp --format onnx                    # save/exp/export/model.onnx, checked
     python train_pl.py --config configs/digits.yaml --sweep train_wrapper.args.optim_spec.args.lr=1e-3,3e-4 \
         --seeds 0,1,2                                                     # a grid, mean +- std over seeds
+    python train_pl.py --config configs/digits.yaml --name lrs --search configs/digits-search.yaml \
+        --workers 2 [--storage postgresql://...] [--launcher slurm]     # an Optuna search
+    python train_pl.py --config configs/digits.yaml --name exp --auto-resume  # start, or continue if there
     python train_pl.py --plot save/a save/b --out ab.png                  # curves of several runs
 
 The run goes to save/<name>/: config.yaml, src/, log.txt, metrics.csv, tb/, ckpt/; the config's
@@ -37,7 +40,8 @@ from configs.checking import build, check_kwargs, check_sections, check_spec, ch
 from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli, select_cuda_devices
 from configs.console import progress_bar_wanted
 from configs.loading import Config
-from utils import CALLBACKS, DATA_MODULES, LOGGERS, WRAPPERS, ConfigError, resume_gc
+from configs.trial import ValidationHook, validation_hook
+from utils import CALLBACKS, DATA_MODULES, LOGGERS, WRAPPERS, ConfigError, display_path, resume_gc
 
 # Trainer and ModelCheckpoint arguments lightyaml sets itself, and what to do instead.
 TRAINER_OWN = {
@@ -85,8 +89,11 @@ def device_params(trainer_params: Mapping, gpu: Optional[str], nodes: Optional[i
 
 def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Optional[Path] = None,
           overwrite: bool = False, gpu: Optional[str] = None, nodes: Optional[int] = None,
-          init_from: Optional[Path] = None) -> dict[str, float]:
-    """Validate the config, build everything, fit, and return the final logged metrics."""
+          init_from: Optional[Path] = None, restart: bool = False,
+          on_validation: Optional[ValidationHook] = None) -> dict[str, float]:
+    """Validate the config, build everything, fit, and return the final logged metrics.
+    `restart`: the folder exists without a checkpoint and starts again in place;
+    `on_validation(epoch, metrics)`: called after each validation, True stops the run."""
     validate(cfg)
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
@@ -98,6 +105,7 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     from callbacks.lazy_modules import LazyModules
     from callbacks.progress_bar import ThrottledProgressBar
     from callbacks.tracker_logger import make_loggers
+    from callbacks.validation_hook import ValidationHook as ValidationCallback
 
     pl.seed_everything(cfg['seed'], workers=True, verbose=False)
     data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
@@ -109,10 +117,12 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     save_last = checkpoint_args.pop('save_last')
     checkpoint = build('ModelCheckpoint', 'checkpoint', cfg, lambda: ModelCheckpoint(dirpath=exp.ckpt_dir,
                                                                                    **checkpoint_args))
-    callbacks = [BaseLogger(exp, cfg, command, resume=resume_ckpt is not None, overwrite=overwrite), checkpoint,
-                 FastPaths(), LazyModules()]
+    callbacks = [BaseLogger(exp, cfg, command, resume=resume_ckpt is not None or restart, overwrite=overwrite),
+                 checkpoint, FastPaths(), LazyModules()]
     if save_last:
         callbacks.append(LastCheckpoint(exp.ckpt_dir))
+    if on_validation is not None:
+        callbacks.append(ValidationCallback(on_validation))
     for i, spec in enumerate(cfg.get('callbacks') or []):
         callbacks.append(build(f"callback {spec['name']!r}", f'callbacks.{i}', cfg, lambda: CALLBACKS.make(spec)))
     params = device_params(cfg.get('trainer_params') or {}, gpu, nodes)
@@ -218,13 +228,17 @@ def run(args: argparse.Namespace, command: list[str]) -> None:
     """What `main` does once the command line is parsed."""
     if args.test or args.predict or args.export:
         return test_or_predict(args)
-    cfg, exp, ckpt, init_from = resolve_run(args)
-    train(cfg, exp, command, ckpt, args.overwrite, args.gpu, args.nodes, init_from)
+    resolved = resolve_run(args)
+    if resolved.finished:
+        print(f'{display_path(resolved.exp.path)} has finished (result.yaml); nothing to do')
+        return
+    train(resolved.cfg, resolved.exp, command, resolved.resume, args.overwrite, args.gpu, args.nodes,
+          resolved.init_from, resolved.restart, validation_hook(resolved.exp))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit status (2 for a configuration error)."""
-    return run_cli(run, 'train_pl.py', __doc__, argv)
+    return run_cli(run, 'train_pl.py', __doc__, argv, validate)
 
 
 if __name__ == '__main__':

@@ -61,8 +61,7 @@ def find_checkpoint(target: str, flag: str) -> Path:
     if path.is_dir():
         path = ExperimentDir(path).ckpt_dir / 'last.ckpt'
         if not path.is_file():
-            raise ConfigError(f'{flag} {target}: no checkpoint in this folder ({display_path(path)} is missing)'
-                              + ('; start it again with --overwrite' if flag == '--resume' else ''))
+            raise ConfigError(f'{flag} {target}: no checkpoint in this folder ({display_path(path)} is missing)')
     elif not path.is_file():
         raise ConfigError(f'{flag} {target}: no such experiment folder or checkpoint file')
     read_checkpoint(path, f'{flag} {target}')

@@ -75,13 +75,24 @@ class ExperimentDir:
         """Create the folder (or, on resume, record the new command in it) and log the command."""
         if resume:
             self.write_config(config, command)
-            self.log(f'resumed: {" ".join(command)}')
+            if not (self.ckpt_dir / 'last.ckpt').exists():   # stopped before its first checkpoint
+                self._set_aside_partial_metrics()
+                self.log(f'restarted from the start (no checkpoint was written): {" ".join(command)}')
+            else:
+                self.log(f'resumed: {" ".join(command)}')
         else:
             moved = self.create(config, command, overwrite=overwrite)
             if moved is not None:
                 print(f'moved the old {display_path(self.path)} to {display_path(moved)}')
             self.log(f'command: {" ".join(command)}')
         self.started = True
+
+    def _set_aside_partial_metrics(self) -> None:
+        """A restarted run's metrics begin anew; the killed attempt's are kept beside them."""
+        stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+        for name in ('metrics.csv', 'tb'):
+            if (self.path / name).exists():
+                (self.path / name).rename(self.path / f'{name}.killed-{stamp}')
 
     def write_config(self, config: Mapping, command: Sequence[str]) -> None:
         """config.yaml: the merged config with its references resolved (the values the run used),

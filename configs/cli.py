@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 from callbacks.experiment_dir import ExperimentDir, check_experiment_name
 from callbacks.results import plot_metrics
 from configs.console import quiet_console
-from configs.loading import Config, dump_with_origins, load_config, resolve_seed
+from configs.loading import Config, config_differences, dump_with_origins, load_config, resolve_seed
 from utils import (PROJECT_ROOT, ConfigError, ExportCheckError, NonFiniteLossError, display_path,
                    global_rank_from_env, list_registered)
 
@@ -32,6 +32,8 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
                                             '(its last.ckpt) or a .ckpt file; optimizer and counters start fresh')
     parser.add_argument('--overwrite', action='store_true',
                         help='if the experiment folder exists, move it aside to <name>.old-<time> and start anew')
+    parser.add_argument('--auto-resume', action='store_true',
+                        help='continue <save-root>/<name> if it exists (same config only), else start it')
     parser.add_argument('--save-root', default=str(PROJECT_ROOT / 'save'), help='where experiment folders go')
     parser.add_argument('--test', metavar='EXP', help="evaluate an experiment's checkpoint (--ckpt) on its test split")
     parser.add_argument('--predict', metavar='EXP', help="predict with an experiment's checkpoint on --data")
@@ -52,6 +54,16 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument('--sweep', action='append', default=[], metavar='key=v1,v2',
                         help='run one experiment per combination of values (repeat the flag for a grid)')
     parser.add_argument('--seeds', help='with a sweep: run every combination with each of these seeds, e.g. 0,1,2')
+    parser.add_argument('--search', metavar='SEARCH.yaml', help='an Optuna search: parameters, sampler, pruner, n_trials')
+    parser.add_argument('--storage', metavar='URL', help='with --search: a database shared by workers, e.g. '
+                                                         'postgresql://user@host/db (default: sqlite in the search folder)')
+    parser.add_argument('--workers', type=int, help='with --search/--sweep: runs at once on this machine '
+                                                    '(default: one per --gpu device, else 1)')
+    parser.add_argument('--launcher', choices=['local', 'slurm'], default='local',
+                        help='with --search/--sweep: slurm writes an sbatch array script instead of running')
+    parser.add_argument('--submit', action='store_true', help='with --launcher slurm: also run sbatch on the script')
+    parser.add_argument('--sbatch', action='append', default=[], metavar='OPTION=VALUE',
+                        help='with --launcher slurm: an #SBATCH line, e.g. --sbatch time=4:00:00 --sbatch partition=gpu')
     parser.add_argument('--list', nargs='*', metavar='KIND', help='list registered names (all kinds, or the given ones)')
     parser.add_argument('--print-config', action='store_true',
                         help='print the merged config with references resolved, each key with the file or override '
@@ -95,11 +107,14 @@ class Run(typing.NamedTuple):
     exp: ExperimentDir
     resume: Optional[Path]      # the checkpoint to continue from (counters, optimizer, RNG)
     init_from: Optional[Path]   # a checkpoint to take only the weights from
+    restart: bool = False       # the folder exists but has no checkpoint: start it again in place
+    finished: bool = False      # --auto-resume of a finished run (result.yaml): nothing to do
 
 
 def resolve_run(args: argparse.Namespace) -> Run:
-    """From --config/--resume/--init-from/--name/--tag: the merged config, the experiment folder
-    and the checkpoints involved. A new run's folder must be free; checkpoints must be readable."""
+    """From --config/--resume/--init-from/--name/--tag/--auto-resume: the merged config, the
+    experiment folder and the checkpoints involved. A new run's folder must be free; checkpoints
+    must be readable; a folder killed before its first checkpoint is started again in place."""
     from callbacks.checkpoint_files import find_checkpoint   # torch: not needed by --print-config
     ckpt = init = None
     if args.resume and args.init_from:
@@ -107,6 +122,8 @@ def resolve_run(args: argparse.Namespace) -> Run:
                           'one from its weights)')
     if args.init_from:
         init = find_checkpoint(args.init_from, '--init-from')
+    if args.auto_resume:
+        return _auto_resume(args, init)
     if args.resume:
         target = Path(args.resume)
         exp = ExperimentDir(target if target.is_dir() else target.resolve().parent.parent)
@@ -115,30 +132,66 @@ def resolve_run(args: argparse.Namespace) -> Run:
                               f'config.yaml (give changes as overrides)')
         if target.is_dir() and not (target / 'config.yaml').is_file():
             raise ConfigError(f'--resume {args.resume}: no config.yaml in this folder; is it an experiment folder?')
-        ckpt = find_checkpoint(args.resume, '--resume')
+        restart = target.is_dir() and not (exp.ckpt_dir / 'last.ckpt').exists()
+        ckpt = None if restart else find_checkpoint(args.resume, '--resume')
         config_path = Path(args.config) if args.config else exp.path / 'config.yaml'
         if not config_path.is_file():
             raise ConfigError(f'--resume {args.resume}: no config.yaml beside this checkpoint; give --config')
-    else:
-        if not args.config:
-            raise ConfigError('--config is required (or --resume an experiment folder); e.g. --config configs/digits.yaml')
-        name = args.name or Path(args.config).stem
-        if args.tag:
-            check_experiment_name(args.tag, '--tag')
-            name = f'{name}_{args.tag}'
-        exp = ExperimentDir.for_name(args.save_root, name)
-        if global_rank_from_env() == 0:
-            exp.check_free(args.overwrite)
-        config_path = Path(args.config)
-    cfg = load_config(config_path, args.overrides)
+        cfg = load_config(config_path, args.overrides)
+        resolve_seed(cfg)
+        return Run(cfg, exp, ckpt, init, restart=restart)
+    if not args.config:
+        raise ConfigError('--config is required (or --resume an experiment folder); e.g. --config configs/digits.yaml')
+    exp = _named_folder(args)
+    if global_rank_from_env() == 0:
+        exp.check_free(args.overwrite)
+    cfg = load_config(args.config, args.overrides)
     resolve_seed(cfg)
-    return Run(cfg, exp, ckpt, init)
+    return Run(cfg, exp, None, init)
+
+
+def _named_folder(args: argparse.Namespace) -> ExperimentDir:
+    name = args.name or Path(args.config).stem
+    if args.tag:
+        check_experiment_name(args.tag, '--tag')
+        name = f'{name}_{args.tag}'
+    return ExperimentDir.for_name(args.save_root, name)
+
+
+def _auto_resume(args: argparse.Namespace, init: Optional[Path]) -> Run:
+    """--auto-resume: continue the named folder (its checkpoint, or from the start in place when it
+    has none) if its config.yaml is the config asked for, start it if it does not exist."""
+    if not args.config or args.resume or args.overwrite:
+        raise ConfigError('--auto-resume: give --config (and --name), without --resume or --overwrite')
+    exp = _named_folder(args)
+    cfg = load_config(args.config, args.overrides)
+    saved_path = exp.path / 'config.yaml'
+    # A DDP process other than rank 0 may find the folder rank 0 is creating: a new run as well.
+    if not exp.path.exists() or (global_rank_from_env() > 0 and not saved_path.is_file()):
+        resolve_seed(cfg)
+        return Run(cfg, exp, None, init)
+    if not saved_path.is_file():
+        raise ConfigError(f'--auto-resume: {display_path(exp.path)} has no config.yaml; is it an experiment folder? '
+                          f'(--overwrite moves it aside)')
+    saved = load_config(saved_path)   # as the run read it: references and escapes resolved
+    differences = config_differences(saved, cfg, ignore_seed=True)
+    if differences:
+        raise ConfigError(f'--auto-resume: {display_path(exp.path)} was run with another config '
+                          f'({"; ".join(differences[:3])}); choose another --name, or --resume it with overrides')
+    cfg['seed'] = saved.get('seed')   # the seed drawn when it started
+    resolve_seed(cfg)
+    if (exp.path / 'result.yaml').is_file():
+        return Run(cfg, exp, None, init, finished=True)
+    if (exp.ckpt_dir / 'last.ckpt').is_file():
+        return Run(cfg, exp, find_checkpoint(str(exp.path), '--auto-resume'), init)
+    return Run(cfg, exp, None, init, restart=True)
 
 
 def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, doc: str,
-            argv: Optional[Sequence[str]] = None) -> int:
-    """Parse the command line and call `run(args, command)`; a ConfigError prints one line per
-    problem and exits with status 2 (a traceback only with --debug)."""
+            argv: Optional[Sequence[str]] = None, validate: Optional[Callable[[Config], None]] = None) -> int:
+    """Parse the command line and call `run(args, command)` (or run a sweep or search of `script`,
+    whose configs `validate` checks first); a ConfigError prints one line per problem and exits
+    with status 2 (a traceback only with --debug)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = make_parser(doc).parse_intermixed_args(argv)
     quiet_console(args.verbose)
@@ -152,9 +205,16 @@ def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, do
         if args.plot:
             print(f'wrote {display_path(plot_metrics([Path(p) for p in args.plot], args.out))}')
             return 0
+        if args.search:
+            from configs.search import run_search
+            return run_search(script, args, argv, validate)
         if args.sweep or args.seeds:
             from configs.sweep import run_sweep
-            return run_sweep(script, args, argv)
+            return run_sweep(script, args, argv, validate)
+        for flag, given in (('--storage', args.storage), ('--workers', args.workers), ('--submit', args.submit),
+                            ('--launcher', args.launcher != 'local'), ('--sbatch', args.sbatch)):
+            if given:
+                raise ConfigError(f'{flag}: only with --search or --sweep')
         run(args, ['python', script, *argv])
         return 0
     except ConfigError as e:

@@ -205,3 +205,25 @@ def dump_with_origins(cfg: Config) -> str:
     emit(cfg, '', 0)
     width = min(max(len(text) for text, _ in rows) + 2, 72) if rows else 0
     return '\n'.join(f'{text.ljust(width)}# {where}' for text, where in rows)
+
+
+def config_differences(old: Any, new: Any, ignore_seed: bool = False, prefix: str = '') -> list[str]:
+    """Where two configs differ, as `key.path: OLD then, NEW now` lines (values compared after a
+    YAML round trip, so `1e-3` and `0.001` are equal). `ignore_seed`: a seed left unset now
+    matches whatever seed was drawn then."""
+    if not prefix:
+        old, new = (yaml.safe_load(dump_yaml(dict(v) if isinstance(v, Mapping) else v)) for v in (old, new))
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        found = []
+        for key in [*old, *(k for k in new if k not in old)]:
+            if ignore_seed and not prefix and key == 'seed' and new.get('seed') is None:
+                continue
+            path = f'{prefix}.{key}' if prefix else str(key)
+            found += config_differences(old.get(key, '(absent)'), new.get(key, '(absent)'), ignore_seed, path)
+        return found
+    return [] if old == new else [f'{prefix}: {_brief(old)} then, {_brief(new)} now']
+
+
+def _brief(value: Any) -> str:
+    text = value if isinstance(value, str) else dump_yaml(value).strip().removesuffix('...').strip()
+    return text if len(text) <= 60 else text[:57] + '...'

@@ -1,5 +1,11 @@
 """Sweeps: one experiment per combination of `--sweep key=v1,v2` values and `--seeds`, then a
-summary with mean and std over seeds. Lightning-free; each experiment runs as its own process."""
+summary with mean and std over seeds. Lightning-free; each experiment runs as its own process.
+
+An experiment is identified by its whole config (the file after `extends`, every override and
+the swept values), not by its name alone: running a sweep again continues the experiments whose
+folders hold that same config and refuses, before anything runs, when a folder of the same name
+was run with another one (choose another --name).
+"""
 from __future__ import annotations
 
 import argparse
@@ -11,24 +17,27 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from callbacks.experiment_dir import atomic_write, check_experiment_name
 from callbacks.trackers import GROUP_ENV
 from configs.cli import parse_gpu_flag
-from configs.loading import dump_yaml, load_config, parse_yaml
-from utils import PROJECT_ROOT, ConfigError
+from configs.loading import Config, config_differences, dump_yaml, load_config, parse_yaml
+from utils import PROJECT_ROOT, ConfigError, display_path
 
 
 def sweep_grid(sweeps: Sequence[str], seeds: Optional[str]) -> list[list[str]]:
     """Every combination of `--sweep key=v1,v2 ...` (values parsed as YAML) and `--seeds`, as
     override lists: [['lr=0.001', 'seed=0'], ...]."""
-    axes = []
+    axes, keys = [], []
     for sweep in sweeps:
         key, sep, values = sweep.partition('=')
         if not sep or not key or not values:
             raise ConfigError(f'--sweep {sweep!r}: expected key.path=v1,v2,... e.g. '
                               f'train_wrapper.args.optim_spec.args.lr=1e-3,3e-4')
+        if key in keys or (key == 'seed' and seeds):
+            raise ConfigError(f'--sweep {sweep!r}: {key} is swept twice')
+        keys.append(key)
         axes.append([f'{key}={v.strip()}' for v in _split_values(values)])
     if seeds:
         if not re.fullmatch(r'\d+(,\d+)*', seeds):
@@ -50,81 +59,143 @@ def _split_values(text: str) -> list[str]:
     return parts + [current]
 
 
-def combo_name(base: str, combo: Sequence[str]) -> str:
-    """A readable experiment name: digits-lr=0.001-seed=0."""
-    parts = [f"{k.rsplit('.', 1)[-1]}={v}" for k, _, v in (c.partition('=') for c in combo)]
-    return re.sub(r'[^\w.\-=]', '_', '-'.join([base, *parts]))
+def short_keys(keys: Sequence[str]) -> dict[str, str]:
+    """Each dotted key's shortest suffix that no other key ends with: `lr`, or `optim_spec.args.lr`
+    and `scheduler_spec.args.lr` when both are swept."""
+    short = {}
+    for key in keys:
+        parts = key.split('.')
+        for n in range(1, len(parts) + 1):
+            suffix = '.'.join(parts[-n:])
+            if sum(other == suffix or other.endswith('.' + suffix) for other in keys) == 1:
+                break
+        short[key] = suffix
+    return short
 
 
-def run_sweep(script: str, args: argparse.Namespace, argv: Sequence[str]) -> int:
-    """Run one experiment per combination, one after another, or one per GPU at a time with
-    `--gpu 0,1`. Finished experiments (result.yaml) are skipped and interrupted ones resumed, so
-    running the same command again continues a sweep. Then summary.csv and summary.md."""
+def combo_name(base: str, combo: Sequence[str], short: Optional[Mapping[str, str]] = None) -> str:
+    """A readable experiment name: digits-lr=0.001-seed=0 (keys shortened by `short_keys`)."""
+    pairs = [c.partition('=') for c in combo]
+    short = short or short_keys([k for k, _, _ in pairs])
+    return re.sub(r'[^\w.\-=]', '_', '-'.join([base, *(f'{short[k]}={v}' for k, _, v in pairs)]))
+
+
+def run_value(exp: Path, metric: str) -> Optional[float]:
+    """A finished run's value of `metric`: its best value if it is the monitored one, else the
+    last epoch's; None while the run has no result.yaml."""
+    result_file = exp / 'result.yaml'
+    if not result_file.is_file():
+        return None
+    result = parse_yaml(result_file.read_text(), str(result_file)) or {}
+    best = result.get('best') or {}
+    value = best.get('value') if best.get('monitor') == metric else (result.get('final') or {}).get(metric)
+    return None if value is None else float(value)
+
+
+def check_same_config(exp: Path, cfg: Mapping) -> Optional[str]:
+    """None if the folder is free or was run with `cfg`; else why it cannot be continued."""
+    saved = exp / 'config.yaml'
+    if not saved.is_file():
+        return None if not exp.exists() else f'{display_path(exp)} exists without a config.yaml'
+    differences = config_differences(load_config(saved), cfg, ignore_seed=True)
+    return f'{display_path(exp)} was run with another config ({"; ".join(differences[:3])})' if differences else None
+
+
+def worker_slots(gpu: Optional[str], workers: Optional[int]) -> list[tuple[list[str], dict[str, str]]]:
+    """What each of the runs at once gets: its `--gpu` flag (one device each with --gpu 0,1) and
+    environment (on the CPU, the cores split between the workers: OMP_NUM_THREADS)."""
+    devices = parse_gpu_flag(gpu) if gpu else 'cpu'
+    if isinstance(devices, list):
+        if workers not in (None, len(devices)):
+            raise ConfigError(f'--workers {workers} with --gpu {gpu}: one worker per GPU ({len(devices)})')
+        return [(['--gpu', str(d)], {}) for d in devices]
+    workers = workers or 1
+    if workers < 1:
+        raise ConfigError(f'--workers {workers}: expected 1 or more')
+    if workers == 1:
+        return [([], {})]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    threads = str(max(1, cores // workers))
+    return [(['--gpu', gpu] if gpu else [], {'OMP_NUM_THREADS': threads, 'MKL_NUM_THREADS': threads})] * workers
+
+
+def run_sweep(script: str, args: argparse.Namespace, argv: Sequence[str],
+              validate: Optional[Callable[[Config], None]] = None) -> int:
+    """Run one experiment per combination, `--workers` (or one per --gpu device) at a time.
+    Finished experiments (result.yaml) are skipped and interrupted ones resumed, so running the
+    same command again continues a sweep. Then summary.csv and summary.md."""
     import concurrent.futures
     if not args.config:
         raise ConfigError('--sweep needs --config')
     base = args.name or Path(args.config).stem
     check_experiment_name(base)
     grid = sweep_grid(args.sweep, args.seeds)
-    cfg = load_config(args.config, [*args.overrides, *grid[0]])   # fail early on a bad key or value
-    sweep_dir = Path(args.save_root) / f'{base}-sweep'
+    short = short_keys([c.partition('=')[0] for c in grid[0]])
+    save_root = Path(args.save_root)
+    names = [combo_name(base, combo, short) for combo in grid]
+    configs = [load_config(args.config, [*args.overrides, *combo]) for combo in grid]
+    for cfg in configs if validate else []:
+        validate(cfg)
+    problems = [p for p in (check_same_config(save_root / n, c) for n, c in zip(names, configs)) if p]
+    if problems:
+        raise ConfigError(*(f'--sweep: {p}; choose another --name' for p in problems))
+    slots = worker_slots(args.gpu, args.workers)
+    commands = [[sys.executable, str(PROJECT_ROOT / script), '--config', args.config, '--name', name,
+                 '--save-root', args.save_root, '--auto-resume', *args.overrides, *combo]
+                for name, combo in zip(names, grid)]
+    sweep_dir = save_root / f'{base}-sweep'
+    if args.launcher == 'slurm':
+        from configs.slurm import write_array_script
+        return write_array_script(sweep_dir, [c[1:] for c in commands], args)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(sweep_dir / 'sweep.yaml', dump_yaml({'command': ' '.join(['python', script, *argv]),
-                                                       'experiments': [combo_name(base, c) for c in grid]}))
-    gpus = parse_gpu_flag(args.gpu) if args.gpu else 'cpu'
-    slots = gpus if isinstance(gpus, list) else [None]
+                                                       'experiments': names}))
     free = list(slots)
 
-    def one(combo: list[str]) -> int:
-        exp = Path(args.save_root) / combo_name(base, combo)
-        if (exp / 'result.yaml').is_file():
+    def one(name: str, command: list[str]) -> int:
+        if (save_root / name / 'result.yaml').is_file():
             return 0
-        slot = free.pop()
+        gpu_flag, env = free.pop()
         try:
-            target = (['--resume', str(exp)] if (exp / 'ckpt' / 'last.ckpt').is_file()
-                      else ['--config', args.config, '--name', exp.name] + (['--overwrite'] if exp.exists() else []))
-            command = [sys.executable, str(PROJECT_ROOT / script), *target, '--save-root', args.save_root,
-                       *(['--gpu', str(slot)] if slot is not None else []), *args.overrides, *combo]
-            print(f'sweep: {exp.name}', flush=True)
+            print(f'sweep: {name}', flush=True)
             # The sweep's name becomes each run's group (W&B) or experiment (MLflow) in the trackers.
-            return subprocess.run(command, env={**os.environ, GROUP_ENV: base}).returncode
+            return subprocess.run([*command, *gpu_flag], env={**os.environ, **env, GROUP_ENV: base}).returncode
         finally:
-            free.append(slot)
+            free.append((gpu_flag, env))
     with concurrent.futures.ThreadPoolExecutor(len(slots)) as pool:
-        codes = list(pool.map(one, grid))
-    summary = summarize_sweep(Path(args.save_root), base, grid, cfg, sweep_dir)
+        codes = list(pool.map(one, names, commands))
+    summary = summarize_sweep(save_root, names, grid, short, configs[0], sweep_dir)
     print(summary)
     return 0 if not any(codes) else 1
 
 
-def summarize_sweep(save_root: Path, base: str, grid: Sequence[Sequence[str]], cfg: Mapping, out: Path) -> str:
+def summarize_sweep(save_root: Path, names: Sequence[str], grid: Sequence[Sequence[str]], short: Mapping[str, str],
+                    cfg: Mapping, out: Path) -> str:
     """summary.csv and summary.md: the monitored metric (best value of each run) per combination,
-    mean ± std over seeds. Returns the markdown."""
+    mean ± std over seeds, and the folders summarised. Returns the markdown."""
     import statistics
     monitor = (cfg.get('checkpoint') or {}).get('monitor') or 'val/loss'
-    groups: dict[tuple, list[Optional[float]]] = {}
-    for combo in grid:
-        result_file = save_root / combo_name(base, combo) / 'result.yaml'
-        result = parse_yaml(result_file.read_text(), str(result_file)) if result_file.is_file() else None
-        value = None if result is None else (result['best']['value'] if result['best']['monitor'] == monitor
-                                             else result['final'].get(monitor))
-        groups.setdefault(tuple(c for c in combo if not c.startswith('seed=')), []).append(value)
-    keys = [c.partition('=')[0].rsplit('.', 1)[-1] for c in next(iter(groups))]
+    groups: dict[tuple, list[tuple[str, Optional[float]]]] = {}
+    for name, combo in zip(names, grid):
+        values = tuple(c for c in combo if not c.startswith('seed='))
+        groups.setdefault(values, []).append((name, run_value(save_root / name, monitor)))
+    keys = [short[c.partition('=')[0]] for c in next(iter(groups))]
     rows = []
-    for combo, values in groups.items():
-        done = [v for v in values if v is not None]
+    for combo, runs in groups.items():
+        done = [v for _, v in runs if v is not None]
         mean = statistics.fmean(done) if done else float('nan')
         std = statistics.stdev(done) if len(done) > 1 else 0.0
-        rows.append([c.partition('=')[2] for c in combo] + [len(done), len(values), mean, std] +
-                    ['' if v is None else v for v in values])
+        rows.append(([c.partition('=')[2] for c in combo], len(done), len(runs), mean, std, runs))
     with open(out / 'summary.csv', 'w', newline='') as f:
         writer = csv.writer(f)
-        writer.writerow(keys + ['runs_done', 'runs', f'{monitor} mean', f'{monitor} std'] +
-                        [f'run {i}' for i in range(max(len(v) for v in groups.values()))])
-        writer.writerows(rows)
-    lines = [f"| {' | '.join(keys)} | {monitor} (mean ± std) | runs |", '|' + ' --- |' * (len(keys) + 2)]
-    lines += [f"| {' | '.join(str(x) for x in r[:len(keys)])} | {r[len(keys) + 2]:.4f} ± {r[len(keys) + 3]:.4f} | "
-              f'{r[len(keys)]}/{r[len(keys) + 1]} |' for r in rows]
+        writer.writerow(keys + ['runs_done', 'runs', f'{monitor} mean', f'{monitor} std', 'experiments'] +
+                        [f'run {i}' for i in range(max(len(r[5]) for r in rows))])
+        writer.writerows([*values, done, count, mean, std, ' '.join(n for n, _ in runs),
+                          *('' if v is None else v for _, v in runs)] for values, done, count, mean, std, runs in rows)
+    header = keys + [f'{monitor} (mean ± std)', 'runs']
+    lines = [f"| {' | '.join(header)} |", f"|{' --- |' * len(header)}"]
+    lines += [f"| {' | '.join([*values, f'{mean:.4f} ± {std:.4f}', f'{done}/{count}'])} |"
+              for values, done, count, mean, std, _ in rows]
     markdown = '\n'.join(lines) + '\n'
     (out / 'summary.md').write_text(markdown)
     return markdown

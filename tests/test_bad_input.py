@@ -103,10 +103,13 @@ CASES = [
     (['--resume', 'save/none'], '--resume save/none: no such experiment folder or checkpoint file'),
     (['--resume', '{tmp}'], '--resume {tmp}: no config.yaml in this folder; is it an experiment folder?'),
     (['--resume', '{tmp}/notckpt.ckpt'], '--resume {tmp}/notckpt.ckpt: cannot read the checkpoint {tmp}/notckpt.ckpt '),
-    (['--resume', '{save}/old'], '--resume {save}/old: no checkpoint in this folder ({save}/old/ckpt/last.ckpt '
-                                 'is missing); start it again with --overwrite'),
     (['--config', DIGITS, '--resume', '{save}/old'], '--config with --resume {save}/old: a resumed run uses its own '
                                                      'config.yaml (give changes as overrides)'),
+    (['--config', DIGITS, '--workers', '2'], '--workers: only with --search or --sweep'),
+    (['--resume', '{save}/old', '--auto-resume'], '--auto-resume: give --config (and --name), without --resume or '
+                                                  '--overwrite'),
+    (['--config', DIGITS, '--name', 'old', '--auto-resume', 'seed=1'],
+     '--auto-resume: {save}/old was run with another config (seed: 0 then, 1 now'),
     (['--config', DIGITS, '--init-from', 'save/none'], '--init-from save/none: no such experiment folder or '
                                                        'checkpoint file'),
     (['--config', DIGITS, '--name', '../escape'], f"--name '../escape': {NAME_RULE}"),

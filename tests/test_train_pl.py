@@ -22,7 +22,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     from callbacks.results import wait_for_plots
     from configs.cli import make_parser, resolve_run
     args = make_parser('').parse_args(['--config', DIGITS, '--save-root', str(save_root)])
-    cfg, exp, _, _ = resolve_run(args)
+    cfg, exp = resolve_run(args)[:2]
     metrics = train_pl.train(cfg, exp, ['python', 'train_pl.py', '--config', DIGITS])
     wait_for_plots()   # curves.png is drawn in the background
     return exp.path, metrics
@@ -124,10 +124,11 @@ def test_resume_continues_in_place_with_overrides_on_top(save_root: Path) -> Non
     assert load_config(exp / 'config.yaml')['trainer_params']['max_epochs'] == 4
 
 
-def test_resume_without_a_checkpoint_says_so(save_root: Path, capsys: pytest.CaptureFixture) -> None:
-    exp = save_root / 'empty'
+def test_resume_without_a_checkpoint_starts_again_in_place(save_root: Path) -> None:
+    exp = save_root / 'empty'   # killed before its first checkpoint
     (exp / 'ckpt').mkdir(parents=True)
     (exp / 'config.yaml').write_text((ROOT / 'configs' / 'digits.yaml').read_text())
-    assert run_pl(save_root, '--resume', str(exp)) == 2
-    assert capsys.readouterr().err == (f'error: --resume {exp}: no checkpoint in this folder '
-                                       f'({exp}/ckpt/last.ckpt is missing); start it again with --overwrite\n')
+    assert run_pl(save_root, '--resume', str(exp), 'trainer_params.max_epochs=1') == 0
+    log = (exp / 'log.txt').read_text()
+    assert 'restarted from the start (no checkpoint was written): python train_pl.py --resume' in log
+    assert (exp / 'result.yaml').is_file() and (exp / 'ckpt' / 'last.ckpt').is_file()

@@ -1,0 +1,289 @@
+"""Searches with Optuna: `--search search.yaml` (configs/search_space.py says what it holds).
+
+Each trial is an experiment folder of its own, save/<name>-search/trial-007/, trained by a
+process of its own (so a crash fails one trial, and DDP starts clean); that process reports the
+monitored metric to the study after every validation and stops when the pruner says so
+(configs/trial.py). The study lives in save/<name>-search/study.db (SQLite), or in the database
+of `--storage URL`, which any number of machines may share: each worker asks the study for its
+next trial. Running the same command again continues a search: finished trials are kept, and a
+trial whose worker died is failed and retried, continuing its folder from its last checkpoint.
+Lightning-free.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from callbacks.experiment_dir import atomic_write, check_experiment_name
+from callbacks.trackers import GROUP_ENV
+from configs.loading import Config, config_differences, dump_yaml, load_config, parse_yaml
+from configs.search_space import (HEARTBEAT_SECONDS, SearchSpec, make_pruner, make_sampler, open_storage, read_search,
+                                  retry)
+from configs.sweep import run_value, worker_slots
+from configs.trial import PRUNED_FILE, trial_environment
+from utils import PROJECT_ROOT, ConfigError, display_path
+
+
+@dataclasses.dataclass
+class Search:
+    """One process's part in a search: the study, what each trial runs, and its workers' state."""
+    study: Any
+    storage: Any
+    storage_url: str
+    spec: SearchSpec
+    folder: Path                     # save/<name>-search: trial folders, logs, summary
+    command: list[str]               # a trial's command line, less its folder name and values
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    running: set = dataclasses.field(default_factory=set)   # the trial processes, to stop on a signal
+
+
+def run_search(script: str, args: argparse.Namespace, argv: Sequence[str],
+               validate: Optional[Callable[[Config], None]] = None) -> int:
+    """Check the search, open (or continue) its study, run trials with `--workers` workers until
+    the study has n_trials, then write the summary and plots. Exit status 0 if a trial completed."""
+    if not args.config:
+        raise ConfigError('--search needs --config')
+    if args.sweep or args.seeds or args.resume or args.auto_resume:
+        raise ConfigError('--search: not with --sweep, --seeds, --resume or --auto-resume (a grid is sampler: grid)')
+    base = args.name or Path(args.config).stem
+    check_experiment_name(base)
+    cfg = load_config(args.config, args.overrides)
+    spec = read_search(args.search, cfg)
+    for overrides in spec.edge_overrides():   # every range end and choice, before anything runs
+        edge = load_config(args.config, [*args.overrides, *overrides])
+        if validate:
+            validate(edge)
+    slots = worker_slots(args.gpu, args.workers)
+    folder = (Path(args.save_root) / f'{base}-search').resolve()
+    url = args.storage or f'sqlite:///{folder}/study.db'
+    if args.launcher == 'slurm':
+        from configs.slurm import write_array_script
+        task = [str(PROJECT_ROOT / script), *_own_flags(argv), '--storage', url, '--workers', '1',
+                *(['--gpu', '0'] if args.gpu and args.gpu != 'cpu' else [])]
+        if not args.storage and len(slots) > 1:
+            print(f'note: the {len(slots)} tasks share {url}; SQLite is safe on one machine only: for tasks on '
+                  f'several nodes give --storage postgresql://...')
+        return write_array_script(folder, [task] * len(slots), args)
+    folder.mkdir(parents=True, exist_ok=True)
+    study, storage = open_study(spec, cfg, url, base, shared=args.storage is not None)
+    command = [sys.executable, str(PROJECT_ROOT / script), '--config', args.config, '--save-root', str(folder),
+               '--auto-resume', *args.overrides]
+    search = Search(study, storage, url, spec, folder, command)
+    atomic_write(folder / 'search.yaml', dump_yaml({'command': ' '.join(['python', script, *argv]), 'study': base,
+                                                    'storage': _without_password(url), **spec.definition()}))
+    fail_dead_trials(search)
+    return _run_workers(search, slots)
+
+
+def _own_flags(argv: Sequence[str]) -> list[str]:
+    """The command line less the flags an array task sets itself."""
+    skip = {'--launcher': 1, '--submit': 0, '--sbatch': 1, '--storage': 1, '--workers': 1, '--gpu': 1}
+    kept, i = [], 0
+    while i < len(argv):
+        flag = argv[i].split('=', 1)[0]
+        if flag in skip:
+            i += 1 + (skip[flag] if '=' not in argv[i] else 0)
+            continue
+        kept.append(argv[i])
+        i += 1
+    return kept
+
+
+def _without_password(url: str) -> str:
+    import re
+    return re.sub(r'(://[^:/@]+):[^@]*@', r'\1:***@', url)
+
+
+def open_study(spec: SearchSpec, cfg: Config, url: str, name: str, shared: bool) -> tuple[Any, Any]:
+    """Create the study, or load it if it exists and searches the same config and space (else a
+    ConfigError: a search is never continued with other settings). With a shared database each
+    process seeds its sampler differently, so that processes do not propose the same points."""
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings('ignore', category=optuna.exceptions.ExperimentalWarning)   # heartbeats: stable since 2.9
+    warnings.filterwarnings('ignore', message='Heartbeat of storage is supposed to be used with Study.optimize')
+    for attempt in range(3):   # workers starting together may race to create the tables
+        try:
+            storage = open_storage(url, heartbeat=True)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+            time.sleep(1 + attempt)
+    definition = {'config': dict(cfg), **spec.definition()}
+    offset = int.from_bytes(os.urandom(2), 'big') if shared else 0
+    study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(spec, offset),
+                                pruner=make_pruner(spec.pruner), direction=spec.direction, load_if_exists=True)
+    saved = study.user_attrs.get('definition')
+    if saved is None:
+        study.set_user_attr('definition', _plain(definition))
+    else:
+        differences = config_differences(saved, _plain(definition))
+        if differences:
+            raise ConfigError(f'--search: study {name!r} in {_without_password(url)} searches another config or space '
+                              f'({"; ".join(differences[:3])}); choose another --name')
+    return study, storage
+
+
+def _plain(data: Any) -> Any:
+    """JSON-ready (study attributes are stored as JSON): the config after a YAML round trip."""
+    import yaml
+    return yaml.safe_load(dump_yaml(data))
+
+
+# ------------------------------------------------------------------------------------- the workers
+
+def counted_trials(trials: Sequence[Any]) -> list[Any]:
+    """The trials that count towards n_trials: those running or run to an end, less those retried
+    (a dead worker's: the retry counts) and those never run (asked for once other workers had
+    reached n_trials)."""
+    retried = {n for t in trials for n in t.system_attrs.get('retry_history', [])}
+    return [t for t in trials if t.state.name != 'WAITING' and t.number not in retried
+            and not t.user_attrs.get('not_run')]
+
+
+def fail_dead_trials(search: Search) -> None:
+    """Fail and retry the RUNNING trials whose worker is gone: on this machine, a worker process
+    that no longer exists; elsewhere, one whose heartbeat stopped (Optuna's fail_stale_trials)."""
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+    optuna.storages.fail_stale_trials(search.study)
+    for trial in search.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        pid = trial.user_attrs.get('pid')
+        if (trial.user_attrs.get('host') != socket.gethostname() or not pid or _alive(pid)
+                or _alive(trial.user_attrs.get('trial_pid'))):   # a trial outliving its worker still writes
+            continue
+        try:
+            search.storage.set_trial_user_attr(trial._trial_id, 'note', f'its worker (pid {pid}) stopped; retried')
+            if search.storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL):
+                retry(search.study, search.storage.get_trial(trial._trial_id))
+        except UpdateFinishedTrialError:   # another worker got there first
+            pass
+
+
+def _alive(pid: Optional[int]) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_workers(search: Search, slots: list[tuple[list[str], dict[str, str]]]) -> int:
+    """One thread per slot asks for trials until the study has enough; SIGINT or SIGTERM stops
+    the trials running (they are failed and retried when the search is run again)."""
+    import concurrent.futures
+    from configs.search_report import write_report
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, interrupt) if threading.current_thread() is threading.main_thread() else None
+    pool = concurrent.futures.ThreadPoolExecutor(len(slots))
+    status = 0
+    try:
+        for future in [pool.submit(_worker, search, slot) for slot in slots]:
+            future.result()
+    except KeyboardInterrupt:
+        search.stop.set()
+        for process in list(search.running):
+            process.terminate()
+        status = 130
+    finally:
+        pool.shutdown(wait=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    print(write_report(search.study, search.folder, search.spec))
+    import optuna
+    if status == 0 and not search.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        status = 1
+    return status
+
+
+def _worker(search: Search, slot: tuple[list[str], dict[str, str]]) -> None:
+    """Ask the study for trials and run them, until n_trials count or the search is stopped."""
+    import optuna
+    while not search.stop.is_set():
+        fail_dead_trials(search)
+        if len(counted_trials(search.study.get_trials(deepcopy=False))) >= search.spec.n_trials:
+            return
+        trial = search.study.ask()
+        search.storage.record_heartbeat(trial._trial_id)
+        trial.set_user_attr('host', socket.gethostname())
+        trial.set_user_attr('pid', os.getpid())
+        earlier = [t for t in counted_trials(search.study.get_trials(deepcopy=False)) if t.number < trial.number]
+        if len(earlier) >= search.spec.n_trials:   # another worker asked at the same moment and came first
+            trial.set_user_attr('not_run', True)
+            trial.set_user_attr('note', f'not run: the study had {search.spec.n_trials} trials')
+            search.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            return
+        _run_trial(search, trial, slot)
+
+
+def _run_trial(search: Search, trial: Any, slot: tuple[list[str], dict[str, str]]) -> None:
+    """Run one trial's process, beating the heartbeat while it runs, and tell the study how it
+    ended: COMPLETE with its value, PRUNED, or FAIL (with the last line it printed)."""
+    import optuna
+    state = optuna.trial.TrialState
+    values = search.spec.suggest(trial)
+    name = trial.user_attrs.get('folder') or f'trial-{trial.number:03d}'   # a retry continues its folder
+    trial.set_user_attr('folder', name)
+    log = search.folder / 'logs' / f'{name}.log'
+    log.parent.mkdir(exist_ok=True)
+    gpu_flag, env = slot
+    print(f'search: trial {trial.number} ({name}): {" ".join(values)}', flush=True)
+    # The trial reports to its study; the study's name is the runs' group in trackers (W&B, MLflow).
+    env = {**os.environ, **env, GROUP_ENV: search.study.study_name,
+           **trial_environment(search.storage_url, search.study.study_name, trial._trial_id, trial.number,
+                               search.spec.metric, search.spec.pruner)}
+    with open(log, 'a') as out:
+        process = subprocess.Popen([*search.command, '--name', name, *values, *gpu_flag], stdout=out,
+                                   stderr=subprocess.STDOUT, env=env)
+        search.running.add(process)
+        trial.set_user_attr('trial_pid', process.pid)
+        if search.stop.is_set():   # stopped while this trial was being set up
+            process.terminate()
+        while True:
+            try:
+                code = process.wait(timeout=HEARTBEAT_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                search.storage.record_heartbeat(trial._trial_id)
+        search.running.discard(process)
+    exp = search.folder / name
+    if search.stop.is_set():   # interrupted: failed and retried (from its checkpoint) next time
+        trial.set_user_attr('note', 'interrupted; retried when the search runs again')
+        search.study.tell(trial, state=state.FAIL)
+        retry(search.study, search.storage.get_trial(trial._trial_id))
+        return
+    value = run_value(exp, search.spec.metric) if code == 0 else None
+    if (exp / PRUNED_FILE).is_file():
+        pruned = parse_yaml((exp / PRUNED_FILE).read_text(), PRUNED_FILE)
+        outcome, note = state.PRUNED, (f"pruned after epoch {pruned['epoch'] + 1}: {pruned['metric']} "
+                                       f"{pruned['value']:.4f} ({pruned['pruner']['name']} pruner)")
+    elif value is not None:
+        outcome, note = state.COMPLETE, f'{search.spec.metric} {value:.4f}'
+    else:
+        lines = log.read_text().strip().splitlines() or ['']
+        outcome, note = state.FAIL, f'failed (exit status {code}): {lines[-1][:200]}'
+    trial.set_user_attr('note', note)
+    search.study.tell(trial, value if outcome == state.COMPLETE else None, state=outcome)
+    print(f'search: trial {trial.number} {outcome.name}: {note}', flush=True)
+    if exp.is_dir():
+        atomic_write(exp / 'trial.yaml', dump_yaml({
+            'study': search.study.study_name, 'storage': _without_password(search.storage_url),
+            'trial': trial.number, 'state': outcome.name, 'value': value, 'note': note, 'overrides': values}))

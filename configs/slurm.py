@@ -1,0 +1,79 @@
+"""`--launcher slurm`: an sbatch array script whose tasks are a search's workers or a sweep's grid
+points, each continuing where it stopped when SLURM requeues it (preemption, time limit).
+
+SLURM sends USR1 90 s before it stops a task; the script's trap stops the run (its last
+checkpoint stays) and requeues the task, which runs the same command again: a grid point with
+--auto-resume, a search worker that fails and retries its interrupted trial from its folder.
+The script is plain bash: without SLURM, `SLURM_ARRAY_TASK_ID=1 bash slurm.sh` runs task 1 here.
+Lightning-free.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from callbacks.trackers import GROUP_ENV
+from utils import PROJECT_ROOT, ConfigError, display_path
+
+
+def array_script(name: str, folder: Path, commands: Sequence[Sequence[str]], sbatch_options: Sequence[str],
+                 gpu: bool) -> str:
+    """The text of the array script: task i runs `commands[i]` with this Python."""
+    options = [f'--job-name={name}', f'--array=0-{len(commands) - 1}', f'--output={folder}/slurm-%A_%a.out',
+               '--open-mode=append', '--requeue', '--signal=B:USR1@90', *(['--gres=gpu:1'] if gpu else []),
+               *(f'--{o}' for o in sbatch_options)]
+    cases = [f'  {i}) command=({shlex.join([sys.executable, *c])}) ;;' for i, c in enumerate(commands)]
+    return '\n'.join([
+        '#!/bin/bash',
+        *(f'#SBATCH {o}' for o in options),
+        f'# Written {datetime.datetime.now().isoformat(timespec="seconds")} by lightyaml --launcher slurm.',
+        f'# Submit: sbatch {folder}/slurm.sh   Run one task here: SLURM_ARRAY_TASK_ID=0 bash {folder}/slurm.sh',
+        'set -u',
+        f'cd {shlex.quote(str(PROJECT_ROOT))}',
+        f'export {GROUP_ENV}={shlex.quote(name.rsplit("-", 1)[0])}   # the runs\' group (W&B) or experiment (MLflow) in trackers',
+        'task=${SLURM_ARRAY_TASK_ID:-0}',
+        'case "$task" in',
+        *cases,
+        '  *) echo "lightyaml: no array task $task" >&2; exit 2 ;;',
+        'esac',
+        '',
+        '# USR1 comes 90 s before SLURM stops the task: stop the run (its last checkpoint stays) and',
+        '# put the task back in the queue; it then runs the same command, which continues the run.',
+        'requeue() {',
+        '  echo "lightyaml: task $task stopping for a requeue"',
+        '  kill -TERM "$child" 2>/dev/null; wait "$child"',
+        '  if command -v scontrol >/dev/null; then scontrol requeue "${SLURM_ARRAY_JOB_ID}_${task}"; fi',
+        '  exit 0',
+        '}',
+        'trap requeue USR1',
+        '"${command[@]}" &   # in the background, so that the trap runs as soon as USR1 arrives',
+        'child=$!',
+        'wait "$child"',
+        '',
+    ])
+
+
+def write_array_script(folder: Path, commands: Sequence[Sequence[str]], args: argparse.Namespace) -> int:
+    """Write <folder>/slurm.sh and, with --submit, submit it with sbatch."""
+    if args.submit and shutil.which('sbatch') is None:
+        raise ConfigError('--submit: sbatch is not on this machine; leave out --submit to only write the script')
+    for option in args.sbatch:
+        if '=' not in option or option.startswith('-'):
+            raise ConfigError(f'--sbatch {option!r}: expected OPTION=VALUE without dashes, e.g. time=4:00:00')
+    gpu = bool(args.gpu) and args.gpu != 'cpu'
+    commands = [[*c, '--gpu', '0'] if gpu and '--gpu' not in c else list(c) for c in commands]
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / 'slurm.sh'
+    script.write_text(array_script(folder.name, folder.resolve(), commands, args.sbatch, gpu))
+    script.chmod(0o755)
+    print(f'wrote {display_path(script)}: {len(commands)} array tasks')
+    if not args.submit:
+        print(f'submit it with: sbatch {display_path(script)}')
+        return 0
+    return subprocess.run(['sbatch', str(script)]).returncode
