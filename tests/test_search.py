@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import importlib.util
 import os
 import shutil
 import signal
@@ -21,6 +22,8 @@ import yaml
 from conftest import DIGITS, QUIET, ROOT, run_pl, run_py, snapshot
 
 PNG = b'\x89PNG\r\n\x1a\n'
+# Searches need optuna (requirements-optional.txt, which CI installs); sweeps and auto-resume do not.
+needs_optuna = pytest.mark.skipif(importlib.util.find_spec('optuna') is None, reason='optuna is not installed')
 LR = 'train_wrapper.args.optim_spec.args.lr'
 DROPOUT = 'train_wrapper.args.model_spec.args.dropout'
 SHORT = ['trainer_params.max_epochs=2', *QUIET]
@@ -54,6 +57,7 @@ params:
 """
 
 
+@needs_optuna
 def test_a_grid_search_completes_prunes_and_fails_trials_and_continues_only_the_same_search(
         save_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     search = write(tmp_path / 'grid.yaml', GRID)
@@ -101,6 +105,7 @@ def test_a_grid_search_completes_prunes_and_fails_trials_and_continues_only_the_
         f"(config.trainer_params.max_epochs: 2 then, 3 now); choose another --name\n")
 
 
+@needs_optuna
 def test_a_lightning_search_prunes_through_its_callback(save_root: Path, tmp_path: Path) -> None:
     search = write(tmp_path / 's.yaml', f"""
 sampler: {{name: grid}}
@@ -121,6 +126,7 @@ params:
         {0: pytest.approx(float(states[1e-6]['val/acc']))}]
 
 
+@needs_optuna
 def test_bad_search_files_are_one_line_each_and_create_nothing(save_root: Path, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture) -> None:
     search = write(tmp_path / 'bad.yaml', f"""
@@ -149,6 +155,7 @@ params:
     assert not save_root.exists()
 
 
+@needs_optuna
 def test_a_killed_search_retries_its_trial_from_the_trials_checkpoint(save_root: Path, tmp_path: Path) -> None:
     search = write(tmp_path / 'one.yaml', f'n_trials: 1\nparams: {{{LR}: {{float: [1e-3, 3e-3]}}}}\n')
     command = [sys.executable, 'train.py', '--config', DIGITS, '--name', 'k', '--save-root', str(save_root),
@@ -206,6 +213,7 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(data, ignore_errors=True)
 
 
+@needs_optuna
 @pytest.mark.slow
 def test_two_workers_share_one_postgresql_study(postgres: str, tmp_path: Path) -> None:
     search = write(tmp_path / 'pg.yaml', f"""
@@ -294,6 +302,7 @@ def test_worker_slots_split_the_cores_or_take_one_gpu_each() -> None:
 
 # ------------------------------------------------------------------------------------------- SLURM
 
+@needs_optuna
 def test_slurm_array_scripts_requeue_and_run_one_task_here(save_root: Path, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
     sweep = ['--config', DIGITS, '--name', 'sl', '--sweep', f'{LR}=1e-3,3e-3', '--launcher', 'slurm',
