@@ -183,6 +183,7 @@ def _auto_resume(args: argparse.Namespace, init: Optional[Path]) -> Run:
     if (exp.path / 'result.yaml').is_file():
         return Run(cfg, exp, None, init, finished=True)
     if (exp.ckpt_dir / 'last.ckpt').is_file():
+        from callbacks.checkpoint_files import find_checkpoint
         return Run(cfg, exp, find_checkpoint(str(exp.path), '--auto-resume'), init)
     return Run(cfg, exp, None, init, restart=True)
 

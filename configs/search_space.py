@@ -252,5 +252,5 @@ MAX_RETRIES = 2   # a trial whose worker died is run again at most this often
 def retry(study: Any, trial: Any) -> None:
     """Queue a failed trial again with its parameters, folder and reported values (its process
     continues the folder from its last checkpoint)."""
-    from optuna.storages import RetryFailedTrialCallback
-    RetryFailedTrialCallback(max_retry=MAX_RETRIES, inherit_intermediate_values=True)(study, trial)
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES, inherit_intermediate_values=True)(study, trial)
