@@ -43,8 +43,10 @@ if __name__ == '__main__':
 
 import torch  # noqa: E402 (the imports below are after these calls too)
 
-from callbacks.checkpoint_files import TopK, load_weights, save_checkpoint, seed_everything, set_rng_state
+from callbacks.checkpoint_files import (TopK, check_resumable, load_weights, save_checkpoint, seed_everything,
+                                        set_rng_state)
 from callbacks.experiment_dir import ExperimentDir
+from callbacks.folder_lock import HELD_BY_LAUNCHER
 from callbacks.metrics_files import MetricsWriter, format_epoch_line, model_summary
 from callbacks.results import finish_run, predict_spec, record_test, write_predictions
 from callbacks.sample_grid import write_prediction_grid
@@ -57,7 +59,7 @@ from models.ema import EMA, STATE_KEY, EMAParams, ema_target, ema_weights
 from models.lazy import materialize
 from models.optim import step_schedulers
 from models.task import val_stages
-from utils import DATA_MODULES, TRACKERS, ConfigError, keep_freed_memory, resume_gc
+from utils import DATA_MODULES, TRACKERS, ConfigError, NonFiniteLossError, keep_freed_memory, resume_gc
 
 
 @dataclass
@@ -298,6 +300,8 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     ckpt_params = CheckpointParams(**(cfg.get('checkpoint') or {}))
     device_type, nproc = requested_processes(params, gpu)
     if nproc > 1 and 'WORLD_SIZE' not in os.environ:
+        if exp.locked:   # this launcher writes nothing itself; its rank 0 does, under this lock
+            os.environ[HELD_BY_LAUNCHER] = str(exp.path.resolve())
         launch_processes(nproc, command[2:])   # each process runs this function again, under the launcher
         return {}
     device, rank, world_size = setup_process(device_type)
@@ -348,6 +352,8 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
     autocast, scaler = autocast_and_scaler(params.precision, device)
 
     # --- resume: weights, optimizer, scheduler and counters from the checkpoint ---------------------
+    if resume_ckpt:   # a checkpoint of another model fails here, before the folder is touched
+        check_resumable(task, resume_ckpt)
     resumed = restore(resume_ckpt, task, optimizer, scheduler, scaler, device) if resume_ckpt else Resumed()
     step = resumed.step
 
@@ -485,6 +491,14 @@ def test_or_predict(args: argparse.Namespace) -> None:
     """--test: an experiment's checkpoint on its test split; --predict: on --data, to a CSV;
     --export: its model to ONNX, TorchScript or .pt2 (models/export.py)."""
     exp, cfg, ckpt = resolve_evaluation(args, validate)
+    try:
+        evaluate_checkpoint(args, exp, cfg, ckpt)
+    finally:
+        exp.release()
+
+
+def evaluate_checkpoint(args: argparse.Namespace, exp: ExperimentDir, cfg: Config, ckpt: Path) -> None:
+    """What --test, --predict or --export does with the checkpoint `resolve_evaluation` found."""
     task, averaged = load_task(cfg, ckpt, args.ema)
     if args.export:
         from models.export import export_experiment
@@ -515,7 +529,13 @@ def run(args: argparse.Namespace, command: list[str]) -> None:
     if args.nodes:
         raise ConfigError('--nodes: train.py runs on several machines under torchrun (see its docstring)')
     cfg, exp, ckpt, init_from = resolve_run(args)
-    train(cfg, exp, command, ckpt, args.overwrite, args.gpu, init_from)
+    try:
+        train(cfg, exp, command, ckpt, args.overwrite, args.gpu, init_from)
+    except NonFiniteLossError as e:
+        exp.record_non_finite(e)
+        raise
+    finally:
+        exp.release()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

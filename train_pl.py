@@ -37,7 +37,7 @@ from configs.checking import build, check_kwargs, check_sections, check_spec, ch
 from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli, select_cuda_devices
 from configs.console import progress_bar_wanted
 from configs.loading import Config
-from utils import CALLBACKS, DATA_MODULES, LOGGERS, WRAPPERS, ConfigError, resume_gc
+from utils import CALLBACKS, DATA_MODULES, LOGGERS, WRAPPERS, ConfigError, NonFiniteLossError, resume_gc
 
 # Trainer and ModelCheckpoint arguments lightyaml sets itself, and what to do instead.
 TRAINER_OWN = {
@@ -91,8 +91,11 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
+    from lightning_fabric.plugins import CheckpointIO
+
+    from callbacks.atomic_checkpoint_io import AtomicCheckpointIO
     from callbacks.base_logger import BaseLogger, ExperimentLogger
-    from callbacks.checkpoint_files import load_weights
+    from callbacks.checkpoint_files import check_resumable, load_weights
     from callbacks.fast_paths import FastPaths
     from callbacks.last_checkpoint import LastCheckpoint
     from callbacks.lazy_modules import LazyModules
@@ -104,6 +107,8 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     wrapper = build('the training wrapper', 'train_wrapper', cfg, lambda: WRAPPERS.make(cfg['train_wrapper']))
     if init_from is not None:   # fine-tuning: the weights only; optimizer, schedule and counters start fresh
         load_weights(wrapper, init_from)
+    if resume_ckpt is not None:   # a checkpoint of another model fails here, before the folder is touched
+        check_resumable(wrapper, resume_ckpt)
     # `save_last` (default on) is served by LastCheckpoint, which refreshes last.ckpt every epoch.
     checkpoint_args = {'save_last': True, **(cfg.get('checkpoint') or {})}
     save_last = checkpoint_args.pop('save_last')
@@ -125,8 +130,12 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
         params.setdefault('use_distributed_sampler', False)   # the data module shards the data itself
     # The folder's own logger first: `self.logger` in a LightningModule is it, the trackers follow.
     loggers = [ExperimentLogger(exp), *make_loggers(cfg, exp, resume=resume_ckpt is not None)]
+    plugins = params.pop('plugins', None) or []
+    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())   # checkpoints written beside their destination, not in $TMPDIR
     trainer = build('pl.Trainer', 'trainer_params', cfg, lambda: pl.Trainer(
-        **params, logger=loggers, callbacks=callbacks, default_root_dir=exp.path))
+        **params, plugins=plugins, logger=loggers, callbacks=callbacks, default_root_dir=exp.path))
     if trainer.world_size == 1 and not isinstance(data, pl.LightningDataModule):
         # Build the datasets now, so that a data error is a config error. (A LightningDataModule
         # builds its data in prepare_data/setup, which Lightning calls inside fit.)
@@ -146,12 +155,20 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
 def test_or_predict(args: argparse.Namespace) -> None:
     """--test: an experiment's checkpoint on its test split; --predict: on --data, to a CSV;
     --export: its model to ONNX, TorchScript or .pt2 (models/export.py)."""
+    exp, cfg, ckpt = resolve_evaluation(args, validate)
+    try:
+        evaluate_checkpoint(args, exp, cfg, ckpt)
+    finally:
+        exp.release()
+
+
+def evaluate_checkpoint(args: argparse.Namespace, exp: ExperimentDir, cfg: Config, ckpt: Path) -> None:
+    """What --test, --predict or --export does with the checkpoint `resolve_evaluation` found."""
     import pytorch_lightning as pl
     import torch
 
     from callbacks.checkpoint_files import read_checkpoint
     from models.ema import ema_target, ema_weights
-    exp, cfg, ckpt = resolve_evaluation(args, validate)
     name = cfg['train_wrapper']['name']
     wrapper = build(f'training wrapper {name!r} from {ckpt.name}', 'train_wrapper', cfg, lambda: WRAPPERS.get(
         name).load_from_checkpoint(ckpt, map_location='cpu', weights_only=True))
@@ -219,7 +236,13 @@ def run(args: argparse.Namespace, command: list[str]) -> None:
     if args.test or args.predict or args.export:
         return test_or_predict(args)
     cfg, exp, ckpt, init_from = resolve_run(args)
-    train(cfg, exp, command, ckpt, args.overwrite, args.gpu, args.nodes, init_from)
+    try:
+        train(cfg, exp, command, ckpt, args.overwrite, args.gpu, args.nodes, init_from)
+    except NonFiniteLossError as e:
+        exp.record_non_finite(e)
+        raise
+    finally:
+        exp.release()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from callbacks.experiment_dir import ExperimentDir, check_experiment_name
+from callbacks.experiment_dir import ExperimentDir, check_experiment_name, check_output_file
 from callbacks.results import plot_metrics
 from configs.console import quiet_console
 from configs.loading import Config, dump_with_origins, load_config, resolve_seed
-from utils import (PROJECT_ROOT, ConfigError, ExportCheckError, NonFiniteLossError, display_path,
+from utils import (PROJECT_ROOT, ConfigError, ExportCheckError, NonFiniteLossError, NothingToDo, display_path,
                    global_rank_from_env, list_registered)
 
 
@@ -99,7 +99,9 @@ class Run(typing.NamedTuple):
 
 def resolve_run(args: argparse.Namespace) -> Run:
     """From --config/--resume/--init-from/--name/--tag: the merged config, the experiment folder
-    and the checkpoints involved. A new run's folder must be free; checkpoints must be readable."""
+    and the checkpoints involved. A new run's folder must be free; checkpoints must be readable.
+    A resumed or overwritten folder is locked (global rank 0) before anything is read from it, so
+    that no other run writes it meanwhile; the caller releases it (`exp.release()`) at the end."""
     from callbacks.checkpoint_files import find_checkpoint   # torch: not needed by --print-config
     ckpt = init = None
     if args.resume and args.init_from:
@@ -107,18 +109,12 @@ def resolve_run(args: argparse.Namespace) -> Run:
                           'one from its weights)')
     if args.init_from:
         init = find_checkpoint(args.init_from, '--init-from')
+    rank_zero = global_rank_from_env() == 0
     if args.resume:
-        target = Path(args.resume)
-        exp = ExperimentDir(target if target.is_dir() else target.resolve().parent.parent)
-        if target.is_dir() and args.config:
-            raise ConfigError(f'--config with --resume {args.resume}: a resumed run uses its own '
-                              f'config.yaml (give changes as overrides)')
-        if target.is_dir() and not (target / 'config.yaml').is_file():
-            raise ConfigError(f'--resume {args.resume}: no config.yaml in this folder; is it an experiment folder?')
-        ckpt = find_checkpoint(args.resume, '--resume')
+        exp = resume_target(args)
+        if rank_zero:
+            exp.lock('--resume')
         config_path = Path(args.config) if args.config else exp.path / 'config.yaml'
-        if not config_path.is_file():
-            raise ConfigError(f'--resume {args.resume}: no config.yaml beside this checkpoint; give --config')
     else:
         if not args.config:
             raise ConfigError('--config is required (or --resume an experiment folder); e.g. --config configs/digits.yaml')
@@ -127,12 +123,60 @@ def resolve_run(args: argparse.Namespace) -> Run:
             check_experiment_name(args.tag, '--tag')
             name = f'{name}_{args.tag}'
         exp = ExperimentDir.for_name(args.save_root, name)
-        if global_rank_from_env() == 0:
+        if rank_zero:
             exp.check_free(args.overwrite)
+            if args.overwrite and exp.path.is_dir():
+                exp.lock('--overwrite')
         config_path = Path(args.config)
-    cfg = load_config(config_path, args.overrides)
-    resolve_seed(cfg)
+    try:
+        cfg = load_config(config_path, args.overrides)
+        resolve_seed(cfg)
+        ckpt = find_checkpoint(args.resume, '--resume') if args.resume else None
+        if ckpt is not None:
+            check_not_done(cfg, ckpt, exp)
+    except BaseException:
+        exp.release()
+        raise
     return Run(cfg, exp, ckpt, init)
+
+
+def resume_target(args: argparse.Namespace) -> ExperimentDir:
+    """The experiment folder `--resume` continues: the folder given, or the one whose ckpt/ holds
+    the .ckpt given. A checkpoint elsewhere would make some unrelated folder the experiment."""
+    target = Path(args.resume)
+    if target.is_dir():
+        if args.config:
+            raise ConfigError(f'--config with --resume {args.resume}: a resumed run uses its own '
+                              f'config.yaml (give changes as overrides)')
+        if not (target / 'config.yaml').is_file():
+            raise ConfigError(f'--resume {args.resume}: no config.yaml in this folder; is it an experiment folder?')
+        return ExperimentDir(target)
+    if not target.is_file():
+        raise ConfigError(f'--resume {args.resume}: no such experiment folder or checkpoint file')
+    exp = ExperimentDir(target.resolve().parent.parent)
+    if target.resolve().parent != exp.ckpt_dir or not (exp.path / 'config.yaml').is_file():
+        raise ConfigError(f'--resume {args.resume}: this checkpoint is not in the ckpt/ folder of an experiment '
+                          f'(with its config.yaml); to start a new run from its weights use --init-from {args.resume}')
+    return exp
+
+
+def check_not_done(cfg: Config, ckpt: Path, exp: ExperimentDir) -> None:
+    """Refuse to resume a run that has nothing left to do (NothingToDo: exit 0, nothing changed)."""
+    from callbacks.checkpoint_files import training_done
+    params = cfg.get('trainer_params') or {}
+    max_epochs, max_steps = params.get('max_epochs'), params.get('max_steps', -1)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (max_steps, max_epochs or 0)):
+        return   # validation reports it
+    if max_epochs is None:   # Lightning's default
+        max_epochs = 1000 if max_steps == -1 else -1
+    epochs, steps = training_done(ckpt)
+    if 0 <= max_epochs <= epochs:
+        raise NothingToDo(f'nothing to do: {display_path(exp.path)} has trained {epochs} epochs and '
+                          f'trainer_params.max_epochs is {max_epochs}; raise it to train on '
+                          f'(e.g. trainer_params.max_epochs={epochs + 10}). Nothing was changed.')
+    if 0 <= max_steps <= steps:
+        raise NothingToDo(f'nothing to do: {display_path(exp.path)} has trained {steps} steps and '
+                          f'trainer_params.max_steps is {max_steps}; raise it to train on. Nothing was changed.')
 
 
 def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, doc: str,
@@ -150,12 +194,16 @@ def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, do
             print(dump_with_origins(load_config(config_to_print(args), args.overrides)))
             return 0
         if args.plot:
-            print(f'wrote {display_path(plot_metrics([Path(p) for p in args.plot], args.out))}')
+            out = check_output_file(args.out, '--plot', 'curves.png') if args.out else None
+            print(f'wrote {display_path(plot_metrics([Path(p) for p in args.plot], out))}')
             return 0
         if args.sweep or args.seeds:
             from configs.sweep import run_sweep
             return run_sweep(script, args, argv)
         run(args, ['python', script, *argv])
+        return 0
+    except NothingToDo as e:
+        print(e)
         return 0
     except ConfigError as e:
         if args.debug:
@@ -193,6 +241,11 @@ def resolve_evaluation(args: argparse.Namespace, validate: Callable[[Config], No
     exp = ExperimentDir(target)
     if not (exp.path / 'config.yaml').is_file():
         raise ConfigError(f'{flag} {target}: no config.yaml there; is it an experiment folder?')
+    if args.predict and args.out:
+        check_output_file(args.out, '--predict', 'predictions.csv')
     cfg = load_config(exp.path / 'config.yaml', args.overrides)
     validate(cfg)
-    return exp, cfg, experiment_checkpoint(exp, args.ckpt)
+    ckpt = experiment_checkpoint(exp, args.ckpt)
+    if args.test or not args.out:   # it writes into the folder: test.yaml and log.txt, or predictions.csv
+        exp.lock(flag)
+    return exp, cfg, ckpt
