@@ -120,7 +120,7 @@ class ExperimentDir:
                               f'exist; remove the link or choose another --name')
         busy = is_locked(self.path) if self.path.is_dir() and not self.locked else None
         if busy:
-            raise self._busy('--name', busy)
+            raise self._busy('--overwrite' if overwrite else '--name', busy)
         if not overwrite:
             raise ConfigError(
                 f'--name: experiment folder {shown} already exists; continue it with '
