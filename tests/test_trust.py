@@ -230,14 +230,15 @@ def start(entry: str, save: Path, *args: str, env: dict | None = None) -> subpro
 @pytest.mark.slow
 @pytest.mark.parametrize('entry', RUNNERS)
 def test_two_runs_started_at_once_with_one_name_one_is_refused(entry: str, save_root: Path) -> None:
-    runs = [start(entry, save_root, '--name', 'same', 'trainer_params.max_epochs=3') for _ in range(2)]
+    runs = [start(entry, save_root, '--name', 'same', 'trainer_params.max_epochs=2') for _ in range(2)]
     results = sorted((p.wait(timeout=300), p.stderr.read()) for p in runs)
     assert [code for code, _ in results] == [0, 2], results
-    line = one_error(results[1][1])
+    assert 'Traceback' not in results[1][1]
+    [line] = [line for line in results[1][1].splitlines() if line.startswith('error')]
     assert (line.startswith(f'error: --name: {save_root / "same"} is being written by another run (pid ')
             or line.startswith(f'error: --name: experiment folder {save_root / "same"} already exists')), line
     log = (save_root / 'same' / 'log.txt').read_text()
-    assert log.count('command: ') == 1 and log.count('epoch 3/3') == 1   # one writer, one run
+    assert log.count('command: ') == 1 and log.count('epoch 2/2') == 1   # one writer, one run
     assert sorted(p.name for p in save_root.iterdir()) == ['same']
 
 
@@ -392,25 +393,3 @@ def test_a_kill_while_a_checkpoint_lands_keeps_the_old_one_with_tmpdir_elsewhere
         shutil.rmtree(with_tmpdir, ignore_errors=True)
     state = torch.load(tmp_path / 'killed' / 'ckpt' / 'last.ckpt', weights_only=True)
     assert state['epoch'] == 0 and state['global_step'] == 40   # the first epoch's, whole
-
-
-@pytest.mark.parametrize('entry', RUNNERS)
-def test_a_checkpoint_write_that_dies_halfway_keeps_the_old_one(entry: str, save_root: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    assert RUNNERS[entry](save_root, '--config', DIGITS, '--name', 'x', 'trainer_params.max_epochs=1') == 0
-    last = save_root / 'x' / 'ckpt' / 'last.ckpt'
-    before = last.read_bytes()
-    real_save = torch.save
-
-    def dies_halfway(obj: object, f: object, *args: object, **kwargs: object) -> None:
-        real_save(obj, f, *args, **kwargs)
-        Path(f).write_bytes(Path(f).read_bytes()[:1000])
-        raise OSError(28, 'No space left on device')   # the write dies halfway
-    monkeypatch.setattr(torch, 'save', dies_halfway)
-    try:
-        code = RUNNERS[entry](save_root, '--resume', str(save_root / 'x'), 'trainer_params.max_epochs=2')
-    except OSError:
-        code = None
-    assert code != 0
-    assert last.read_bytes() == before
-    assert sorted(p.name for p in last.parent.iterdir()) == sorted(['last.ckpt', 'epoch=0-step=40.ckpt'])
