@@ -45,9 +45,9 @@ def os_error(path: Path, e: OSError, doing: str = 'writing the experiment folder
     return ConfigError(f'{display_path(Path(e.filename) if e.filename else path)}: {e.strerror or e} ({doing})')
 
 
-def check_output_file(out: str | os.PathLike, flag: str, default_name: str) -> Path:
+def check_output_file(out: str | os.PathLike, flag: str, default: Path) -> Path:
     """Where --predict/--plot --out may write: a file in an existing folder, never one of an
-    experiment's own files (config.yaml, log.txt, a checkpoint...) but `default_name`."""
+    experiment's own files (config.yaml, log.txt, a checkpoint...) but the command's `default`."""
     path = Path(out)
     resolved = path.resolve()
     if path.is_dir():
@@ -56,7 +56,7 @@ def check_output_file(out: str | os.PathLike, flag: str, default_name: str) -> P
         raise ConfigError(f'{flag} --out {out}: the folder {display_path(resolved.parent)} does not exist')
     for folder in resolved.parents:
         if is_experiment_folder(folder):
-            own = resolved.parent == folder and (resolved.name == default_name or not os.path.lexists(resolved))
+            own = resolved.parent == folder and (resolved == default.resolve() or not os.path.lexists(resolved))
             if not own:
                 raise ConfigError(f'{flag} --out {out}: would replace a file of the experiment '
                                   f'{display_path(folder)}; write somewhere else')

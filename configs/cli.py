@@ -153,6 +153,8 @@ def resume_target(args: argparse.Namespace) -> ExperimentDir:
         return ExperimentDir(target)
     if not target.is_file():
         raise ConfigError(f'--resume {args.resume}: no such experiment folder or checkpoint file')
+    from callbacks.checkpoint_files import read_checkpoint
+    read_checkpoint(target, f'--resume {args.resume}')
     exp = ExperimentDir(target.resolve().parent.parent)
     if target.resolve().parent != exp.ckpt_dir or not (exp.path / 'config.yaml').is_file():
         raise ConfigError(f'--resume {args.resume}: this checkpoint is not in the ckpt/ folder of an experiment '
@@ -194,7 +196,7 @@ def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, do
             print(dump_with_origins(load_config(config_to_print(args), args.overrides)))
             return 0
         if args.plot:
-            out = check_output_file(args.out, '--plot', 'curves.png') if args.out else None
+            out = check_output_file(args.out, '--plot', Path(args.plot[0]) / 'curves.png') if args.out else None
             print(f'wrote {display_path(plot_metrics([Path(p) for p in args.plot], out))}')
             return 0
         if args.sweep or args.seeds:
@@ -242,7 +244,7 @@ def resolve_evaluation(args: argparse.Namespace, validate: Callable[[Config], No
     if not (exp.path / 'config.yaml').is_file():
         raise ConfigError(f'{flag} {target}: no config.yaml there; is it an experiment folder?')
     if args.predict and args.out:
-        check_output_file(args.out, '--predict', 'predictions.csv')
+        check_output_file(args.out, '--predict', exp.path / 'predictions.csv')
     cfg = load_config(exp.path / 'config.yaml', args.overrides)
     validate(cfg)
     ckpt = experiment_checkpoint(exp, args.ckpt)

@@ -27,7 +27,7 @@ _FLOAT_1_2 = re.compile(r'^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+
 # Limits that keep a hostile or broken document fast and small (a real config is far below both).
 MAX_NODES = 100_000   # values in one document, counting each alias expansion (a "billion laughs" stops here)
 MAX_DEPTH = 64        # nesting levels of mappings and lists
-MAX_FILE_BYTES = 16 * 2**20
+MAX_FILE_BYTES = 2 * 2**20   # a config is a few kB; pure-Python YAML reads about 1 MB/s
 _MERGE_TAG = 'tag:yaml.org,2002:merge'
 # What a config value may be: what `yaml.safe_dump` writes back as the same value.
 _PLAIN = (str, int, float, bool, type(None), datetime.date, bytes)
@@ -127,9 +127,10 @@ def _unshare(data: Any, where: str, path: str = '') -> Any:
 def parse_yaml(text: str, where: str) -> Any:
     """Safe-load one YAML document; a syntax error, python tag, alias bomb, or too deep a nesting
     is a one-line ConfigError. Aliased values come back as independent copies."""
-    loader = _Loader(text)
-    loader.name = where
+    loader = None
     try:
+        loader = _Loader(text)   # its reader refuses control characters here
+        loader.name = where
         node = loader.get_single_node()
         if node is None:
             return None
@@ -139,13 +140,16 @@ def parse_yaml(text: str, where: str) -> Any:
         mark = getattr(e, 'problem_mark', None)
         at = f':{mark.line + 1}:{mark.column + 1}' if mark else ''
         problem = getattr(e, 'problem', None) or str(e).splitlines()[0]
+        if problem.startswith('but ') and getattr(e, 'context', None):   # "but found another document"
+            problem = f'{e.context}, {problem}'
         raise ConfigError(f'{where}{at}: invalid YAML: {problem}') from None
     except RecursionError:   # the composer recurses once per level, before _check_size can count them
         raise ConfigError(f'{where}: nested more than {MAX_DEPTH} levels deep') from None
     except (ValueError, OverflowError) as e:   # a date such as 2001-13-01, an integer of 5,000 digits
         raise ConfigError(f'{where}: invalid YAML: {str(e).splitlines()[0][:120]}') from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return _unshare(data, where)
 
 
@@ -153,7 +157,8 @@ def read_text_file(path: Path, shown: str) -> str:
     """A config file's text; a binary, non-UTF-8, huge or unreadable file is a one-line ConfigError."""
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
-            raise ConfigError(f'{shown}: {path.stat().st_size:,} bytes is too big for a config file')
+            raise ConfigError(f'{shown}: {path.stat().st_size:,} bytes is too big for a config file '
+                              f'(at most {MAX_FILE_BYTES:,})')
         raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f'{shown}: cannot read it ({e.strerror or e})') from None

@@ -51,6 +51,9 @@ YAML_CASES = {
     '5,000-digit integer': (f'extends: {{digits}}\nseed: {"9" * 5000}\n', 'invalid YAML: Exceeds the limit'),
     '!!set': (f'extends: {{digits}}\ncallbacks: !!set {{a, b}}\n', 'callbacks: a YAML !!set cannot be a config value'),
     '!!omap': (f'extends: {{digits}}\ncallbacks: !!omap [a: 1]\n', 'callbacks.0: a YAML !!omap or !!pairs cannot be'),
+    'control character': ('seed: 0\x1f\n', 'invalid YAML: unacceptable character #x001f: special characters are'),
+    'two documents': (f'extends: {{digits}}\n---\nseed: 1\n', 'invalid YAML: expected a single document'),
+    '3 MB file': ('seed: 0\n' + '#' * 3_000_000 + '\n', '3,000,009 bytes is too big for a config file'),
     'Latin-1 text': ('seed: 0 # caf\xe9\n'.encode('latin-1'), 'not UTF-8 text (byte 0xe9 at offset 13); save it as UTF-8'),
     'extends a binary file': ('extends: [{digits}, weights.bin]\n', 'a binary file, not a YAML config'),
     'extends a Latin-1 file': ('extends: [{digits}, latin.yaml]\n', 'not UTF-8 text (byte 0xe9 at offset 17)'),
@@ -201,6 +204,10 @@ def test_predict_or_plot_out_never_replaces_a_file_of_an_experiment(entry: str, 
     assert RUNNERS[entry](exp.parent, '--plot', str(exp), '--out', str(tmp_path / 'no' / 'a.png')) == 2
     assert one_error(capsys.readouterr().err) == (
         f'error: --plot --out {tmp_path / "no" / "a.png"}: the folder {tmp_path / "no"} does not exist')
+    other = finished['train.py' if entry == 'train_pl.py' else 'train_pl.py']   # plotted first: its own curves
+    assert RUNNERS[entry](exp.parent, '--plot', str(other), str(exp), '--out', str(exp / 'curves.png')) == 2
+    assert one_error(capsys.readouterr().err) == (
+        f'error: --plot --out {exp / "curves.png"}: would replace a file of the experiment {exp}; write somewhere else')
     assert state(exp) == before
     assert RUNNERS[entry](exp.parent, '--predict', str(exp), '--out', str(tmp_path / 'p.csv')) == 0
     assert (tmp_path / 'p.csv').read_text().startswith('index,pred,prob\n0,')
