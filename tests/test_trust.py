@@ -20,6 +20,10 @@ from conftest import DIGITS, QUIET, ROOT, RUNNERS
 BOMB = 'a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n' + ''.join(
     f'{b}: &{b} [{", ".join([f"*{a}"] * 9)}]\n' for a, b in zip('abcdefgh', 'bcdefghi'))
 DIGITS_TEXT = Path(DIGITS).read_text()
+# The same by `${...}` references: each key copies the one before it ten times, as a list or a string.
+REFERENCE_BOMB = 'a: [x, x, x, x, x, x, x, x, x, x]\n' + ''.join(
+    f"{b}: [{', '.join([repr('${%s}' % a)] * 10)}]\n" for a, b in zip('abcdefgh', 'bcdefghi'))
+STRING_BOMB = f"a: {'x' * 100}\n" + ''.join(f"{b}: '{('${%s}' % a) * 10}'\n" for a, b in zip('abcdefgh', 'bcdefghi'))
 
 
 def state(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -42,6 +46,8 @@ def one_error(err: str) -> str:
 YAML_CASES = {
     'billion laughs': (f'extends: {{digits}}\n{BOMB}', 'more than 100,000 values once its aliases are expanded'),
     'bomb in an extended file': ('extends: [{digits}, bomb.yaml]\n', 'more than 100,000 values once its aliases'),
+    'reference bomb (lists)': (f'extends: {{digits}}\n{REFERENCE_BOMB}', ': references copy more than 100,000 values'),
+    'reference bomb (strings)': (f'extends: {{digits}}\n{STRING_BOMB}', ': references copy more than 100,000 values'),
     'nested 10,000 lists': ('seed: ' + '[' * 10_000 + ']' * 10_000 + '\n', 'nested more than 64 levels deep'),
     'nested 100 mappings': ('a:\n' + ''.join(' ' * i + f'k{i}:\n' for i in range(1, 100)), 'nested more than 64 levels'),
     'recursive alias': (f'extends: {{digits}}\ncallbacks: &c [*c]\n', 'an alias refers to a value that contains it'),
