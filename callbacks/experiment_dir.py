@@ -45,19 +45,22 @@ def os_error(path: Path, e: OSError, doing: str = 'writing the experiment folder
     return ConfigError(f'{display_path(Path(e.filename) if e.filename else path)}: {e.strerror or e} ({doing})')
 
 
-def check_output_file(out: str | os.PathLike, flag: str, default: Path) -> Path:
-    """Where --predict/--plot --out may write: a file in an existing folder, never one of an
-    experiment's own files (config.yaml, log.txt, a checkpoint...) but the command's `default`."""
+def check_output_file(out: str | os.PathLike, flag: str, own: Path, parent_must_exist: bool = True) -> Path:
+    """Where --predict/--plot/--export --out may write: never over one of an experiment's files
+    (config.yaml, log.txt, a checkpoint...) other than the command's own output `own` (a file, or
+    a folder of them); a new file at the top of an experiment folder is fine."""
     path = Path(out)
     resolved = path.resolve()
     if path.is_dir():
         raise ConfigError(f'{flag} --out {out}: is a folder; give a file name')
-    if not resolved.parent.is_dir():
+    if parent_must_exist and not resolved.parent.is_dir():
         raise ConfigError(f'{flag} --out {out}: the folder {display_path(resolved.parent)} does not exist')
+    own = own.resolve()
     for folder in resolved.parents:
         if is_experiment_folder(folder):
-            own = resolved.parent == folder and (resolved == default.resolve() or not os.path.lexists(resolved))
-            if not own:
+            allowed = (resolved == own or own in resolved.parents
+                       or (resolved.parent == folder and not os.path.lexists(resolved)))
+            if not allowed:
                 raise ConfigError(f'{flag} --out {out}: would replace a file of the experiment '
                                   f'{display_path(folder)}; write somewhere else')
     return path

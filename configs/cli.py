@@ -245,6 +245,8 @@ def resolve_evaluation(args: argparse.Namespace, validate: Callable[[Config], No
         raise ConfigError(f'{flag} {target}: no config.yaml there; is it an experiment folder?')
     if args.predict and args.out:
         check_output_file(args.out, '--predict', exp.path / 'predictions.csv')
+    if args.export and args.out:   # the export makes its folder; its own files are under export/
+        check_output_file(args.out, '--export', exp.path / 'export', parent_must_exist=False)
     cfg = load_config(exp.path / 'config.yaml', args.overrides)
     validate(cfg)
     ckpt = experiment_checkpoint(exp, args.ckpt)

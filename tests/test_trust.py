@@ -193,7 +193,7 @@ OWN_FILES = ['config.yaml', 'log.txt', 'metrics.csv', 'result.yaml', 'ckpt/last.
 
 
 @pytest.mark.parametrize('entry', RUNNERS)
-def test_predict_or_plot_out_never_replaces_a_file_of_an_experiment(entry: str, finished: dict[str, Path],
+def test_predict_plot_or_export_out_never_replaces_a_file_of_an_experiment(entry: str, finished: dict[str, Path],
                                                                    tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture) -> None:
     exp = finished[entry]
@@ -205,6 +205,10 @@ def test_predict_or_plot_out_never_replaces_a_file_of_an_experiment(entry: str, 
             assert RUNNERS[entry](exp.parent, flag, str(exp), '--out', str(exp / own)) == 2
             assert one_error(capsys.readouterr().err) == (
                 f'error: {flag} --out {exp / own}: would replace a file of the experiment {exp}; write somewhere else')
+    for own in ('config.yaml', 'ckpt/last.ckpt'):
+        assert RUNNERS[entry](exp.parent, '--export', str(exp), '--format', 'torchscript', '--out', str(exp / own)) == 2
+        assert one_error(capsys.readouterr().err) == (
+            f'error: --export --out {exp / own}: would replace a file of the experiment {exp}; write somewhere else')
     assert RUNNERS[entry](exp.parent, '--predict', str(exp), '--out', str(exp / 'ckpt')) == 2
     assert one_error(capsys.readouterr().err) == f'error: --predict --out {exp / "ckpt"}: is a folder; give a file name'
     assert RUNNERS[entry](exp.parent, '--plot', str(exp), '--out', str(tmp_path / 'no' / 'a.png')) == 2
