@@ -59,7 +59,7 @@ from models.ema import EMA, STATE_KEY, EMAParams, ema_target, ema_weights
 from models.lazy import materialize
 from models.optim import step_schedulers
 from models.task import val_stages
-from utils import DATA_MODULES, TRACKERS, ConfigError, NonFiniteLossError, keep_freed_memory, resume_gc
+from utils import DATA_MODULES, TRACKERS, ConfigError, keep_freed_memory, resume_gc
 
 
 @dataclass
@@ -294,28 +294,33 @@ def restore(path: Path, task: Any, optimizer: Any, scheduler: Optional[dict], sc
 
 def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Optional[Path] = None,
           overwrite: bool = False, gpu: Optional[str] = None, init_from: Optional[Path] = None) -> dict[str, float]:
-    """Validate, build, train; returns the last epoch's metrics (on every process)."""
-    validate(cfg)
-    params = TrainerParams(**(cfg.get('trainer_params') or {}))
-    ckpt_params = CheckpointParams(**(cfg.get('checkpoint') or {}))
-    device_type, nproc = requested_processes(params, gpu)
-    if nproc > 1 and 'WORLD_SIZE' not in os.environ:
-        if exp.locked:   # this launcher writes nothing itself; its rank 0 does, under this lock
-            os.environ[HELD_BY_LAUNCHER] = str(exp.path.resolve())
-        launch_processes(nproc, command[2:])   # each process runs this function again, under the launcher
-        return {}
-    device, rank, world_size = setup_process(device_type)
-    trackers = make_tracked_runs(cfg.get('loggers') or [], TRACKERS.get, exp, cfg, resume_ckpt is not None)
-    status = 'failed'
-    try:
-        metrics = train_process(cfg, exp, command, params, ckpt_params, device, rank, world_size, resume_ckpt,
-                                overwrite, init_from, trackers)
-        status = 'success'
-        return metrics
-    finally:
-        trackers.finish(status)
-        if world_size > 1:
-            torch.distributed.destroy_process_group()
+    """Validate, build, train; returns the last epoch's metrics (on every process). The experiment
+    folder's lock is released when it ends, however it ends."""
+    with exp.writing():
+        validate(cfg)
+        params = TrainerParams(**(cfg.get('trainer_params') or {}))
+        ckpt_params = CheckpointParams(**(cfg.get('checkpoint') or {}))
+        device_type, nproc = requested_processes(params, gpu)
+        if nproc > 1 and 'WORLD_SIZE' not in os.environ:
+            if exp.locked:   # this launcher writes nothing itself; its rank 0 does, under this lock
+                os.environ[HELD_BY_LAUNCHER] = str(exp.path.resolve())
+            try:
+                launch_processes(nproc, command[2:])   # each process runs this function again, under the launcher
+            finally:
+                os.environ.pop(HELD_BY_LAUNCHER, None)
+            return {}
+        device, rank, world_size = setup_process(device_type)
+        trackers = make_tracked_runs(cfg.get('loggers') or [], TRACKERS.get, exp, cfg, resume_ckpt is not None)
+        status = 'failed'
+        try:
+            metrics = train_process(cfg, exp, command, params, ckpt_params, device, rank, world_size, resume_ckpt,
+                                    overwrite, init_from, trackers)
+            status = 'success'
+            return metrics
+        finally:
+            trackers.finish(status)
+            if world_size > 1:
+                torch.distributed.destroy_process_group()
 
 
 def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], params: TrainerParams,
@@ -529,13 +534,7 @@ def run(args: argparse.Namespace, command: list[str]) -> None:
     if args.nodes:
         raise ConfigError('--nodes: train.py runs on several machines under torchrun (see its docstring)')
     cfg, exp, ckpt, init_from = resolve_run(args)
-    try:
-        train(cfg, exp, command, ckpt, args.overwrite, args.gpu, init_from)
-    except NonFiniteLossError as e:
-        exp.record_non_finite(e)
-        raise
-    finally:
-        exp.release()
+    train(cfg, exp, command, ckpt, args.overwrite, args.gpu, init_from)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -37,7 +37,7 @@ from configs.checking import build, check_kwargs, check_sections, check_spec, ch
 from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli, select_cuda_devices
 from configs.console import progress_bar_wanted
 from configs.loading import Config
-from utils import CALLBACKS, DATA_MODULES, LOGGERS, WRAPPERS, ConfigError, NonFiniteLossError, resume_gc
+from utils import CALLBACKS, DATA_MODULES, LOGGERS, WRAPPERS, ConfigError, resume_gc
 
 # Trainer and ModelCheckpoint arguments lightyaml sets itself, and what to do instead.
 TRAINER_OWN = {
@@ -86,7 +86,15 @@ def device_params(trainer_params: Mapping, gpu: Optional[str], nodes: Optional[i
 def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Optional[Path] = None,
           overwrite: bool = False, gpu: Optional[str] = None, nodes: Optional[int] = None,
           init_from: Optional[Path] = None) -> dict[str, float]:
-    """Validate the config, build everything, fit, and return the final logged metrics."""
+    """Validate the config, build everything, fit, and return the final logged metrics; the
+    experiment folder's lock is released when it ends, however it ends."""
+    with exp.writing():
+        return fit(cfg, exp, command, resume_ckpt, overwrite, gpu, nodes, init_from)
+
+
+def fit(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Optional[Path], overwrite: bool,
+        gpu: Optional[str], nodes: Optional[int], init_from: Optional[Path]) -> dict[str, float]:
+    """What `train` does: validate, build the data, wrapper, callbacks and Trainer, and fit."""
     validate(cfg)
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
@@ -236,13 +244,7 @@ def run(args: argparse.Namespace, command: list[str]) -> None:
     if args.test or args.predict or args.export:
         return test_or_predict(args)
     cfg, exp, ckpt, init_from = resolve_run(args)
-    try:
-        train(cfg, exp, command, ckpt, args.overwrite, args.gpu, args.nodes, init_from)
-    except NonFiniteLossError as e:
-        exp.record_non_finite(e)
-        raise
-    finally:
-        exp.release()
+    train(cfg, exp, command, ckpt, args.overwrite, args.gpu, args.nodes, init_from)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -5,13 +5,14 @@ Lightning-free: train.py uses it directly; callbacks/base_logger.py wraps it for
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import itertools
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -185,6 +186,18 @@ class ExperimentDir:
                 print(f'moved the old {display_path(self.path)} to {display_path(moved)}')
             self.log(f'command: {" ".join(command)}')
         self.started = True
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around a run: however it ends, the folder's lock is released (so the same process may
+        run in it again); a NaN's message says whether a checkpoint is left to resume from."""
+        try:
+            yield
+        except NonFiniteLossError as e:
+            self.record_non_finite(e)
+            raise
+        finally:
+            self.release()
 
     def record_non_finite(self, error: NonFiniteLossError) -> None:
         """A NaN stopped the run: say whether a checkpoint is left to resume from, and log it."""
