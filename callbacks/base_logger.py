@@ -47,6 +47,8 @@ class BaseLogger(pl.Callback):
         self._start = time.perf_counter()
         if trainer.is_global_zero:
             self._begin(pl_module)
+            # the training set's class names, for --predict
+            self.exp.write_classes(getattr(getattr(trainer.train_dataloader, 'dataset', None), 'classes', None))
 
     def _begin(self, pl_module: pl.LightningModule) -> None:
         if self._ready:
@@ -54,10 +56,6 @@ class BaseLogger(pl.Callback):
         self._ready = True
         self.exp.start(self._config, self._command, self._resume, self._overwrite)
         self.exp.log(model_summary(pl_module))
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:   # the training set's class names, for --predict
-            self.exp.write_classes(getattr(getattr(trainer.train_dataloader, 'dataset', None), 'classes', None))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
