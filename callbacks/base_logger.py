@@ -47,6 +47,7 @@ class BaseLogger(pl.Callback):
         self._start = time.perf_counter()
         if trainer.is_global_zero:
             self._begin(pl_module)
+            self.exp.log(model_summary(pl_module))   # now: lazy modules have their shapes
             # the training set's class names, for --predict
             self.exp.write_classes(getattr(getattr(trainer.train_dataloader, 'dataset', None), 'classes', None))
 
@@ -55,7 +56,6 @@ class BaseLogger(pl.Callback):
             return
         self._ready = True
         self.exp.start(self._config, self._command, self._resume, self._overwrite)
-        self.exp.log(model_summary(pl_module))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
