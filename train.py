@@ -44,8 +44,10 @@ if __name__ == '__main__':
 
 import torch  # noqa: E402 (the imports below are after these calls too)
 
-from callbacks.checkpoint_files import TopK, load_weights, save_checkpoint, seed_everything, set_rng_state
+from callbacks.checkpoint_files import (TopK, check_resumable, load_weights, save_checkpoint, seed_everything,
+                                        set_rng_state)
 from callbacks.experiment_dir import ExperimentDir
+from callbacks.folder_lock import HELD_BY_LAUNCHER
 from callbacks.metrics_files import MetricsWriter, format_epoch_line, model_summary
 from callbacks.results import finish_run, predict_spec, record_test, write_predictions
 from callbacks.sample_grid import write_prediction_grid
@@ -295,28 +297,35 @@ def restore(path: Path, task: Any, optimizer: Any, scheduler: Optional[dict], sc
 def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Optional[Path] = None,
           overwrite: bool = False, gpu: Optional[str] = None, init_from: Optional[Path] = None,
           restart: bool = False, on_validation: Optional[ValidationHook] = None) -> dict[str, float]:
-    """Validate, build, train; returns the last epoch's metrics (on every process).
+    """Validate, build, train; returns the last epoch's metrics (on every process). The experiment
+    folder's lock is released when it ends, however it ends.
     `restart`: the folder exists without a checkpoint and starts again in place;
     `on_validation(epoch, metrics)`: called after each validation, True stops the run."""
-    validate(cfg)
-    params = TrainerParams(**(cfg.get('trainer_params') or {}))
-    ckpt_params = CheckpointParams(**(cfg.get('checkpoint') or {}))
-    device_type, nproc = requested_processes(params, gpu)
-    if nproc > 1 and 'WORLD_SIZE' not in os.environ:
-        launch_processes(nproc, command[2:])   # each process runs this function again, under the launcher
-        return {}
-    device, rank, world_size = setup_process(device_type)
-    trackers = make_tracked_runs(cfg.get('loggers') or [], TRACKERS.get, exp, cfg, resume_ckpt is not None)
-    status = 'failed'
-    try:
-        metrics = train_process(cfg, exp, command, params, ckpt_params, device, rank, world_size, resume_ckpt,
-                                overwrite, init_from, trackers, restart, on_validation)
-        status = 'success'
-        return metrics
-    finally:
-        trackers.finish(status)
-        if world_size > 1:
-            torch.distributed.destroy_process_group()
+    with exp.writing():
+        validate(cfg)
+        params = TrainerParams(**(cfg.get('trainer_params') or {}))
+        ckpt_params = CheckpointParams(**(cfg.get('checkpoint') or {}))
+        device_type, nproc = requested_processes(params, gpu)
+        if nproc > 1 and 'WORLD_SIZE' not in os.environ:
+            if exp.locked:   # this launcher writes nothing itself; its rank 0 does, under this lock
+                os.environ[HELD_BY_LAUNCHER] = str(exp.path.resolve())
+            try:
+                launch_processes(nproc, command[2:])   # each process runs this function again, under the launcher
+            finally:
+                os.environ.pop(HELD_BY_LAUNCHER, None)
+            return {}
+        device, rank, world_size = setup_process(device_type)
+        trackers = make_tracked_runs(cfg.get('loggers') or [], TRACKERS.get, exp, cfg, resume_ckpt is not None)
+        status = 'failed'
+        try:
+            metrics = train_process(cfg, exp, command, params, ckpt_params, device, rank, world_size, resume_ckpt,
+                                    overwrite, init_from, trackers, restart, on_validation)
+            status = 'success'
+            return metrics
+        finally:
+            trackers.finish(status)
+            if world_size > 1:
+                torch.distributed.destroy_process_group()
 
 
 def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], params: TrainerParams,
@@ -353,6 +362,8 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
     autocast, scaler = autocast_and_scaler(params.precision, device)
 
     # --- resume: weights, optimizer, scheduler and counters from the checkpoint ---------------------
+    if resume_ckpt:   # a checkpoint of another model fails here, before the folder is touched
+        check_resumable(task, resume_ckpt)
     resumed = restore(resume_ckpt, task, optimizer, scheduler, scaler, device) if resume_ckpt else Resumed()
     step = resumed.step
 
@@ -498,6 +509,14 @@ def test_or_predict(args: argparse.Namespace) -> None:
     """--test: an experiment's checkpoint on its test split; --predict: on --data, to a CSV;
     --export: its model to ONNX, TorchScript or .pt2 (models/export.py)."""
     exp, cfg, ckpt = resolve_evaluation(args, validate)
+    try:
+        evaluate_checkpoint(args, exp, cfg, ckpt)
+    finally:
+        exp.release()
+
+
+def evaluate_checkpoint(args: argparse.Namespace, exp: ExperimentDir, cfg: Config, ckpt: Path) -> None:
+    """What --test, --predict or --export does with the checkpoint `resolve_evaluation` found."""
     task, averaged = load_task(cfg, ckpt, args.ema)
     if args.export:
         from models.export import export_experiment

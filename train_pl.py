@@ -91,15 +91,27 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
           overwrite: bool = False, gpu: Optional[str] = None, nodes: Optional[int] = None,
           init_from: Optional[Path] = None, restart: bool = False,
           on_validation: Optional[ValidationHook] = None) -> dict[str, float]:
-    """Validate the config, build everything, fit, and return the final logged metrics.
+    """Validate the config, build everything, fit, and return the final logged metrics; the
+    experiment folder's lock is released when it ends, however it ends.
     `restart`: the folder exists without a checkpoint and starts again in place;
     `on_validation(epoch, metrics)`: called after each validation, True stops the run."""
+    with exp.writing():
+        return fit(cfg, exp, command, resume_ckpt, overwrite, gpu, nodes, init_from, restart, on_validation)
+
+
+def fit(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Optional[Path], overwrite: bool,
+        gpu: Optional[str], nodes: Optional[int], init_from: Optional[Path], restart: bool = False,
+        on_validation: Optional[ValidationHook] = None) -> dict[str, float]:
+    """What `train` does: validate, build the data, wrapper, callbacks and Trainer, and fit."""
     validate(cfg)
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
+    from lightning_fabric.plugins import CheckpointIO
+
+    from callbacks.atomic_checkpoint_io import AtomicCheckpointIO
     from callbacks.base_logger import BaseLogger, ExperimentLogger
-    from callbacks.checkpoint_files import load_weights
+    from callbacks.checkpoint_files import check_resumable, load_weights
     from callbacks.fast_paths import FastPaths
     from callbacks.last_checkpoint import LastCheckpoint
     from callbacks.lazy_modules import LazyModules
@@ -112,6 +124,8 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
     wrapper = build('the training wrapper', 'train_wrapper', cfg, lambda: WRAPPERS.make(cfg['train_wrapper']))
     if init_from is not None:   # fine-tuning: the weights only; optimizer, schedule and counters start fresh
         load_weights(wrapper, init_from)
+    if resume_ckpt is not None:   # a checkpoint of another model fails here, before the folder is touched
+        check_resumable(wrapper, resume_ckpt)
     # `save_last` (default on) is served by LastCheckpoint, which refreshes last.ckpt every epoch.
     checkpoint_args = {'save_last': True, **(cfg.get('checkpoint') or {})}
     save_last = checkpoint_args.pop('save_last')
@@ -135,8 +149,12 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
         params.setdefault('use_distributed_sampler', False)   # the data module shards the data itself
     # The folder's own logger first: `self.logger` in a LightningModule is it, the trackers follow.
     loggers = [ExperimentLogger(exp), *make_loggers(cfg, exp, resume=resume_ckpt is not None)]
+    plugins = params.pop('plugins', None) or []
+    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())   # checkpoints written beside their destination, not in $TMPDIR
     trainer = build('pl.Trainer', 'trainer_params', cfg, lambda: pl.Trainer(
-        **params, logger=loggers, callbacks=callbacks, default_root_dir=exp.path))
+        **params, plugins=plugins, logger=loggers, callbacks=callbacks, default_root_dir=exp.path))
     if trainer.world_size == 1 and not isinstance(data, pl.LightningDataModule):
         # Build the datasets now, so that a data error is a config error. (A LightningDataModule
         # builds its data in prepare_data/setup, which Lightning calls inside fit.)
@@ -156,12 +174,20 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
 def test_or_predict(args: argparse.Namespace) -> None:
     """--test: an experiment's checkpoint on its test split; --predict: on --data, to a CSV;
     --export: its model to ONNX, TorchScript or .pt2 (models/export.py)."""
+    exp, cfg, ckpt = resolve_evaluation(args, validate)
+    try:
+        evaluate_checkpoint(args, exp, cfg, ckpt)
+    finally:
+        exp.release()
+
+
+def evaluate_checkpoint(args: argparse.Namespace, exp: ExperimentDir, cfg: Config, ckpt: Path) -> None:
+    """What --test, --predict or --export does with the checkpoint `resolve_evaluation` found."""
     import pytorch_lightning as pl
     import torch
 
     from callbacks.checkpoint_files import read_checkpoint
     from models.ema import ema_target, ema_weights
-    exp, cfg, ckpt = resolve_evaluation(args, validate)
     name = cfg['train_wrapper']['name']
     wrapper = build(f'training wrapper {name!r} from {ckpt.name}', 'train_wrapper', cfg, lambda: WRAPPERS.get(
         name).load_from_checkpoint(ckpt, map_location='cpu', weights_only=True))

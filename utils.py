@@ -1,8 +1,8 @@
 """What user code imports: the errors a user's input can cause, the registries, and `Spec`.
 
 Sections, top to bottom:
-  errors      ConfigError (printed as one line, exit status 2), NonFiniteLossError, ExportCheckError,
-              did_you_mean
+  errors      ConfigError (printed as one line, exit status 2), NonFiniteLossError, NothingToDo,
+              ExportCheckError, did_you_mean
   registries  Registry, ClassNamespace and every extension point of the template, one line each
   process     thread defaults for shared machines, garbage collection around start-up and exit,
               the global rank as launchers set it, glibc's memory policy, display paths
@@ -47,9 +47,20 @@ class NonFiniteLossError(Exception):
 
     def __init__(self, epoch: int, first_step: int, last_step: int, terms: Sequence[str]) -> None:
         steps = f'step {last_step}' if first_step >= last_step else f'steps {first_step} and {last_step}'
-        super().__init__(f"non-finite training loss in epoch {epoch} (between {steps}): "
-                         f"{', '.join(terms)} became NaN or infinite; training stopped, the last good "
-                         f"checkpoint is kept")
+        self.cause = (f"non-finite training loss in epoch {epoch} (between {steps}): "
+                      f"{', '.join(terms)} became NaN or infinite; training stopped")
+        super().__init__(f'{self.cause}, the last good checkpoint is kept')
+
+    def no_checkpoint(self) -> 'NonFiniteLossError':
+        """Say so when no checkpoint was saved before it (a NaN in the first epoch)."""
+        self.args = (f'{self.cause} before any checkpoint was saved (nothing to resume; fix the cause and '
+                     f'start again with --overwrite)',)
+        return self
+
+
+class NothingToDo(Exception):
+    """The command has nothing to do (a finished run resumed): said on stdout, exit status 0,
+    nothing created or changed."""
 
 
 class ExportCheckError(Exception):

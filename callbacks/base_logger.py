@@ -38,19 +38,24 @@ class BaseLogger(pl.Callback):
         self._start = self._epoch_start = time.perf_counter()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not trainer.is_global_zero or self._ready:
+        if trainer.is_global_zero and not self._resume:
+            self._begin(pl_module)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A resumed folder changes only now, once Lightning has restored every state from the
+        # checkpoint: a checkpoint that does not fit leaves config.yaml and log.txt as they were.
+        self._start = time.perf_counter()
+        if trainer.is_global_zero:
+            self._begin(pl_module)
+            self.exp.log(model_summary(pl_module))   # now: lazy modules have their shapes
+            # the training set's class names, for --predict
+            self.exp.write_classes(getattr(getattr(trainer.train_dataloader, 'dataset', None), 'classes', None))
+
+    def _begin(self, pl_module: pl.LightningModule) -> None:
+        if self._ready:
             return
         self._ready = True
         self.exp.start(self._config, self._command, self._resume, self._overwrite)
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start = time.perf_counter()
-        if trainer.is_global_zero:
-            self.exp.log(model_summary(pl_module))
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:   # the training set's class names, for --predict
-            self.exp.write_classes(getattr(getattr(trainer.train_dataloader, 'dataset', None), 'classes', None))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = time.perf_counter()

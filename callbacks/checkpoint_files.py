@@ -68,10 +68,7 @@ def find_checkpoint(target: str, flag: str) -> Path:
     return path
 
 
-def load_weights(module: Any, path: Path, flag: str = '--init-from') -> None:
-    """Load only the weights of a checkpoint into `module`; every mismatch is listed in one line."""
-    weights = read_checkpoint(path, f'{flag} {display_path(path)}')['state_dict']
-    own = module.state_dict()
+def _weight_mismatches(weights: Mapping[str, Any], own: Mapping[str, Any]) -> list[str]:
     # A lazy parameter has no shape yet: loading gives it the checkpoint's (torch's lazy load hook).
     shapes = [f'{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
               if k in weights and not is_lazy(v) and weights[k].shape != v.shape]
@@ -80,9 +77,58 @@ def load_weights(module: Any, path: Path, flag: str = '--init-from') -> None:
     problems = ([f"shapes differ (checkpoint vs model): {'; '.join(shapes)}"] if shapes else []) + \
                ([f"missing in the checkpoint: {', '.join(missing)}"] if missing else []) + \
                ([f"not in the model: {', '.join(unexpected)}"] if unexpected else [])
+    return problems
+
+
+def load_weights(module: Any, path: Path, flag: str = '--init-from') -> None:
+    """Load only the weights of a checkpoint into `module`; every mismatch is listed in one line."""
+    weights = read_checkpoint(path, f'{flag} {display_path(path)}')['state_dict']
+    own = module.state_dict()
+    problems = _weight_mismatches(weights, own)
     if problems:
         raise ConfigError(f'{flag} {display_path(path)}: ' + '; '.join(problems))
     module.load_state_dict({k: weights[k] for k in own})
+
+
+# What a checkpoint needs to continue a run (Lightning's layout), beyond the weights.
+_TRAINING_STATE = ('epoch', 'global_step', 'optimizer_states', 'lr_schedulers', 'callbacks')
+
+
+def check_resumable(module: Any, path: Path, flag: str = '--resume') -> None:
+    """Before anything is written: the checkpoint holds a whole training state (not only weights)
+    for exactly this model's parameters and shapes; otherwise one line saying what differs."""
+    state = read_checkpoint(path, f'{flag} {display_path(path)}')
+    missing = [k for k in _TRAINING_STATE if k not in state]
+    if missing:
+        raise ConfigError(f"{flag} {display_path(path)}: holds weights only (no {', '.join(missing)}), so it cannot "
+                          f"continue a run; start a new run from it with --init-from {display_path(path)}")
+    problems = _weight_mismatches(state['state_dict'], module.state_dict())
+    if problems:
+        raise ConfigError(f'{flag} {display_path(path)}: the config builds a different model: ' + '; '.join(problems))
+
+
+def training_done(path: Path) -> tuple[int, int]:
+    """(epochs, optimizer steps) a checkpoint has finished. train.py writes checkpoints at the end
+    of an epoch, recording its index; Lightning also counts the epochs processed (which tells a
+    mid-epoch checkpoint apart)."""
+    state = read_checkpoint(path, display_path(path))
+    progress = state.get('loops', {}).get('fit_loop', {}).get('epoch_progress', {}).get('current', {})
+    epochs = progress.get('processed', int(state.get('epoch', -1)) + 1)
+    return int(epochs), int(state.get('global_step', 0))
+
+
+def atomic_torch_save(state: Any, path: Path) -> None:
+    """torch.save through `<path>.tmp` in the same folder and an atomic rename: a kill or an error
+    mid-write leaves the previous file whole. Never through $TMPDIR: on another file system the
+    final move would be a copy, and a kill during it would leave half a file."""
+    tmp = path.with_name(path.name + '.tmp')
+    path.parent.mkdir(parents=True, exist_ok=True)   # `checkpoint.filename` may name a subfolder
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def seed_everything(seed: int) -> None:
@@ -130,9 +176,7 @@ def save_checkpoint(path: Path, task: Any, optimizer: Any, scheduler: Optional[d
              'hyper_parameters': dict(hparams), 'callbacks': {**callbacks, 'LastCheckpoint': {'rng': rng_state()}}}
     if scaler is not None:
         state['MixedPrecision'] = scaler.state_dict()
-    tmp = path.with_name(path.name + '.tmp')
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(state, path)
 
 
 class TopK:

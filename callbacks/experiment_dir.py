@@ -1,25 +1,29 @@
-"""The experiment folder `save/<name>/`: its name, creation, config.yaml, src/, git state,
-log.txt and result.yaml.
+"""The experiment folder `save/<name>/`: its name, creation, its one writer (a lock held for the
+whole run by global rank 0), config.yaml, src/, git state, log.txt and result.yaml.
 
 Lightning-free: train.py uses it directly; callbacks/base_logger.py wraps it for train_pl.py.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import itertools
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Optional
 
+from callbacks.folder_lock import FolderBusy, is_locked, lock_folder, unlock_folder
 from configs.loading import dump_yaml, parse_yaml
 from configs.references import escape_references
-from utils import PROJECT_ROOT, ConfigError, display_path
+from utils import PROJECT_ROOT, ConfigError, NonFiniteLossError, display_path, global_rank_from_env
 
 _NAME_RULE = 'letters, digits, and . _ - = (no path separators, no "..")'
+# A folder name may have 255 bytes; `<name>.old-YYYYmmdd-HHMMSS` (--overwrite) must fit too.
+MAX_NAME_BYTES = 200
 
 
 def check_experiment_name(name: str, flag: str = '--name') -> None:
@@ -27,6 +31,40 @@ def check_experiment_name(name: str, flag: str = '--name') -> None:
     if (not name or name in ('.', '..') or '..' in name or os.path.isabs(name)
             or re.search(r'[/\\]', name) or not re.fullmatch(r'[\w.\-=]+', name)):
         raise ConfigError(f'{flag} {name!r}: an experiment name may only use {_NAME_RULE}')
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise ConfigError(f'{flag} {name[:40]}...: an experiment name may have at most {MAX_NAME_BYTES} '
+                          f'characters, not {len(name.encode())}')
+
+
+def is_experiment_folder(path: Path) -> bool:
+    """A folder a run made: it has config.yaml and a log or checkpoints."""
+    return (path / 'config.yaml').is_file() and ((path / 'log.txt').is_file() or (path / 'ckpt').is_dir())
+
+
+def os_error(path: Path, e: OSError, doing: str = 'writing the experiment folder') -> ConfigError:
+    """A file-system error as one line naming the path."""
+    return ConfigError(f'{display_path(Path(e.filename) if e.filename else path)}: {e.strerror or e} ({doing})')
+
+
+def check_output_file(out: str | os.PathLike, flag: str, own: Path, parent_must_exist: bool = True) -> Path:
+    """Where --predict/--plot/--export --out may write: never over one of an experiment's files
+    (config.yaml, log.txt, a checkpoint...) other than the command's own output `own` (a file, or
+    a folder of them); a new file at the top of an experiment folder is fine."""
+    path = Path(out)
+    resolved = path.resolve()
+    if path.is_dir():
+        raise ConfigError(f'{flag} --out {out}: is a folder; give a file name')
+    if parent_must_exist and not resolved.parent.is_dir():
+        raise ConfigError(f'{flag} --out {out}: the folder {display_path(resolved.parent)} does not exist')
+    own = own.resolve()
+    for folder in resolved.parents:
+        if is_experiment_folder(folder):
+            allowed = (resolved == own or own in resolved.parents
+                       or (resolved.parent == folder and not os.path.lexists(resolved)))
+            if not allowed:
+                raise ConfigError(f'{flag} --out {out}: would replace a file of the experiment '
+                                  f'{display_path(folder)}; write somewhere else')
+    return path
 
 _SOURCE_SKIP_DIRS = {'save', 'load', '.git', '__pycache__', '.pytest_cache', '.hypothesis', 'venv', '.venv',
                      'env', '.tox', '.mypy_cache', '.ruff_cache', 'node_modules', 'lightning_logs'}
@@ -41,6 +79,32 @@ class ExperimentDir:
         self.ckpt_dir = self.path / 'ckpt'
         self.log_file = self.path / 'log.txt'
         self.started = False   # set by start(): trackers and TensorBoard wait for it (rank 0 only)
+        self._lock: Optional[int] = None   # the descriptor holding the folder's lock, while we write
+
+    def lock(self, flag: str, new: bool = False) -> None:
+        """Become the folder's one writer until `release` (or the end of the process); refused
+        while another run writes it. Nothing in the folder is created or changed."""
+        if self._lock is None:
+            try:
+                self._lock = lock_folder(self.path, new)
+            except FolderBusy as busy:
+                raise self._busy(flag, busy) from None
+            except OSError as e:
+                raise os_error(self.path, e) from None
+
+    def release(self) -> None:
+        """Let another run write the folder."""
+        unlock_folder(self._lock)
+        self._lock = None
+
+    @property
+    def locked(self) -> bool:
+        """Whether this process holds the folder's lock."""
+        return self._lock is not None
+
+    def _busy(self, flag: str, busy: FolderBusy) -> ConfigError:
+        return ConfigError(f'{flag}: {display_path(self.path)} is being written by another run ({busy}); '
+                           f'wait for it to end, or choose another --name')
 
     @classmethod
     def for_name(cls, save_root: str | os.PathLike, name: str) -> 'ExperimentDir':
@@ -49,37 +113,77 @@ class ExperimentDir:
         return cls(Path(save_root) / name)
 
     def check_free(self, overwrite: bool) -> None:
-        """Refuse a name in use, saying how to resume it or overwrite it explicitly."""
-        if self.path.exists() and not overwrite:
+        """Refuse a name in use (saying how to resume it or overwrite it explicitly), a folder
+        another run writes, a dangling link, and a save root where no folder can be made."""
+        shown = display_path(self.path)
+        if not os.path.lexists(self.path):
+            self.check_creatable()
+            return
+        if not self.path.exists():
+            raise ConfigError(f'--name: {shown} is a symbolic link to {os.readlink(self.path)}, which does not '
+                              f'exist; remove the link or choose another --name')
+        busy = is_locked(self.path) if self.path.is_dir() and not self.locked else None
+        if busy:
+            raise self._busy('--overwrite' if overwrite else '--name', busy)
+        if not overwrite:
             raise ConfigError(
-                f'--name: experiment folder {display_path(self.path)} already exists; continue it with '
-                f'--resume {display_path(self.path)}, choose another --name or --tag, or pass --overwrite '
+                f'--name: experiment folder {shown} already exists; continue it with '
+                f'--resume {shown}, choose another --name or --tag, or pass --overwrite '
                 f'to move the old folder aside (nothing is deleted)')
 
+    def check_creatable(self) -> None:
+        """The save root is (or can become) a writable folder: one line naming the path if not."""
+        existing = next(p for p in [self.path.parent, *self.path.parent.parents] if os.path.lexists(p))
+        if not existing.exists():
+            raise ConfigError(f'--save-root: {display_path(existing)} is a symbolic link to '
+                              f'{os.readlink(existing)}, which does not exist')
+        if not existing.is_dir():
+            raise ConfigError(f'--save-root: {display_path(existing)} is a file, not a folder')
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f'--save-root: {display_path(existing)} is not writable')
+
     def create(self, config: Mapping, command: Sequence[str], overwrite: bool = False) -> Optional[Path]:
-        """Make the folder and record config, source and git state. Returns where an old run was moved."""
+        """Make the folder, take its lock, and record config, source and git state. Returns where
+        an old run was moved. A second run racing for the same name is refused here."""
         self.check_free(overwrite)
-        moved = None
-        if self.path.exists():
-            stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-            moved = self.path.with_name(f'{self.path.name}.old-{stamp}')
-            self.path.rename(moved)
-        self.path.mkdir(parents=True)
-        self.ckpt_dir.mkdir()
-        self.write_config(config, command)
-        self.copy_source()
-        self.record_git()
+        moved, old_lock = None, None
+        try:
+            if os.path.lexists(self.path):   # --overwrite: it is ours (locked) while we move it
+                self.lock('--overwrite')
+                stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+                moved = self.path.with_name(f'{self.path.name}.old-{stamp}')
+                self.path.rename(moved)
+                old_lock, self._lock = self._lock, None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.mkdir()   # atomic: of two runs started at once with one name, one gets here
+            except FileExistsError:
+                self.check_free(overwrite=False)   # says who writes it, or that it exists
+                raise
+            self.lock('--name', new=True)
+            self.ckpt_dir.mkdir()
+            self.write_config(config, command)
+            self.copy_source()
+            self.record_git()
+        except OSError as e:
+            raise os_error(self.path, e) from None
+        finally:
+            unlock_folder(old_lock)
         return moved
 
     def start(self, config: Mapping, command: Sequence[str], resume: bool, overwrite: bool = False) -> None:
         """Create the folder (or, on resume, record the new command in it) and log the command."""
         if resume:
-            self.write_config(config, command)
-            if not (self.ckpt_dir / 'last.ckpt').exists():   # stopped before its first checkpoint
-                self._set_aside_partial_metrics()
-                self.log(f'restarted from the start (no checkpoint was written): {" ".join(command)}')
-            else:
-                self.log(f'resumed: {" ".join(command)}')
+            self.lock('--resume')
+            try:
+                self.write_config(config, command)
+                if not (self.ckpt_dir / 'last.ckpt').exists():   # stopped before its first checkpoint
+                    self._set_aside_partial_metrics()
+                    self.log(f'restarted from the start (no checkpoint was written): {" ".join(command)}')
+                else:
+                    self.log(f'resumed: {" ".join(command)}')
+            except OSError as e:
+                raise os_error(self.path, e) from None
         else:
             moved = self.create(config, command, overwrite=overwrite)
             if moved is not None:
@@ -94,6 +198,25 @@ class ExperimentDir:
             if (self.path / name).exists():
                 (self.path / name).rename(self.path / f'{name}.killed-{stamp}')
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around a run: however it ends, the folder's lock is released (so the same process may
+        run in it again); a NaN's message says whether a checkpoint is left to resume from."""
+        try:
+            yield
+        except NonFiniteLossError as e:
+            self.record_non_finite(e)
+            raise
+        finally:
+            self.release()
+
+    def record_non_finite(self, error: NonFiniteLossError) -> None:
+        """A NaN stopped the run: say whether a checkpoint is left to resume from, and log it."""
+        if not any(self.ckpt_dir.glob('*.ckpt')):
+            error.no_checkpoint()
+        if global_rank_from_env() == 0 and self.log_file.is_file():
+            self.log(f'error: {error}')
+
     def write_config(self, config: Mapping, command: Sequence[str]) -> None:
         """config.yaml: the merged config with its references resolved (the values the run used),
         headed by every command that ran it (as comments, so the file still loads as a config)."""
@@ -105,10 +228,12 @@ class ExperimentDir:
 
     def copy_source(self, root: Path = PROJECT_ROOT) -> None:
         """Copy the project's Python files and configs into src/ (not data, runs, git or caches)."""
+        # Never the save root or any experiment folder: with `--save-root .` the run would copy itself.
+        skip = {self.path.resolve(), self.path.resolve().parent}
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if d not in _SOURCE_SKIP_DIRS and not d.startswith('.')
                            and not (Path(dirpath, d) / 'pyvenv.cfg').exists()
-                           and Path(dirpath, d).resolve() != self.path.resolve().parent]
+                           and Path(dirpath, d).resolve() not in skip and not is_experiment_folder(Path(dirpath, d))]
             for filename in filenames:
                 if filename.endswith(('.py', '.yaml', '.yml', '.txt', '.md')):
                     source = Path(dirpath, filename)
@@ -157,6 +282,7 @@ class ExperimentDir:
 
 
 def atomic_write(path: Path, text: str) -> None:
+    """Write `path` through a temporary file beside it and a rename: readers see old or new."""
     tmp = path.with_name(path.name + '.tmp')
     tmp.write_text(text)
     os.replace(tmp, path)

@@ -20,8 +20,8 @@ class LastCheckpoint(ModelCheckpoint):
 
     Its state carries the Python, NumPy and torch generator states, restored on resume before
     the next epoch draws its shuffle and dropout masks, so a resumed run matches an
-    uninterrupted one bit for bit. (Lightning writes checkpoints through a temporary file and a
-    move, so a kill during a write leaves the previous last.ckpt intact.)
+    uninterrupted one bit for bit. (train_pl.py gives the Trainer AtomicCheckpointIO, which writes
+    `last.ckpt.tmp` beside it and renames it, so a kill during a write leaves the previous one intact.)
     """
 
     def __init__(self, dirpath: str) -> None:

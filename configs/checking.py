@@ -5,6 +5,7 @@ Every problem becomes one line `file: key.path: problem (did you mean ...)`. Lig
 from __future__ import annotations
 
 import inspect
+import os
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -223,7 +224,22 @@ def check_sections(cfg: Config, allowed: Sequence[str] = TOP_LEVEL_SECTIONS) -> 
     for section in ('trainer_params', 'checkpoint'):
         if cfg.get(section) is not None and not isinstance(cfg[section], Mapping):
             problems.append(cfg.error(section, f'expected a mapping, got {type(cfg[section]).__name__}'))
+    if isinstance(cfg.get('checkpoint'), Mapping):
+        problem = checkpoint_filename_problem(cfg['checkpoint'].get('filename'))
+        if problem:
+            problems.append(cfg.error('checkpoint.filename', problem))
     return problems
+
+
+def checkpoint_filename_problem(filename: Any) -> Optional[str]:
+    """Checkpoint names stay inside ckpt/: no absolute path, no `..`, no `~` (what is wrong, or None)."""
+    if not isinstance(filename, str):
+        return None   # None is the default; other types are reported against ModelCheckpoint's signature
+    parts = filename.replace('\\', '/').split('/')
+    if filename.startswith(('/', '~')) or os.path.isabs(filename) or '..' in parts or '\0' in filename:
+        return (f'{filename!r} would write outside the experiment\'s ckpt/ folder; give a name such as '
+                f"'{{epoch}}-{{val/acc:.3f}}' (subfolders are fine, '..' and absolute paths are not)")
+    return None
 
 
 def build(what: str, key: str, cfg: Config, fn: Callable[[], Any]) -> Any:

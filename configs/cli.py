@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from callbacks.experiment_dir import ExperimentDir, check_experiment_name
+from callbacks.experiment_dir import ExperimentDir, check_experiment_name, check_output_file
 from callbacks.results import plot_metrics
 from configs.console import quiet_console
 from configs.loading import Config, config_differences, dump_with_origins, load_config, resolve_seed
-from utils import (PROJECT_ROOT, ConfigError, ExportCheckError, NonFiniteLossError, display_path,
+from utils import (PROJECT_ROOT, ConfigError, ExportCheckError, NonFiniteLossError, NothingToDo, display_path,
                    global_rank_from_env, list_registered)
 
 
@@ -114,7 +114,9 @@ class Run(typing.NamedTuple):
 def resolve_run(args: argparse.Namespace) -> Run:
     """From --config/--resume/--init-from/--name/--tag/--auto-resume: the merged config, the
     experiment folder and the checkpoints involved. A new run's folder must be free; checkpoints
-    must be readable; a folder killed before its first checkpoint is started again in place."""
+    must be readable; a folder killed before its first checkpoint is started again in place.
+    A resumed or overwritten folder is locked (global rank 0) before anything is read from it, so
+    that no other run writes it meanwhile; the caller releases it (`exp.release()`) at the end."""
     from callbacks.checkpoint_files import find_checkpoint   # torch: not needed by --print-config
     ckpt = init = None
     if args.resume and args.init_from:
@@ -124,30 +126,33 @@ def resolve_run(args: argparse.Namespace) -> Run:
         init = find_checkpoint(args.init_from, '--init-from')
     if args.auto_resume:
         return _auto_resume(args, init)
+    rank_zero = global_rank_from_env() == 0
+    restart = False
     if args.resume:
-        target = Path(args.resume)
-        exp = ExperimentDir(target if target.is_dir() else target.resolve().parent.parent)
-        if target.is_dir() and args.config:
-            raise ConfigError(f'--config with --resume {args.resume}: a resumed run uses its own '
-                              f'config.yaml (give changes as overrides)')
-        if target.is_dir() and not (target / 'config.yaml').is_file():
-            raise ConfigError(f'--resume {args.resume}: no config.yaml in this folder; is it an experiment folder?')
-        restart = target.is_dir() and not (exp.ckpt_dir / 'last.ckpt').exists()
-        ckpt = None if restart else find_checkpoint(args.resume, '--resume')
+        exp = resume_target(args)
+        if rank_zero:
+            exp.lock('--resume')
         config_path = Path(args.config) if args.config else exp.path / 'config.yaml'
-        if not config_path.is_file():
-            raise ConfigError(f'--resume {args.resume}: no config.yaml beside this checkpoint; give --config')
+        restart = Path(args.resume).is_dir() and not (exp.ckpt_dir / 'last.ckpt').exists()
+    else:
+        if not args.config:
+            raise ConfigError('--config is required (or --resume an experiment folder); e.g. --config configs/digits.yaml')
+        exp = _named_folder(args)
+        if rank_zero:
+            exp.check_free(args.overwrite)
+            if args.overwrite and exp.path.is_dir():
+                exp.lock('--overwrite')
+        config_path = Path(args.config)
+    try:
         cfg = load_config(config_path, args.overrides)
         resolve_seed(cfg)
-        return Run(cfg, exp, ckpt, init, restart=restart)
-    if not args.config:
-        raise ConfigError('--config is required (or --resume an experiment folder); e.g. --config configs/digits.yaml')
-    exp = _named_folder(args)
-    if global_rank_from_env() == 0:
-        exp.check_free(args.overwrite)
-    cfg = load_config(args.config, args.overrides)
-    resolve_seed(cfg)
-    return Run(cfg, exp, None, init)
+        ckpt = find_checkpoint(args.resume, '--resume') if args.resume and not restart else None
+        if ckpt is not None:
+            check_not_done(cfg, ckpt, exp)
+    except BaseException:
+        exp.release()
+        raise
+    return Run(cfg, exp, ckpt, init, restart=restart)
 
 
 def _named_folder(args: argparse.Namespace) -> ExperimentDir:
@@ -173,19 +178,67 @@ def _auto_resume(args: argparse.Namespace, init: Optional[Path]) -> Run:
     if not saved_path.is_file():
         raise ConfigError(f'--auto-resume: {display_path(exp.path)} has no config.yaml; is it an experiment folder? '
                           f'(--overwrite moves it aside)')
-    saved = load_config(saved_path)   # as the run read it: references and escapes resolved
-    differences = config_differences(saved, cfg, ignore_seed=True)
-    if differences:
-        raise ConfigError(f'--auto-resume: {display_path(exp.path)} was run with another config '
-                          f'({"; ".join(differences[:3])}); choose another --name, or --resume it with overrides')
-    cfg['seed'] = saved.get('seed')   # the seed drawn when it started
-    resolve_seed(cfg)
-    if (exp.path / 'result.yaml').is_file():
-        return Run(cfg, exp, None, init, finished=True)
-    if (exp.ckpt_dir / 'last.ckpt').is_file():
-        from callbacks.checkpoint_files import find_checkpoint
-        return Run(cfg, exp, find_checkpoint(str(exp.path), '--auto-resume'), init)
-    return Run(cfg, exp, None, init, restart=True)
+    if global_rank_from_env() == 0:
+        exp.lock('--auto-resume')
+    try:
+        saved = load_config(saved_path)   # as the run read it: references and escapes resolved
+        differences = config_differences(saved, cfg, ignore_seed=True)
+        if differences:
+            raise ConfigError(f'--auto-resume: {display_path(exp.path)} was run with another config '
+                              f'({"; ".join(differences[:3])}); choose another --name, or --resume it with overrides')
+        cfg['seed'] = saved.get('seed')   # the seed drawn when it started
+        resolve_seed(cfg)
+        if (exp.path / 'result.yaml').is_file():
+            exp.release()
+            return Run(cfg, exp, None, init, finished=True)
+        if (exp.ckpt_dir / 'last.ckpt').is_file():
+            from callbacks.checkpoint_files import find_checkpoint
+            return Run(cfg, exp, find_checkpoint(str(exp.path), '--auto-resume'), init)
+        return Run(cfg, exp, None, init, restart=True)
+    except BaseException:
+        exp.release()
+        raise
+
+
+def resume_target(args: argparse.Namespace) -> ExperimentDir:
+    """The experiment folder `--resume` continues: the folder given, or the one whose ckpt/ holds
+    the .ckpt given. A checkpoint elsewhere would make some unrelated folder the experiment."""
+    target = Path(args.resume)
+    if target.is_dir():
+        if args.config:
+            raise ConfigError(f'--config with --resume {args.resume}: a resumed run uses its own '
+                              f'config.yaml (give changes as overrides)')
+        if not (target / 'config.yaml').is_file():
+            raise ConfigError(f'--resume {args.resume}: no config.yaml in this folder; is it an experiment folder?')
+        return ExperimentDir(target)
+    if not target.is_file():
+        raise ConfigError(f'--resume {args.resume}: no such experiment folder or checkpoint file')
+    from callbacks.checkpoint_files import read_checkpoint
+    read_checkpoint(target, f'--resume {args.resume}')
+    exp = ExperimentDir(target.resolve().parent.parent)
+    if target.resolve().parent != exp.ckpt_dir or not (exp.path / 'config.yaml').is_file():
+        raise ConfigError(f'--resume {args.resume}: this checkpoint is not in the ckpt/ folder of an experiment '
+                          f'(with its config.yaml); to start a new run from its weights use --init-from {args.resume}')
+    return exp
+
+
+def check_not_done(cfg: Config, ckpt: Path, exp: ExperimentDir) -> None:
+    """Refuse to resume a run that has nothing left to do (NothingToDo: exit 0, nothing changed)."""
+    from callbacks.checkpoint_files import training_done
+    params = cfg.get('trainer_params') or {}
+    max_epochs, max_steps = params.get('max_epochs'), params.get('max_steps', -1)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (max_steps, max_epochs or 0)):
+        return   # validation reports it
+    if max_epochs is None:   # Lightning's default
+        max_epochs = 1000 if max_steps == -1 else -1
+    epochs, steps = training_done(ckpt)
+    if 0 <= max_epochs <= epochs:
+        raise NothingToDo(f'nothing to do: {display_path(exp.path)} has trained {epochs} epochs and '
+                          f'trainer_params.max_epochs is {max_epochs}; raise it to train on '
+                          f'(e.g. trainer_params.max_epochs={epochs + 10}). Nothing was changed.')
+    if 0 <= max_steps <= steps:
+        raise NothingToDo(f'nothing to do: {display_path(exp.path)} has trained {steps} steps and '
+                          f'trainer_params.max_steps is {max_steps}; raise it to train on. Nothing was changed.')
 
 
 def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, doc: str,
@@ -204,7 +257,8 @@ def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, do
             print(dump_with_origins(load_config(config_to_print(args), args.overrides)))
             return 0
         if args.plot:
-            print(f'wrote {display_path(plot_metrics([Path(p) for p in args.plot], args.out))}')
+            out = check_output_file(args.out, '--plot', Path(args.plot[0]) / 'curves.png') if args.out else None
+            print(f'wrote {display_path(plot_metrics([Path(p) for p in args.plot], out))}')
             return 0
         if args.search:
             from configs.search import run_search
@@ -217,6 +271,9 @@ def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, do
             if given:
                 raise ConfigError(f'{flag}: only with --search or --sweep')
         run(args, ['python', script, *argv])
+        return 0
+    except NothingToDo as e:
+        print(e)
         return 0
     except ConfigError as e:
         if args.debug:
@@ -254,6 +311,13 @@ def resolve_evaluation(args: argparse.Namespace, validate: Callable[[Config], No
     exp = ExperimentDir(target)
     if not (exp.path / 'config.yaml').is_file():
         raise ConfigError(f'{flag} {target}: no config.yaml there; is it an experiment folder?')
+    if args.predict and args.out:
+        check_output_file(args.out, '--predict', exp.path / 'predictions.csv')
+    if args.export and args.out:   # the export makes its folder; its own files are under export/
+        check_output_file(args.out, '--export', exp.path / 'export', parent_must_exist=False)
     cfg = load_config(exp.path / 'config.yaml', args.overrides)
     validate(cfg)
-    return exp, cfg, experiment_checkpoint(exp, args.ckpt)
+    ckpt = experiment_checkpoint(exp, args.ckpt)
+    if args.test or not args.out:   # it writes into the folder: test.yaml and log.txt, or predictions.csv
+        exp.lock(flag)
+    return exp, cfg, ckpt

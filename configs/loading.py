@@ -6,12 +6,13 @@ Lightning-free and torch-free. Validation is in configs/checking.py.
 from __future__ import annotations
 
 import copy
+import datetime
 import os
 import random
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -23,14 +24,44 @@ EXTENDS_KEY = 'extends'
 _FLOAT_1_2 = re.compile(r'^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)$')
 
 
+# Limits that keep a hostile or broken document fast and small (a real config is far below both).
+MAX_NODES = 100_000   # values in one document, counting each alias expansion (a "billion laughs" stops here)
+MAX_DEPTH = 64        # nesting levels of mappings and lists
+MAX_FILE_BYTES = 2 * 2**20   # a config is a few kB; pure-Python YAML reads about 1 MB/s
+_MERGE_TAG = 'tag:yaml.org,2002:merge'
+# What a config value may be: what `yaml.safe_dump` writes back as the same value.
+_PLAIN = (str, int, float, bool, type(None), datetime.date, bytes)
+
+
 class _Loader(yaml.SafeLoader):
-    """Safe YAML with two fixes: `1e-3` is a float (YAML 1.2), and a duplicated key is an error."""
+    """Safe YAML with four fixes: `1e-3` is a float (YAML 1.2), a duplicated key is an error, a key
+    that is a list or mapping is an error (not a TypeError), and nesting stops at MAX_DEPTH levels
+    as it is read (not as a RecursionError after the whole text was scanned)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Optional[yaml.Node], index: Any) -> yaml.Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ConfigError(f'{self.name}:{mark.line + 1}: nested more than {MAX_DEPTH} levels deep')
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:   # `<<: *base`, resolved by flatten_mapping below
+                continue
             key = self.construct_object(key_node, deep=True)
-            if key in seen:
+            try:
+                duplicate = key in seen
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f'a key must be a plain value, not a {type(key).__name__}', key_node.start_mark)
+            if duplicate:
                 raise yaml.constructor.ConstructorError(
                     None, None, f'duplicate key {key!r}', key_node.start_mark)
             seen.add(key)
@@ -40,15 +71,104 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_implicit_resolver('tag:yaml.org,2002:float', _FLOAT_1_2, list('-+0123456789'))
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _check_size(root: yaml.Node, where: str) -> None:
+    """Refuse a document that is too deep, recursive, or too big once its aliases are expanded.
+
+    Measured on the composed node graph, where an alias is one shared node, so the cost is linear
+    in the text even for a document that would expand to billions of values."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    ancestors: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        key = id(node)
+        if expanded:
+            ancestors.discard(key)
+            kids = _children(node)
+            size[key] = 1 + sum(size[id(k)] for k in kids)
+            depth[key] = 1 + max((depth[id(k)] for k in kids), default=0)
+            if depth[key] > MAX_DEPTH:
+                raise ConfigError(f'{where}:{node.start_mark.line + 1}: nested more than {MAX_DEPTH} levels deep')
+            if size[key] > MAX_NODES:
+                raise ConfigError(f'{where}: more than {MAX_NODES:,} values once its aliases are expanded '
+                                  f'(an alias bomb?)')
+            continue
+        if key in size:
+            continue
+        if key in ancestors:
+            raise ConfigError(f'{where}:{node.start_mark.line + 1}: an alias refers to a value that contains it '
+                              f'(a recursive structure)')
+        ancestors.add(key)
+        stack.append((node, True))
+        stack.extend((k, False) for k in _children(node) if id(k) not in size)
+
+
+def _unshare(data: Any, where: str, path: str = '') -> Any:
+    """A tree of fresh dicts and lists: every alias becomes its own copy, so that an override of
+    `val` can never change the `train` it was aliased from. Refuses YAML types a config cannot hold."""
+    if isinstance(data, dict):
+        return {k: _unshare(v, where, f'{path}.{k}' if path else str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_unshare(v, where, f'{path}.{i}' if path else str(i)) for i, v in enumerate(data)]
+    if not isinstance(data, _PLAIN):
+        kind = {set: '!!set', tuple: '!!omap or !!pairs'}.get(type(data), type(data).__name__)
+        raise ConfigError(f"{where}: {path or 'the document'}: a YAML {kind} cannot be a config value; "
+                          f"use a list or a mapping")
+    return data
+
+
 def parse_yaml(text: str, where: str) -> Any:
-    """Safe-load one YAML document; a syntax error or python tag is a one-line ConfigError."""
+    """Safe-load one YAML document; a syntax error, python tag, alias bomb, or too deep a nesting
+    is a one-line ConfigError. Aliased values come back as independent copies."""
+    loader = None
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        loader = _Loader(text)   # its reader refuses control characters here
+        loader.name = where
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_size(node, where)
+        data = loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, 'problem_mark', None)
         at = f':{mark.line + 1}:{mark.column + 1}' if mark else ''
         problem = getattr(e, 'problem', None) or str(e).splitlines()[0]
+        if problem.startswith('but ') and getattr(e, 'context', None):   # "but found another document"
+            problem = f'{e.context}, {problem}'
         raise ConfigError(f'{where}{at}: invalid YAML: {problem}') from None
+    except RecursionError:   # the composer recurses once per level, before _check_size can count them
+        raise ConfigError(f'{where}: nested more than {MAX_DEPTH} levels deep') from None
+    except (ValueError, OverflowError) as e:   # a date such as 2001-13-01, an integer of 5,000 digits
+        raise ConfigError(f'{where}: invalid YAML: {str(e).splitlines()[0][:120]}') from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return _unshare(data, where)
+
+
+def read_text_file(path: Path, shown: str) -> str:
+    """A config file's text; a binary, non-UTF-8, huge or unreadable file is a one-line ConfigError."""
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(f'{shown}: {path.stat().st_size:,} bytes is too big for a config file '
+                              f'(at most {MAX_FILE_BYTES:,})')
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f'{shown}: cannot read it ({e.strerror or e})') from None
+    if b'\0' in raw:
+        raise ConfigError(f'{shown}: a binary file, not a YAML config')
+    try:
+        return raw.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        raise ConfigError(f'{shown}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); '
+                          f'save it as UTF-8') from None
 
 
 class Config(dict):
@@ -105,7 +225,7 @@ def _read_config_file(path: Path, origins: dict[str, str], chain: tuple[Path, ..
         raise ConfigError(f"{shown}: {EXTENDS_KEY}: circular: {' -> '.join(display_path(p) for p in chain + (path,))}")
     if not path.is_file():
         raise ConfigError(f'{shown}: config file not found')
-    data = parse_yaml(path.read_text(), shown)
+    data = parse_yaml(read_text_file(path, shown), shown)
     if data is None:
         raise ConfigError(f'{shown}: the config file is empty')
     if not isinstance(data, Mapping):

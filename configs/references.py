@@ -26,6 +26,18 @@ from utils import ConfigError, did_you_mean
 # `$${` (an escaped, literal `${`) or `${...}` up to the first `}`.
 _TOKEN = re.compile(r'\$\$\{|\$\{([^}]*)\}')
 _KEY_PATH = re.compile(r'[\w\-]+(\.[\w\-]+)*')
+# What references may copy in one config, counted in values and 64-character pieces of text: a
+# chain of references that doubles at each step (a "billion laughs" by reference) stops here.
+MAX_COPIED = 100_000
+
+
+def _weight(value: Any) -> int:
+    """Values in `value`, a string counting one per 64 characters."""
+    if isinstance(value, Mapping):
+        return 1 + sum(_weight(v) for v in value.values())
+    if isinstance(value, list):
+        return 1 + sum(_weight(v) for v in value)
+    return 1 + len(value) // 64 if isinstance(value, str) else 1
 
 
 def has_references(text: str) -> bool:
@@ -41,6 +53,7 @@ class _Resolver:
         self.stack: list[str] = []              # keys being resolved, to catch a cycle
         self.done: dict[str, Any] = {}          # resolved values of referenced keys
         self.references: dict[str, str] = {}    # key -> the string with references it held
+        self.copied = 0                         # what lookups copied so far (see MAX_COPIED)
 
     def error(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f'{self.where(key)}: {key}: {problem}')
@@ -111,8 +124,12 @@ class _Resolver:
                 if here in self.stack:   # a path through a reference: follow it
                     raise self.error(key, f"reference cycle: {' -> '.join(self.stack[self.stack.index(here):] + [here])}")
                 node = self.resolve(node, here)
+        value = self.resolve(node, path)
+        self.copied += _weight(value)
+        if self.copied > MAX_COPIED:
+            raise self.error(key, f'${{{path}}}: references copy more than {MAX_COPIED:,} values (a reference bomb?)')
         # A copy: the same object twice in the config would give config.yaml YAML anchors.
-        return copy.deepcopy(self.resolve(node, path))
+        return copy.deepcopy(value)
 
 
 def resolve_references(data: Mapping, where: Callable[[str], str]) -> tuple[dict, dict[str, str]]:

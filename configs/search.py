@@ -32,7 +32,7 @@ from configs.search_space import (HEARTBEAT_SECONDS, SearchSpec, make_pruner, ma
                                   retry)
 from configs.sweep import run_value, worker_slots
 from configs.trial import PRUNED_FILE, trial_environment
-from utils import PROJECT_ROOT, ConfigError, display_path
+from utils import PROJECT_ROOT, ConfigError
 
 
 @dataclasses.dataclass

@@ -123,4 +123,5 @@ def test_a_loss_gone_nan_stops_the_run_with_a_message(save_root: Path, capsys: p
     assert run_pl(save_root, '--config', GAN, *exploding, 'trainer_params.limit_train_batches=5') == 1
     assert capsys.readouterr().err.endswith(
         'error: non-finite training loss in epoch 1 (between steps 0 and 9): d_loss, g_loss became NaN or '
-        'infinite; training stopped, the last good checkpoint is kept\n')
+        'infinite; training stopped before any checkpoint was saved (nothing to resume; fix the cause and start '
+        'again with --overwrite)\n')   # a NaN in the first epoch: no checkpoint to claim
