@@ -2,7 +2,7 @@
 
 Sections, top to bottom:
   errors      ConfigError (printed as one line, exit status 2), NonFiniteLossError, NothingToDo,
-              ExportCheckError, did_you_mean
+              ExportCheckError, RunStoppedError, did_you_mean
   registries  Registry, ClassNamespace and every extension point of the template, one line each
   process     thread defaults for shared machines, garbage collection around start-up and exit,
               the global rank as launchers set it, glibc's memory policy, display paths
@@ -14,6 +14,7 @@ bookkeeping both entry points share). The README's Layout section maps every con
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import gc
@@ -22,6 +23,7 @@ import inspect
 import os
 import pkgutil
 import typing
+import weakref
 from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -74,6 +76,11 @@ class DuplicateNameError(ValueError):
 class ModuleFileError(ConfigError):
     """A file of a registry's package failed to import: `models/x.py:3: SyntaxError: ...`. It is
     reported as it is, not as a problem of the config key that asked for the registry."""
+
+
+class RunStoppedError(Exception):
+    """The run stopped on an error after its folder was created (a full disk, a dataset that
+    raises): printed as one line with the cause and the checkpoint to resume from, exit status 1."""
 
 
 def did_you_mean(word: str, candidates: Sequence[str]) -> str:
@@ -145,7 +152,15 @@ class Registry:
         """Build `{name, args}`; `args` given here override the spec's. The spec is not changed."""
         kwargs = copy.deepcopy(dict(spec.get('args') or {}))
         kwargs.update(args or {})
-        return self.get(spec['name'])(**kwargs)
+        try:
+            obj = self.get(spec['name'])(**kwargs)
+        except Exception as e:
+            if getattr(e, 'spec', None) is None:   # the innermost spec being built is the one to blame
+                with contextlib.suppress(AttributeError):
+                    e.spec = (self.kind, dict(spec))
+            raise
+        remember_spec(obj, self.kind, spec)
+        return obj
 
 
 class ClassNamespace(Registry):
@@ -205,6 +220,34 @@ class TorchvisionModels(Registry):
         adapter = _import_object(self.adapter)
         for name in torchvision.models.list_models(module=torchvision.models):
             self._classes[f'torchvision.{name}'] = adapter.for_builder(name)
+
+
+# What each object built by a registry was built from, so that an error raised later inside
+# one of its methods (a scheduler's step, a dataset's __getitem__) names the config key of its spec.
+_BUILT: dict[int, tuple[Callable[[], Any], str, Mapping]] = {}
+
+
+def remember_spec(obj: Any, kind: str, spec: Mapping) -> None:
+    """Record that `obj` was built from `spec` (of a registry of this `kind`); forgotten with it."""
+    key = id(obj)
+    try:
+        ref = weakref.ref(obj, lambda _: _BUILT.pop(key, None))
+    except TypeError:   # not weak-referenceable (a plain function's result, say): not tracked
+        return
+    _BUILT[key] = (ref, kind, spec)
+
+
+def spec_of(obj: Any) -> Optional[tuple[str, Mapping]]:
+    """(registry kind, spec) that `obj` was built from, or None."""
+    entry = _BUILT.get(id(obj))
+    return (entry[1], entry[2]) if entry is not None and entry[0]() is obj else None
+
+
+def copy_specs(memo: Mapping[int, Any]) -> None:
+    """After `copy.deepcopy(x, memo)`: the copies of built objects were built from the same specs."""
+    for key, (ref, kind, spec) in list(_BUILT.items()):
+        if key in memo and ref() is not None:
+            remember_spec(memo[key], kind, spec)
 
 
 def _import_object(dotted: str) -> Any:
