@@ -212,9 +212,6 @@ def preflight(cfg: Config, data: Any, wrapper: Any, params: Mapping) -> FirstSte
             seen.see_batch(batch)
             phase[0] = 'the first training step'
 
-        def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, *args: Any) -> None:
-            phase[0] = 'stepping the scheduler'   # epoch schedulers step before validation in Lightning
-
         def on_validation_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
             phase[0] = 'loading the first validation batch'
 
@@ -232,6 +229,13 @@ def preflight(cfg: Config, data: Any, wrapper: Any, params: Mapping) -> FirstSte
             logger.setLevel(logging.ERROR)
         copy = copy_module(wrapper)
         seen.watch(copy)
+        step_scheduler = copy.lr_scheduler_step
+
+        def lr_scheduler_step(*args: Any) -> None:   # Lightning calls it between two callback hooks
+            phase[0] = 'stepping the scheduler'
+            step_scheduler(*args)
+            phase[0] = 'the first training step'
+        copy.lr_scheduler_step = lr_scheduler_step
         trainer = pl.Trainer(**{k: v for k, v in params.items() if k in PREFLIGHT_KEEPS}, devices=1, max_epochs=1,
                              limit_train_batches=1, limit_val_batches=0 if params.get('limit_val_batches') == 0 else 1,
                              num_sanity_val_steps=0, logger=DummyLogger(), callbacks=[Phases()],
@@ -243,7 +247,8 @@ def preflight(cfg: Config, data: Any, wrapper: Any, params: Mapping) -> FirstSte
             with contextlib.suppress(UnloggedMonitor, NonFiniteLossError):
                 trainer.fit(copy, datamodule=lightning_data(data))
         try:
-            attempt(lambda: phase[0], 'train_wrapper', cfg, fit, seen.detail)
+            attempt(lambda: phase[0], 'train_wrapper', cfg, fit,
+                    lambda: seen.detail() if phase[0].startswith('the first') else '')
         finally:
             for logger, level in zip(loggers, levels):
                 logger.setLevel(level)
