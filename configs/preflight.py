@@ -122,6 +122,9 @@ def copy_module(module: nn.Module) -> nn.Module:
     memo: dict[int, Any] = {}
     duplicate = copy.deepcopy(module, memo)
     copy_specs(memo)
+    for part in duplicate.modules():   # `Module.compile()` keeps a compiled bound method of the
+        if getattr(part, '_compiled_call_impl', None) is not None:   # original: the copy runs eagerly
+            part._compiled_call_impl = None
     return duplicate
 
 
