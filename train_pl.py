@@ -45,8 +45,6 @@ from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli
 from configs.console import progress_bar_wanted
 from configs.loading import Config
 from configs.trial import ValidationHook, validation_hook
-from configs.preflight import FirstSteps, check_loop_values, check_monitors, copy_module, isolated_rng
-from models.optim import UnloggedMonitor
 from utils import CALLBACKS, DATA_MODULES, LOGGERS, WRAPPERS, ConfigError, NonFiniteLossError, display_path, resume_gc
 
 # Trainer and ModelCheckpoint arguments lightyaml sets itself, and what to do instead.
@@ -72,6 +70,7 @@ def validate(cfg: Config) -> None:
                  'ModelCheckpoint', refused=CHECKPOINT_OWN)
     check_spec_list(CALLBACKS, cfg, 'callbacks', problems)
     check_spec_list(LOGGERS, cfg, 'loggers', problems)
+    from configs.preflight import check_loop_values   # torch: not needed by --print-config
     problems += check_loop_values(cfg)
     if problems:
         raise ConfigError(*problems)
@@ -193,14 +192,17 @@ PREFLIGHT_KEEPS = ('accelerator', 'precision', 'deterministic', 'benchmark', 'in
                    'gradient_clip_val', 'gradient_clip_algorithm', 'log_every_n_steps', 'use_distributed_sampler')
 
 
-def preflight(cfg: Config, data: Any, wrapper: Any, params: Mapping) -> FirstSteps:
+def preflight(cfg: Config, data: Any, wrapper: Any, params: Mapping) -> Any:
     """One training and one validation batch of a copy of the wrapper through a throwaway Trainer
-    (no logger output, no checkpoints, no callbacks of the run, one device, a temporary root), then
+    (its logger and root in a temporary folder, no checkpoints, no callbacks of the run, one device), then
     every `monitor` checked against what was logged. Any wrapper works, since Lightning itself
     runs its hooks; a LightningDataModule gets prepare_data() and setup('fit') from it. The
     generators are restored afterwards. About 0.1 s on digits."""
     import pytorch_lightning as pl
-    from pytorch_lightning.loggers.logger import DummyLogger
+
+    from callbacks.base_logger import ExperimentLogger
+    from configs.preflight import FirstSteps, check_monitors, copy_module, isolated_rng
+    from models.optim import UnloggedMonitor
     seen = FirstSteps()
     phase = ['building the optimizer and scheduler']   # where an error happened, in train.py's words
 
@@ -229,6 +231,8 @@ def preflight(cfg: Config, data: Any, wrapper: Any, params: Mapping) -> FirstSte
             logger.setLevel(logging.ERROR)
         copy = copy_module(wrapper)
         seen.watch(copy)
+        scratch = ExperimentDir(root)   # the module's own logging (images, samples) goes here
+        scratch.started = True
         step_scheduler = copy.lr_scheduler_step
 
         def lr_scheduler_step(*args: Any) -> None:   # Lightning calls it between two callback hooks
@@ -238,7 +242,8 @@ def preflight(cfg: Config, data: Any, wrapper: Any, params: Mapping) -> FirstSte
         copy.lr_scheduler_step = lr_scheduler_step
         trainer = pl.Trainer(**{k: v for k, v in params.items() if k in PREFLIGHT_KEEPS}, devices=1, max_epochs=1,
                              limit_train_batches=1, limit_val_batches=0 if params.get('limit_val_batches') == 0 else 1,
-                             num_sanity_val_steps=0, logger=DummyLogger(), callbacks=[Phases()],
+                             num_sanity_val_steps=0, callbacks=[Phases()],
+                             logger=ExperimentLogger(scratch),
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                              default_root_dir=root)
 

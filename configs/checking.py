@@ -274,7 +274,9 @@ def _spec_args(cfg: Config, key: str) -> str:
     for part in key.split('.'):
         node = node.get(part) if isinstance(node, Mapping) else None
     args = node.get('args') if isinstance(node, Mapping) and 'name' in node else None
-    return f" (with {', '.join(f'{k}={v!r}' for k, v in args.items())})" if isinstance(args, Mapping) and args else ''
+    plain = [f'{k}={v!r}' for k, v in args.items() if isinstance(v, (int, float, str, bool))] if isinstance(
+        args, Mapping) else []
+    return f" (with {', '.join(plain)})" if plain else ''
 
 
 def first_line(error: BaseException) -> str:
