@@ -22,7 +22,6 @@ The run goes to save/<name>/: config.yaml, src/, log.txt, metrics.csv, tb/, ckpt
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
@@ -223,6 +222,10 @@ def preflight(cfg: Config, data: Any, wrapper: Any, params: Mapping) -> Any:
         def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
             phase[0] = 'stepping the scheduler'
 
+    class ScratchLogger(ExperimentLogger):   # writes only what the module itself asks for (images, samples)
+        def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
+            pass
+
     loggers = [logging.getLogger(n) for n in ('pytorch_lightning', 'lightning_fabric', 'lightning.pytorch')]
     levels = [logger.level for logger in loggers]
     with isolated_rng(), warnings.catch_warnings(), tempfile.TemporaryDirectory() as root:
@@ -243,14 +246,18 @@ def preflight(cfg: Config, data: Any, wrapper: Any, params: Mapping) -> Any:
         trainer = pl.Trainer(**{k: v for k, v in params.items() if k in PREFLIGHT_KEEPS}, devices=1, max_epochs=1,
                              limit_train_batches=1, limit_val_batches=0 if params.get('limit_val_batches') == 0 else 1,
                              num_sanity_val_steps=0, callbacks=[Phases()],
-                             logger=ExperimentLogger(scratch),
+                             logger=ScratchLogger(scratch),
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                              default_root_dir=root)
 
         def fit() -> None:
             # A monitor is reported below with its config key; a NaN loss by the run itself.
-            with contextlib.suppress(UnloggedMonitor, NonFiniteLossError):
+            try:
                 trainer.fit(copy, datamodule=lightning_data(data))
+            except UnloggedMonitor:
+                pass
+            except NonFiniteLossError:
+                phase[0] = 'non-finite'
         try:
             attempt(lambda: phase[0], 'train_wrapper', cfg, fit,
                     lambda: seen.detail() if phase[0].startswith('the first') else '')
@@ -258,7 +265,8 @@ def preflight(cfg: Config, data: Any, wrapper: Any, params: Mapping) -> Any:
             for logger, level in zip(loggers, levels):
                 logger.setLevel(level)
     seen.logged = sorted(set(trainer.callback_metrics) - {'epoch', 'step'})
-    check_monitors(cfg, trainer.callback_metrics)
+    if phase[0] != 'non-finite':   # the epoch stopped early: not everything was logged
+        check_monitors(cfg, trainer.callback_metrics)
     return seen
 
 
