@@ -208,6 +208,7 @@ def preflight(cfg: Config, data: Any, wrapper: Any, params: Mapping) -> Any:
     class Phases(pl.Callback):
         def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
             phase[0] = 'loading the first training batch'
+            scratch.started = True   # after Lightning's setup asked for `experiment`: made only when used
 
         def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
             seen.see_batch(batch)
@@ -235,7 +236,6 @@ def preflight(cfg: Config, data: Any, wrapper: Any, params: Mapping) -> Any:
         copy = copy_module(wrapper)
         seen.watch(copy)
         scratch = ExperimentDir(root)   # the module's own logging (images, samples) goes here
-        scratch.started = True
         step_scheduler = copy.lr_scheduler_step
 
         def lr_scheduler_step(*args: Any) -> None:   # Lightning calls it between two callback hooks
