@@ -52,7 +52,7 @@ from callbacks.metrics_files import MetricsWriter, format_epoch_line, model_summ
 from callbacks.results import finish_run, predict_spec, record_test, split_loader, write_predictions
 from callbacks.sample_grid import write_prediction_grid
 from callbacks.trackers import TrackedRuns, make_tracked_runs
-from configs.checking import build, check_kwargs, check_sections, check_spec_list
+from configs.checking import attempt, build, check_kwargs, check_sections, check_spec_list
 from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli, select_cuda_devices, stopped_run
 from configs.console import progress_bar_wanted
 from configs.loading import Config
@@ -357,9 +357,11 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
     train_loader = build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
     val_loaders = data.val_dataloader() or []   # one loader, or one per named validation set
     val_loaders = val_loaders if isinstance(val_loaders, list) else [val_loaders]
-    materialize(task, train_loader)   # lazy modules take their shapes from the first batch
+    # Lazy modules take their shapes from the first batch.
+    attempt('the first training step', 'train_wrapper', cfg, lambda: materialize(task, train_loader))
     # A model (and loss) without trainable parameters is evaluated and checkpointed as it is.
-    optimizers = task.configure_optimizers() or {'optimizer': None}
+    optimizers = attempt('building the optimizer and scheduler', 'train_wrapper.args.optim_spec', cfg,
+                         task.configure_optimizers) or {'optimizer': None}
     optimizer, scheduler = optimizers['optimizer'], optimizers.get('lr_scheduler')
     # What the training step calls: the model alone (Task.forward minus a module call), or under
     # DDP the wrapper around the whole task, which averages gradients inside backward().

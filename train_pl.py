@@ -162,13 +162,11 @@ def fit(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Op
         plugins.append(AtomicCheckpointIO())   # checkpoints written beside their destination, not in $TMPDIR
     trainer = build('pl.Trainer', 'trainer_params', cfg, lambda: pl.Trainer(
         **params, plugins=plugins, logger=loggers, callbacks=callbacks, default_root_dir=exp.path))
-    if trainer.world_size == 1 and not isinstance(data, pl.LightningDataModule):   # (a LightningDataModule
-        build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
     # Under torchrun or SLURM every process is already part of the job, and a throwaway Trainer
     # would join it: the preflight runs in single processes and in the one that launches DDP.
     launched = 'LOCAL_RANK' in os.environ or 'WORLD_SIZE' in os.environ
-    if not isinstance(data, pl.LightningDataModule):   # (a LightningDataModule is set up by the preflight)
-        build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
+    if trainer.world_size == 1 and not isinstance(data, pl.LightningDataModule):   # (a LightningDataModule
+        build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())   # is set up by the preflight)
     first_steps = None if launched else preflight(cfg, data, wrapper, params)
     if dry_run:
         print(first_steps.report() if first_steps else 'dry run: skipped in a launched process')
