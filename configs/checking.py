@@ -335,7 +335,7 @@ def _narrow(cfg: Config, key: str, message: str) -> str:
     if not isinstance(node, Mapping):
         return key.removesuffix('.args')
     scalars = {str(k): v for k, v in node.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-    named = [k for k in scalars if re.search(rf'(?<![\w.]){re.escape(k)}(?![\w])', message)]
+    named = [k for k in scalars if re.search(rf'(?<![\w./-]){re.escape(k)}(?![\w/-])', message)]   # not in a path
     if not named:   # the value itself: 'lbl' in KeyError('lbl'), -0.1 in 'Invalid learning rate: -0.1'
         named = [k for k, v in scalars.items() if re.search(
             rf"(?<![\w.'-]){re.escape(repr(v) if isinstance(v, str) else str(v))}(?![\w.'])", message)]
