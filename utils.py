@@ -14,7 +14,6 @@ bookkeeping both entry points share). The README's Layout section maps every con
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import difflib
 import gc
@@ -23,10 +22,11 @@ import inspect
 import os
 import pkgutil
 import typing
-import weakref
 from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from configs.built_specs import copy_specs, remember_spec, spec_of  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from configs.loading import Config
@@ -79,8 +79,7 @@ class ModuleFileError(ConfigError):
 
 
 class RunStoppedError(Exception):
-    """The run stopped on an error after its folder was created (a full disk, a dataset that
-    raises): printed as one line with the cause and the checkpoint to resume from, exit status 1."""
+    """A run under way stopped on an error (a full disk, a raising dataset): one line, exit status 1."""
 
 
 def did_you_mean(word: str, candidates: Sequence[str]) -> str:
@@ -154,10 +153,8 @@ class Registry:
         kwargs.update(args or {})
         try:
             obj = self.get(spec['name'])(**kwargs)
-        except Exception as e:
-            if getattr(e, 'spec', None) is None:   # the innermost spec being built is the one to blame
-                with contextlib.suppress(AttributeError):
-                    e.spec = (self.kind, dict(spec))
+        except Exception as e:   # the innermost spec being built is the one to blame (configs/built_specs.py)
+            e.spec = getattr(e, 'spec', None) or (self.kind, dict(spec))
             raise
         remember_spec(obj, self.kind, spec)
         return obj
@@ -222,32 +219,6 @@ class TorchvisionModels(Registry):
             self._classes[f'torchvision.{name}'] = adapter.for_builder(name)
 
 
-# What each object built by a registry was built from, so that an error raised later inside
-# one of its methods (a scheduler's step, a dataset's __getitem__) names the config key of its spec.
-_BUILT: dict[int, tuple[Callable[[], Any], str, Mapping]] = {}
-
-
-def remember_spec(obj: Any, kind: str, spec: Mapping) -> None:
-    """Record that `obj` was built from `spec` (of a registry of this `kind`); forgotten with it."""
-    key = id(obj)
-    try:
-        ref = weakref.ref(obj, lambda _: _BUILT.pop(key, None))
-    except TypeError:   # not weak-referenceable (a plain function's result, say): not tracked
-        return
-    _BUILT[key] = (ref, kind, spec)
-
-
-def spec_of(obj: Any) -> Optional[tuple[str, Mapping]]:
-    """(registry kind, spec) that `obj` was built from, or None."""
-    entry = _BUILT.get(id(obj))
-    return (entry[1], entry[2]) if entry is not None and entry[0]() is obj else None
-
-
-def copy_specs(memo: Mapping[int, Any]) -> None:
-    """After `copy.deepcopy(x, memo)`: the copies of built objects were built from the same specs."""
-    for key, (ref, kind, spec) in list(_BUILT.items()):
-        if key in memo and ref() is not None:
-            remember_spec(memo[key], kind, spec)
 
 
 def _import_object(dotted: str) -> Any:
