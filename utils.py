@@ -2,7 +2,7 @@
 
 Sections, top to bottom:
   errors      ConfigError (printed as one line, exit status 2), NonFiniteLossError, NothingToDo,
-              ExportCheckError, RunStoppedError, did_you_mean
+              ExportCheckError, did_you_mean
   registries  Registry, ClassNamespace and every extension point of the template, one line each
   process     thread defaults for shared machines, garbage collection around start-up and exit,
               the global rank as launchers set it, glibc's memory policy, display paths
@@ -26,7 +26,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from configs.built_specs import copy_specs, remember_spec, spec_of  # noqa: F401 (re-exported)
+from configs.built_specs import built, copy_specs, spec_of  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from configs.loading import Config
@@ -76,10 +76,6 @@ class DuplicateNameError(ValueError):
 class ModuleFileError(ConfigError):
     """A file of a registry's package failed to import: `models/x.py:3: SyntaxError: ...`. It is
     reported as it is, not as a problem of the config key that asked for the registry."""
-
-
-class RunStoppedError(Exception):
-    """A run under way stopped on an error (a full disk, a raising dataset): one line, exit status 1."""
 
 
 def did_you_mean(word: str, candidates: Sequence[str]) -> str:
@@ -151,13 +147,7 @@ class Registry:
         """Build `{name, args}`; `args` given here override the spec's. The spec is not changed."""
         kwargs = copy.deepcopy(dict(spec.get('args') or {}))
         kwargs.update(args or {})
-        try:
-            obj = self.get(spec['name'])(**kwargs)
-        except Exception as e:   # the innermost spec being built is the one to blame (configs/built_specs.py)
-            e.spec = getattr(e, 'spec', None) or (self.kind, dict(spec))
-            raise
-        remember_spec(obj, self.kind, spec)
-        return obj
+        return built(self.kind, spec, lambda: self.get(spec['name'])(**kwargs))   # configs/built_specs.py
 
 
 class ClassNamespace(Registry):

@@ -33,3 +33,15 @@ def copy_specs(memo: Mapping[int, Any]) -> None:
     for key, (ref, kind, spec) in list(_BUILT.items()):
         if key in memo and ref() is not None:
             remember_spec(memo[key], kind, spec)
+
+
+def built(kind: str, spec: Mapping, construct: Callable[[], Any]) -> Any:
+    """`construct()`, remembering `spec` for the object it returns; an exception it raises carries
+    the innermost spec being built (`error.spec`), the one to blame."""
+    try:
+        obj = construct()
+    except Exception as e:
+        e.spec = getattr(e, 'spec', None) or (kind, dict(spec))
+        raise
+    remember_spec(obj, kind, spec)
+    return obj

@@ -19,7 +19,11 @@ from configs.checking import blame, first_line
 from configs.console import quiet_console
 from configs.loading import Config, config_differences, dump_with_origins, load_config, resolve_seed
 from utils import (PROJECT_ROOT, ConfigError, ExportCheckError, NonFiniteLossError, NothingToDo,
-                   RunStoppedError, display_path, global_rank_from_env, list_registered)
+                   display_path, global_rank_from_env, list_registered)
+
+
+class RunStoppedError(Exception):
+    """A run under way stopped on an error (a full disk, a raising dataset): one line, exit status 1."""
 
 
 def make_parser(doc: str) -> argparse.ArgumentParser:
