@@ -49,14 +49,15 @@ from callbacks.checkpoint_files import (TopK, check_resumable, load_weights, sav
 from callbacks.experiment_dir import ExperimentDir
 from callbacks.folder_lock import HELD_BY_LAUNCHER
 from callbacks.metrics_files import MetricsWriter, format_epoch_line, model_summary
-from callbacks.results import finish_run, predict_spec, record_test, write_predictions
+from callbacks.results import finish_run, predict_spec, record_test, split_loader, write_predictions
 from callbacks.sample_grid import write_prediction_grid
 from callbacks.trackers import TrackedRuns, make_tracked_runs
-from configs.checking import build, check_kwargs, check_sections, check_spec_list
-from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli, select_cuda_devices
+from configs.checking import attempt, build, check_kwargs, check_sections, check_spec_list
+from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli, select_cuda_devices, stopped_run
 from configs.console import progress_bar_wanted
 from configs.loading import Config
 from configs.trial import ValidationHook, validation_hook
+from configs.preflight import check_loop_values, task_first_steps
 from models.ema import EMA, STATE_KEY, EMAParams, ema_target, ema_weights
 from models.lazy import materialize
 from models.optim import step_schedulers
@@ -141,6 +142,7 @@ def validate(cfg: Config) -> None:
     if is_lightning_data_module(cfg.get('data_module')):
         problems.append(cfg.error('data_module.name', f"{cfg['data_module']['name']!r} is a LightningDataModule, "
                                                       f"whose setup() Lightning calls; use train_pl.py for it"))
+    problems += check_loop_values(cfg)
     if problems:
         raise ConfigError(*problems)
 
@@ -296,8 +298,10 @@ def restore(path: Path, task: Any, optimizer: Any, scheduler: Optional[dict], sc
 
 def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Optional[Path] = None,
           overwrite: bool = False, gpu: Optional[str] = None, init_from: Optional[Path] = None,
-          restart: bool = False, on_validation: Optional[ValidationHook] = None) -> dict[str, float]:
-    """Validate, build, train; returns the last epoch's metrics (on every process). The experiment
+          restart: bool = False, on_validation: Optional[ValidationHook] = None,
+          dry_run: bool = False) -> dict[str, float]:
+    """Validate, build, check one training and validation step (the preflight), train; returns the
+    last epoch's metrics (on every process); `dry_run` stops after the preflight. The experiment
     folder's lock is released when it ends, however it ends.
     `restart`: the folder exists without a checkpoint and starts again in place;
     `on_validation(epoch, metrics)`: called after each validation, True stops the run."""
@@ -318,8 +322,9 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
         trackers = make_tracked_runs(cfg.get('loggers') or [], TRACKERS.get, exp, cfg, resume_ckpt is not None)
         status = 'failed'
         try:
-            metrics = train_process(cfg, exp, command, params, ckpt_params, device, rank, world_size, resume_ckpt,
-                                    overwrite, init_from, trackers, restart, on_validation)
+            with stopped_run(exp, cfg):   # an error once under way: one line, the checkpoint to resume from
+                metrics = train_process(cfg, exp, command, params, ckpt_params, device, rank, world_size,
+                                        resume_ckpt, overwrite, init_from, trackers, restart, on_validation, dry_run)
             status = 'success'
             return metrics
         finally:
@@ -331,7 +336,8 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
 def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], params: TrainerParams,
                   ckpt_params: CheckpointParams, device: torch.device, rank: int, world_size: int,
                   resume_ckpt: Optional[Path], overwrite: bool, init_from: Optional[Path],
-                  trackers: TrackedRuns, restart: bool, on_validation: Optional[ValidationHook]) -> dict[str, float]:
+                  trackers: TrackedRuns, restart: bool, on_validation: Optional[ValidationHook],
+                  dry_run: bool = False) -> dict[str, float]:
     """One process's training: set-up, resume, the loop, the end of the run."""
     # --- set-up: seeds, data, task, optimizer ------------------------------------------------------
     master = rank == 0   # only global rank 0 writes files
@@ -351,15 +357,26 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
     train_loader = build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
     val_loaders = data.val_dataloader() or []   # one loader, or one per named validation set
     val_loaders = val_loaders if isinstance(val_loaders, list) else [val_loaders]
-    materialize(task, train_loader)   # lazy modules take their shapes from the first batch
+    # Lazy modules take their shapes from the first batch.
+    attempt('the first training step', 'train_wrapper', cfg, lambda: materialize(task, train_loader))
     # A model (and loss) without trainable parameters is evaluated and checkpointed as it is.
-    optimizers = task.configure_optimizers() or {'optimizer': None}
+    optimizers = attempt('building the optimizer and scheduler', 'train_wrapper.args.optim_spec', cfg,
+                         task.configure_optimizers) or {'optimizer': None}
     optimizer, scheduler = optimizers['optimizer'], optimizers.get('lr_scheduler')
     # What the training step calls: the model alone (Task.forward minus a module call), or under
     # DDP the wrapper around the whole task, which averages gradients inside backward().
     step_module = (task.model if world_size == 1 or optimizer is None else torch.nn.parallel.DistributedDataParallel(
         task, device_ids=[device.index] if device.index is not None else None))
     autocast, scaler = autocast_and_scaler(params.precision, device)
+    n_train = limit(len(train_loader), params.limit_train_batches)
+    val_sets = {stage: (loader, limit(len(loader), params.limit_val_batches)) for stage, loader in
+                zip(val_stages(getattr(data, 'val_names', None), len(val_loaders)), val_loaders)}
+    # The preflight: the first training and validation step on a copy, before anything is created.
+    first_steps = task_first_steps(cfg, task, train_loader, n_train, val_sets, device, autocast)
+    if dry_run:
+        if master:
+            print(first_steps.report())
+        return {}
 
     # --- resume: weights, optimizer, scheduler and counters from the checkpoint ---------------------
     if resume_ckpt:   # a checkpoint of another model fails here, before the folder is touched
@@ -386,9 +403,6 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
         top_k.load_state_dict(resumed.top_k or {})
     hparams = cfg['train_wrapper'].get('args', {})
     max_epochs = params.max_epochs if params.max_epochs is not None else (1000 if params.max_steps < 0 else -1)
-    n_train = limit(len(train_loader), params.limit_train_batches)
-    val_sets = {stage: (loader, limit(len(loader), params.limit_val_batches)) for stage, loader in
-                zip(val_stages(getattr(data, 'val_names', None), len(val_loaders)), val_loaders)}
     start_time, metrics = time.perf_counter(), {}
 
     # --- the loop -------------------------------------------------------------------------------------
@@ -529,13 +543,14 @@ def evaluate_checkpoint(args: argparse.Namespace, exp: ExperimentDir, cfg: Confi
     autocast, _ = autocast_and_scaler(params.precision, device)
     resume_gc()   # paused for start-up when run as a script
     if args.test:
-        loader = data.test_dataloader()
+        loader = split_loader(data, 'test', f'--test {args.test}')
         record_test(exp, ckpt, evaluate(task, loader, len(loader), 'test', device, autocast), ema=averaged)
         return
     data.specs['predict'] = predict_spec(args.data, cfg)
+    loader = split_loader(data, 'predict', f'--predict {args.predict}' + (f' --data {args.data}' if args.data else ''))
     task.eval()
     with torch.no_grad(), autocast:
-        outputs = [task(to_device(batch, device)).cpu() for batch in data.predict_dataloader()]
+        outputs = [task(to_device(batch, device)).cpu() for batch in loader]
     write_predictions(Path(args.out) if args.out else exp.path / 'predictions.csv', torch.cat(outputs),
                       data.dataset('predict'), exp.read_classes())
 
@@ -551,7 +566,7 @@ def run(args: argparse.Namespace, command: list[str]) -> None:
         print(f'{display_path(resolved.exp.path)} has finished (result.yaml); nothing to do')
         return
     train(resolved.cfg, resolved.exp, command, resolved.resume, args.overwrite, args.gpu, resolved.init_from,
-          resolved.restart, validation_hook(resolved.exp))
+          resolved.restart, validation_hook(resolved.exp), args.dry_run)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

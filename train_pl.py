@@ -22,7 +22,10 @@ The run goes to save/<name>/: config.yaml, src/, log.txt, metrics.csv, tb/, ckpt
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,13 +38,13 @@ if __name__ == '__main__':
     pause_gc_for_start_up()   # until training starts: a third of the import time (utils.py)
 
 from callbacks.experiment_dir import ExperimentDir
-from callbacks.results import finish_run, predict_spec, record_test, write_predictions
-from configs.checking import build, check_kwargs, check_sections, check_spec, check_spec_list
-from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli, select_cuda_devices
+from callbacks.results import finish_run, predict_spec, record_test, split_loader, write_predictions
+from configs.checking import attempt, build, check_kwargs, check_sections, check_spec, check_spec_list
+from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli, select_cuda_devices, stopped_run
 from configs.console import progress_bar_wanted
 from configs.loading import Config
 from configs.trial import ValidationHook, validation_hook
-from utils import CALLBACKS, DATA_MODULES, LOGGERS, WRAPPERS, ConfigError, display_path, resume_gc
+from utils import CALLBACKS, DATA_MODULES, LOGGERS, WRAPPERS, ConfigError, NonFiniteLossError, display_path, resume_gc
 
 # Trainer and ModelCheckpoint arguments lightyaml sets itself, and what to do instead.
 TRAINER_OWN = {
@@ -66,6 +69,8 @@ def validate(cfg: Config) -> None:
                  'ModelCheckpoint', refused=CHECKPOINT_OWN)
     check_spec_list(CALLBACKS, cfg, 'callbacks', problems)
     check_spec_list(LOGGERS, cfg, 'loggers', problems)
+    from configs.preflight import check_loop_values   # torch: not needed by --print-config
+    problems += check_loop_values(cfg)
     if problems:
         raise ConfigError(*problems)
 
@@ -90,18 +95,20 @@ def device_params(trainer_params: Mapping, gpu: Optional[str], nodes: Optional[i
 def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Optional[Path] = None,
           overwrite: bool = False, gpu: Optional[str] = None, nodes: Optional[int] = None,
           init_from: Optional[Path] = None, restart: bool = False,
-          on_validation: Optional[ValidationHook] = None) -> dict[str, float]:
-    """Validate the config, build everything, fit, and return the final logged metrics; the
+          on_validation: Optional[ValidationHook] = None, dry_run: bool = False) -> dict[str, float]:
+    """Validate the config, build everything, check one training and validation step (the
+    preflight; `dry_run` stops after it), fit, and return the final logged metrics; the
     experiment folder's lock is released when it ends, however it ends.
     `restart`: the folder exists without a checkpoint and starts again in place;
     `on_validation(epoch, metrics)`: called after each validation, True stops the run."""
     with exp.writing():
-        return fit(cfg, exp, command, resume_ckpt, overwrite, gpu, nodes, init_from, restart, on_validation)
+        return fit(cfg, exp, command, resume_ckpt, overwrite, gpu, nodes, init_from, restart, on_validation,
+                   dry_run)
 
 
 def fit(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Optional[Path], overwrite: bool,
         gpu: Optional[str], nodes: Optional[int], init_from: Optional[Path], restart: bool = False,
-        on_validation: Optional[ValidationHook] = None) -> dict[str, float]:
+        on_validation: Optional[ValidationHook] = None, dry_run: bool = False) -> dict[str, float]:
     """What `train` does: validate, build the data, wrapper, callbacks and Trainer, and fit."""
     validate(cfg)
     import pytorch_lightning as pl
@@ -155,11 +162,16 @@ def fit(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Op
         plugins.append(AtomicCheckpointIO())   # checkpoints written beside their destination, not in $TMPDIR
     trainer = build('pl.Trainer', 'trainer_params', cfg, lambda: pl.Trainer(
         **params, plugins=plugins, logger=loggers, callbacks=callbacks, default_root_dir=exp.path))
-    if trainer.world_size == 1 and not isinstance(data, pl.LightningDataModule):
-        # Build the datasets now, so that a data error is a config error. (A LightningDataModule
-        # builds its data in prepare_data/setup, which Lightning calls inside fit.)
-        build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
-    with warnings.catch_warnings():
+    # Under torchrun or SLURM every process is already part of the job, and a throwaway Trainer
+    # would join it: the preflight runs in single processes and in the one that launches DDP.
+    launched = 'LOCAL_RANK' in os.environ or 'WORLD_SIZE' in os.environ
+    if trainer.world_size == 1 and not isinstance(data, pl.LightningDataModule):   # (a LightningDataModule
+        build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())   # is set up by the preflight)
+    first_steps = None if launched else preflight(cfg, data, wrapper, params)
+    if dry_run:
+        print(first_steps.report() if first_steps else 'dry run: skipped in a launched process')
+        return {}
+    with warnings.catch_warnings(), stopped_run(exp, cfg):
         if resume_ckpt is not None:   # continuing in place: ckpt/ holds the run's checkpoints, as it should
             warnings.filterwarnings('ignore', message=r'Checkpoint directory .* exists and is not empty')
         trainer.fit(wrapper, datamodule=lightning_data(data), ckpt_path=resume_ckpt, weights_only=True)
@@ -169,6 +181,91 @@ def fit(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Op
         finish_run(exp, metrics, checkpoint.monitor, best_score,
                    Path(checkpoint.best_model_path) if checkpoint.best_model_path else None)
     return metrics
+
+
+# The Trainer arguments a preflight step keeps: how a step computes. The loop's own (epochs,
+# limits, devices, strategy) are the preflight's.
+PREFLIGHT_KEEPS = ('accelerator', 'precision', 'deterministic', 'benchmark', 'inference_mode', 'detect_anomaly',
+                   'gradient_clip_val', 'gradient_clip_algorithm', 'log_every_n_steps', 'use_distributed_sampler')
+
+
+def preflight(cfg: Config, data: Any, wrapper: Any, params: Mapping) -> Any:
+    """One training and one validation batch of a copy of the wrapper through a throwaway Trainer
+    (its logger and root in a temporary folder, no checkpoints, no callbacks of the run, one device), then
+    every `monitor` checked against what was logged. Any wrapper works, since Lightning itself
+    runs its hooks; a LightningDataModule gets prepare_data() and setup('fit') from it. The
+    generators are restored afterwards. About 0.1 s on digits."""
+    import pytorch_lightning as pl
+
+    from callbacks.base_logger import ExperimentLogger
+    from configs.preflight import FirstSteps, check_monitors, copy_module, isolated_rng
+    from models.optim import UnloggedMonitor
+    seen = FirstSteps()
+    phase = ['building the optimizer and scheduler']   # where an error happened, in train.py's words
+
+    class Phases(pl.Callback):
+        def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+            phase[0] = 'loading the first training batch'
+            scratch.started = True   # after Lightning's setup asked for `experiment`: made only when used
+
+        def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            seen.see_batch(batch)
+            phase[0] = 'the first training step'
+
+        def on_validation_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+            phase[0] = 'loading the first validation batch'
+
+        def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: Any, *args: Any) -> None:
+            phase[0] = 'the first validation step'
+
+        def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+            phase[0] = 'stepping the scheduler'
+
+    class ScratchLogger(ExperimentLogger):   # writes only what the module itself asks for (images, samples)
+        def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
+            pass
+
+    loggers = [logging.getLogger(n) for n in ('pytorch_lightning', 'lightning_fabric', 'lightning.pytorch')]
+    levels = [logger.level for logger in loggers]
+    with isolated_rng(), warnings.catch_warnings(), tempfile.TemporaryDirectory() as root:
+        warnings.simplefilter('ignore')   # the run itself warns about what matters, once
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        copy = copy_module(wrapper)
+        seen.watch(copy)
+        scratch = ExperimentDir(root)   # the module's own logging (images, samples) goes here
+        step_scheduler = copy.lr_scheduler_step
+
+        def lr_scheduler_step(*args: Any) -> None:   # Lightning calls it between two callback hooks
+            phase[0] = 'stepping the scheduler'
+            step_scheduler(*args)
+            phase[0] = 'the first training step'
+        copy.lr_scheduler_step = lr_scheduler_step
+        trainer = pl.Trainer(**{k: v for k, v in params.items() if k in PREFLIGHT_KEEPS}, devices=1, max_epochs=1,
+                             limit_train_batches=1, limit_val_batches=0 if params.get('limit_val_batches') == 0 else 1,
+                             num_sanity_val_steps=0, callbacks=[Phases()],
+                             logger=ScratchLogger(scratch),
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             default_root_dir=root)
+
+        def fit() -> None:
+            # A monitor is reported below with its config key; a NaN loss by the run itself.
+            try:
+                trainer.fit(copy, datamodule=lightning_data(data))
+            except UnloggedMonitor:
+                pass
+            except NonFiniteLossError:
+                phase[0] = 'non-finite'
+        try:
+            attempt(lambda: phase[0], 'train_wrapper', cfg, fit,
+                    lambda: seen.detail() if phase[0].startswith('the first') else '')
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+    seen.logged = sorted(set(trainer.callback_metrics) - {'epoch', 'step'})
+    if phase[0] != 'non-finite':   # the epoch stopped early: not everything was logged
+        check_monitors(cfg, trainer.callback_metrics)
+    return seen
 
 
 def test_or_predict(args: argparse.Namespace) -> None:
@@ -206,8 +303,13 @@ def evaluate_checkpoint(args: argparse.Namespace, exp: ExperimentDir, cfg: Confi
                          enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
     resume_gc()   # paused for start-up when run as a script
     if args.test:
-        record_test(exp, ckpt, trainer.test(wrapper, datamodule=lightning_data(data), verbose=False)[0],
-                    ema=averaged is not None)
+        if isinstance(data, pl.LightningDataModule):
+            results = trainer.test(wrapper, datamodule=data, verbose=False)
+        else:
+            results = trainer.test(wrapper, dataloaders=split_loader(data, 'test', f'--test {args.test}'), verbose=False)
+        if not results:
+            raise ConfigError(f'--test {args.test}: the test split gave no batches')
+        record_test(exp, ckpt, results[0], ema=averaged is not None)
         return
     out = Path(args.out) if args.out else exp.path / 'predictions.csv'
     if isinstance(data, pl.LightningDataModule):   # its own predict_dataloader decides what is predicted
@@ -221,7 +323,8 @@ def evaluate_checkpoint(args: argparse.Namespace, exp: ExperimentDir, cfg: Confi
         raise ConfigError('--predict: works with the default data module (data_module.name: default) '
                           'or a LightningDataModule')
     data.specs['predict'] = predict_spec(args.data, cfg)
-    outputs = trainer.predict(wrapper, dataloaders=data.predict_dataloader())
+    loader = split_loader(data, 'predict', f'--predict {args.predict}' + (f' --data {args.data}' if args.data else ''))
+    outputs = trainer.predict(wrapper, dataloaders=loader)
     write_predictions(out, torch.cat(outputs), data.dataset('predict'), exp.read_classes())
 
 
@@ -259,7 +362,7 @@ def run(args: argparse.Namespace, command: list[str]) -> None:
         print(f'{display_path(resolved.exp.path)} has finished (result.yaml); nothing to do')
         return
     train(resolved.cfg, resolved.exp, command, resolved.resume, args.overwrite, args.gpu, args.nodes,
-          resolved.init_from, resolved.restart, validation_hook(resolved.exp))
+          resolved.init_from, resolved.restart, validation_hook(resolved.exp), args.dry_run)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -26,6 +26,8 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from configs.built_specs import built, copy_specs, spec_of  # noqa: F401 (re-exported)
+
 if TYPE_CHECKING:
     from configs.loading import Config
 
@@ -145,7 +147,7 @@ class Registry:
         """Build `{name, args}`; `args` given here override the spec's. The spec is not changed."""
         kwargs = copy.deepcopy(dict(spec.get('args') or {}))
         kwargs.update(args or {})
-        return self.get(spec['name'])(**kwargs)
+        return built(self.kind, spec, lambda: self.get(spec['name'])(**kwargs))   # configs/built_specs.py
 
 
 class ClassNamespace(Registry):
@@ -205,6 +207,8 @@ class TorchvisionModels(Registry):
         adapter = _import_object(self.adapter)
         for name in torchvision.models.list_models(module=torchvision.models):
             self._classes[f'torchvision.{name}'] = adapter.for_builder(name)
+
+
 
 
 def _import_object(dotted: str) -> Any:

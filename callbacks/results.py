@@ -81,6 +81,26 @@ def predict_spec(data: Optional[str], cfg: Mapping) -> dict:
     return dict(spec)
 
 
+def split_loader(data: Any, stage: str, flag: str) -> Any:
+    """The loader of split `stage` ('test' or 'predict') for --test/--predict. A split the data
+    module does not have, or a dataset that cannot be built or is empty, is one ConfigError line."""
+    spec = getattr(data, 'specs', {}).get(stage, True)
+    try:
+        loader = getattr(data, f'{stage}_dataloader')() if spec else None
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f'{flag}: building the {stage} data failed: {type(e).__name__}: '
+                          f'{str(e).strip().splitlines()[0] if str(e).strip() else ""}') from e
+    if loader is None:
+        raise ConfigError(f"{flag}: the experiment's data module has no {stage} split (data_module.args.{stage} "
+                          f"is not set); add one as an override: data_module.args.{stage}='{{name: ..., args: ...}}'"
+                          if stage == 'test' else f'{flag}: no data to predict on; give --data')
+    if len(loader) == 0:
+        raise ConfigError(f'{flag}: the {stage} data is empty')
+    return loader
+
+
 def write_predictions(path: Path, outputs: Any, dataset: Any, classes: Optional[Sequence[str]] = None) -> Path:
     """predictions.csv: one row per sample (its file for an image folder); for class scores the
     predicted class, its name (from the experiment's classes.yaml) and its probability, else the

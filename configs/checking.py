@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from configs.loading import Config
-from utils import DATA_MODULES, DATASETS, REGISTRIES, ConfigError, ModuleFileError, Registry, SpecMarker, did_you_mean
+from utils import (DATA_MODULES, DATASETS, REGISTRIES, ConfigError, ModuleFileError, Registry, SpecMarker,
+                   did_you_mean, spec_of)
 
 TOP_LEVEL_SECTIONS = ('seed', 'data_module', 'train_wrapper', 'trainer_params', 'checkpoint', 'callbacks', 'loggers')
 REQUIRED_SECTIONS = ('data_module', 'train_wrapper')
+MAX_SEED = 2**32 - 1   # NumPy's limit; Lightning would silently draw another seed above it
 
 # How a value from YAML is checked against an annotation: True fits, False does not, None can't tell.
 _BASIC = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list,), tuple: (list,),
@@ -210,8 +213,8 @@ def check_sections(cfg: Config, allowed: Sequence[str] = TOP_LEVEL_SECTIONS) -> 
                 for k in cfg if k not in allowed]
     problems += [cfg.error('', f'missing section {k!r}') for k in REQUIRED_SECTIONS if k not in cfg]
     seed = cfg.get('seed')
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-        problems.append(cfg.error('seed', f'expected a non-negative integer, got {seed!r}'))
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED):
+        problems.append(cfg.error('seed', f'expected an integer from 0 to {MAX_SEED}, got {seed!r}'))
     if 'data_module' in cfg:
         name = cfg['data_module'].get('name') if isinstance(cfg['data_module'], Mapping) else None
         if isinstance(name, str) and name not in DATA_MODULES.names() and name in DATASETS.names():
@@ -243,10 +246,97 @@ def checkpoint_filename_problem(filename: Any) -> Optional[str]:
 
 
 def build(what: str, key: str, cfg: Config, fn: Callable[[], Any]) -> Any:
-    """Run `fn` (which builds something from the config); any exception becomes a ConfigError."""
+    """Run `fn` (which builds something from the config); any exception becomes a ConfigError
+    naming the key it comes from (`blame`), `key` when it cannot tell."""
+    return attempt(f'building {what}', key, cfg, fn)
+
+
+def attempt(what: str | Callable[[], str], key: str, cfg: Config, fn: Callable[[], Any],
+            detail: Callable[[], str] = str) -> Any:
+    """Run `fn`; an exception becomes one ConfigError line `file: key: <what> failed: Type: message`,
+    the key found by `blame` (falling back to `key`), followed by `detail()` (e.g. tensor shapes).
+    `what` may be a function, for work that goes through several phases."""
     try:
         return fn()
     except ConfigError:
         raise
     except Exception as e:
-        raise ConfigError(cfg.error(key, f'building {what} failed: {type(e).__name__}: {e}'.splitlines()[0])) from e
+        key = blame(e, cfg, key)
+        message = f'{what() if callable(what) else what} failed: {type(e).__name__}: {first_line(e)}{_spec_args(cfg, key)}{detail()}'
+        # An override that changed something below the key is named, not the file it overrode.
+        overrides = [o for k, o in cfg.origins.items() if k.startswith(f'{key}.') and o.startswith('override')]
+        raise ConfigError(f'{overrides[-1] if overrides else cfg.where(key)}: {key}: {message}') from e
+
+
+def _spec_args(cfg: Config, key: str) -> str:
+    """` (with T_max=0)`: the arguments of the spec at `key`, when the error names no single one."""
+    node: Any = cfg
+    for part in key.split('.'):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    args = node.get('args') if isinstance(node, Mapping) and 'name' in node else None
+    plain = [f'{k}={v!r}' for k, v in args.items() if isinstance(v, (int, float, str, bool))] if isinstance(
+        args, Mapping) else []
+    return f" (with {', '.join(plain)})" if plain else ''
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ''
+
+
+def blame(error: BaseException, cfg: Config, fallback: str) -> str:
+    """The config key an exception comes from.
+
+    Objects the registries build remember their spec (utils.remember_spec). An exception raised
+    while one is built carries its spec (`error.spec`); one raised later inside a method of a built
+    object (a scheduler's step, a dataset's __getitem__, a loss's forward) is traced through the
+    traceback's frames, innermost first, to the first such object. That spec is found in the
+    config by value; else `fallback`. Then, when the message names exactly one argument of that
+    spec or section (or quotes exactly one of their values), the key narrows to that argument.
+    """
+    found = getattr(error, 'spec', None) or _spec_in_traceback(error)
+    key = (next(_paths_of(cfg, found[1]), None) if found else None) or fallback
+    return _narrow(cfg, key, first_line(error) if not isinstance(error, KeyError) else repr(error)) if key else ''
+
+
+def _spec_in_traceback(error: BaseException) -> Optional[tuple[str, Mapping]]:
+    frames = []
+    tb = error.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        found = spec_of(frame.f_locals.get('self'))
+        if found:
+            return found
+    return None
+
+
+def _paths_of(node: Any, target: Mapping, prefix: str = '') -> Iterator[str]:
+    """Key paths in `node` whose value equals `target`."""
+    if isinstance(node, Mapping):
+        if prefix and dict(node) == dict(target):
+            yield prefix
+        for k, v in node.items():
+            yield from _paths_of(v, target, f'{prefix}.{k}' if prefix else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _paths_of(v, target, f'{prefix}.{i}')
+
+
+def _narrow(cfg: Config, key: str, message: str) -> str:
+    node: Any = cfg
+    for part in key.split('.') if key else []:
+        node = node.get(part) if isinstance(node, Mapping) else (
+            node[int(part)] if isinstance(node, list) and part.isdigit() and int(part) < len(node) else None)
+    if isinstance(node, Mapping) and 'name' in node:
+        node, key = node.get('args') or {}, f'{key}.args'
+    if not isinstance(node, Mapping):
+        return key.removesuffix('.args')
+    scalars = {str(k): v for k, v in node.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    named = [k for k in scalars if re.search(rf'(?<![\w./-]){re.escape(k)}(?![\w/-])', message)]   # not in a path
+    if not named:   # the value itself: 'lbl' in KeyError('lbl'), -0.1 in 'Invalid learning rate: -0.1'
+        named = [k for k, v in scalars.items() if re.search(
+            rf"(?<![\w.'-]){re.escape(repr(v) if isinstance(v, str) else str(v))}(?![\w.'])", message)]
+    return f'{key}.{named[0]}' if len(named) == 1 else key.removesuffix('.args')

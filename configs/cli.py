@@ -4,19 +4,26 @@ problem and exit status 2. Lightning-free."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from callbacks.experiment_dir import ExperimentDir, check_experiment_name, check_output_file
 from callbacks.results import plot_metrics
+from configs.checking import blame, first_line
 from configs.console import quiet_console
 from configs.loading import Config, config_differences, dump_with_origins, load_config, resolve_seed
-from utils import (PROJECT_ROOT, ConfigError, ExportCheckError, NonFiniteLossError, NothingToDo, display_path,
-                   global_rank_from_env, list_registered)
+from utils import (PROJECT_ROOT, ConfigError, ExportCheckError, NonFiniteLossError, NothingToDo,
+                   display_path, global_rank_from_env, list_registered)
+
+
+class RunStoppedError(Exception):
+    """A run under way stopped on an error (a full disk, a raising dataset): one line, exit status 1."""
 
 
 def make_parser(doc: str) -> argparse.ArgumentParser:
@@ -68,6 +75,8 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument('--print-config', action='store_true',
                         help='print the merged config with references resolved, each key with the file or override '
                              'that set it, and exit (creates nothing)')
+    parser.add_argument('--dry-run', action='store_true', help='build everything, run one training and one '
+                        'validation batch, print the shapes of the batch, prediction and loss terms; create nothing')
     parser.add_argument('--debug', action='store_true', help='show tracebacks of configuration errors')
     parser.add_argument('--verbose', action='store_true',
                         help="show third-party tips and libraries' deprecation warnings (hidden by default)")
@@ -138,7 +147,7 @@ def resolve_run(args: argparse.Namespace) -> Run:
         if not args.config:
             raise ConfigError('--config is required (or --resume an experiment folder); e.g. --config configs/digits.yaml')
         exp = _named_folder(args)
-        if rank_zero:
+        if rank_zero and not args.dry_run:   # a dry run creates nothing, so any name will do
             exp.check_free(args.overwrite)
             if args.overwrite and exp.path.is_dir():
                 exp.lock('--overwrite')
@@ -281,7 +290,7 @@ def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, do
         for problem in e.problems:
             print(f'error: {problem}', file=sys.stderr)
         return 2
-    except (NonFiniteLossError, ExportCheckError) as e:
+    except (NonFiniteLossError, ExportCheckError, RunStoppedError) as e:
         if args.debug:
             raise
         print(f'error: {e}', file=sys.stderr)
@@ -300,6 +309,37 @@ def config_to_print(args: argparse.Namespace) -> Path:
                 raise ConfigError(f"--{flag} {target}: no config.yaml there; is it an experiment folder?")
             return folder / 'config.yaml'
     raise ConfigError('--print-config: which config? give --config (or --resume/--test/--predict/--export EXP)')
+
+
+@contextlib.contextmanager
+def stopped_run(exp: ExperimentDir, cfg: Config) -> Iterator[None]:
+    """An error that stops a run under way (a full disk, a dataset that raises) becomes one line,
+    a RunStoppedError: the cause, the config key it comes from, the checkpoint kept, how to go on."""
+    try:
+        yield
+    except (ConfigError, NonFiniteLossError, RunStoppedError):
+        raise
+    except Exception as e:
+        raise RunStoppedError(stop_message(e, exp, cfg)) from e
+
+
+def stop_message(error: Exception, exp: ExperimentDir, cfg: Config) -> str:
+    """`run stopped: <cause>; the last good checkpoint ... is kept; continue with --resume ...`."""
+    if isinstance(error, OSError) and error.errno is not None:
+        where = f': {display_path(Path(os.fsdecode(error.filename)))}' if error.filename else ''
+        cause = f'{error.strerror or error}{where} ({errno.errorcode.get(error.errno, error.errno)})'
+    else:
+        key = blame(error, cfg, '')
+        cause = f"{f'{key}: ' if key else ''}{type(error).__name__}: {first_line(error)}"
+    from callbacks.checkpoint_files import read_checkpoint   # torch: only once a run stopped
+    last = exp.ckpt_dir / 'last.ckpt'
+    if last.is_file():
+        epoch = read_checkpoint(last, str(last)).get('epoch', -1) + 1
+        kept = (f'the last good checkpoint {display_path(last)} (epoch {epoch}) is kept; continue with '
+                f'--resume {display_path(exp.path)} (--debug shows the traceback)')
+    else:
+        kept = 'no checkpoint was written' if exp.path.exists() else 'nothing was created'
+    return f'run stopped: {cause}; {kept}'
 
 
 # ---------------------------------------------------------------- results, test and predict outputs

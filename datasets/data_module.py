@@ -47,6 +47,11 @@ class DataModule:
                  batch_size: int = 32, eval_batch_size: Optional[int] = None, num_workers: int = 0,
                  pin_memory: Optional[bool] = None, drop_last: bool = False, batch_by_index: bool = True,
                  device: Optional[str] = None, num_classes: Optional[int] = None) -> None:
+        for name, value in (('batch_size', batch_size), ('eval_batch_size', eval_batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f'{name} must be a positive integer, got {value}')
+        if num_workers < 0:
+            raise ValueError(f'num_workers must be 0 or more, got {num_workers}')
         self.specs: dict[str, Any] = {'train': train, 'val': val, 'test': test, 'predict': predict}
         # Several validation sets: their names, and a spec per stage 'val/<name>'.
         self.val_names: Optional[list[str]] = None

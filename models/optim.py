@@ -42,13 +42,17 @@ def make_scheduler(spec: Optional[Mapping], optimizer: Any) -> Optional[dict]:
     return config
 
 
+class UnloggedMonitor(ConfigError):
+    """A scheduler's `monitor` names a metric that was not logged when the scheduler stepped."""
+
+
 def monitored_value(monitor: str, metrics: Mapping[str, Any], when: str) -> float:
     """The value a ReduceLROnPlateau scheduler steps with; a metric that was not logged is a
     ConfigError naming it and what was logged, never a silent skip."""
     if monitor in metrics:
         return float(metrics[monitor])
     logged = sorted(k for k in metrics if not k.endswith('_step') and k not in ('epoch', 'step'))
-    raise ConfigError(f'scheduler_spec.monitor: {monitor!r} was not logged by the end of {when}'
+    raise UnloggedMonitor(f'scheduler_spec.monitor: {monitor!r} was not logged by the end of {when}'
                       f'{did_you_mean(monitor, logged)}; logged: {", ".join(logged) or "(nothing)"} '
                       f'(with check_val_every_n_epoch above 1, monitor a train/ metric or validate every epoch)')
 

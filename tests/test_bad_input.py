@@ -77,7 +77,7 @@ CASES = [
     (['--config', DIGITS, 'train_wrapper.args.scheduler_spec.interval=weekly'],
      o.format('train_wrapper.args.scheduler_spec.interval=weekly') + 'train_wrapper.args.scheduler_spec.interval: '
      "expected 'epoch' or 'step', got 'weekly'"),
-    (['--config', DIGITS, 'seed=abc'], o.format('seed=abc') + "seed: expected a non-negative integer, got 'abc'"),
+    (['--config', DIGITS, 'seed=abc'], o.format('seed=abc') + "seed: expected an integer from 0 to 4294967295, got 'abc'"),
     (['--config', DIGITS, 'trainer_params.max_epochs=abc'],
      o.format('trainer_params.max_epochs=abc') + "trainer_params.max_epochs: expected int, got str 'abc'"),
     (['--config', DIGITS, 'trainer_params.max_epoch=3'],
@@ -90,7 +90,8 @@ CASES = [
      o.format('trainer_params.precision=17') + "trainer_params.precision: expected one of 32, '32', '32-true', "
      "'16-mixed', 'bf16-mixed', got int 17"),
     (['--config', DIGITS, 'checkpoint.mode=maximum'],
-     "configs/digits.yaml: checkpoint: building ModelCheckpoint failed: MisconfigurationException: `mode` can be ",
+     o.format('checkpoint.mode=maximum') + 'checkpoint.mode: building ModelCheckpoint failed: MisconfigurationException: '
+     '`mode` can be min, max but got maximum',
      o.format('checkpoint.mode=maximum') + "checkpoint.mode: expected one of 'min', 'max', got str 'maximum'"),
     (['--config', DIGITS, 'oops'], "override 'oops': expected key.path=value, e.g. trainer_params.max_epochs=3"),
     (['--config', DIGITS, '=3'], "override '=3': expected key.path=value, e.g. trainer_params.max_epochs=3"),

@@ -220,10 +220,10 @@ def test_missing_cifar10_files_are_one_clear_error(tmp_path: Path, save_root: Pa
                   *args) == 2
     files = 'data_batch_1, data_batch_2, data_batch_3, data_batch_4, data_batch_5, test_batch, batches.meta'
     assert capsys.readouterr().err == (
-        f'error: {display_path(Path(CIFAR))}: data_module: building the data loaders failed: FileNotFoundError: '
+        f"error: override '{args[0]}': data_module.args.train: building the data loaders failed: FileNotFoundError: "
         f'CIFAR-10 files missing in {display_path(root)}/cifar-10-batches-py: {files}; unpack '
         f'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz into {display_path(root)} (it holds '
-        f'cifar-10-batches-py/ with {files}), or set download: true\n')
+        f"cifar-10-batches-py/ with {files}), or set download: true (with split='train', root='{root}')\n")
     assert not save_root.exists()
 
 

@@ -152,8 +152,8 @@ def test_train_py_checkpoint_write_interrupted_leaves_the_old_file(tmp_path: Pat
     assert not path.with_name('last.ckpt.tmp').exists()
 
 
-def test_lightning_checkpoint_write_interrupted_leaves_the_old_file(save_root: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lightning_checkpoint_write_interrupted_leaves_the_old_file(save_root: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
     assert run_pl(save_root, '--config', DIGITS, '--name', 'x', 'trainer_params.max_epochs=1') == 0
     last = save_root / 'x' / 'ckpt' / 'last.ckpt'
     before = last.read_bytes()
@@ -164,7 +164,8 @@ def test_lightning_checkpoint_write_interrupted_leaves_the_old_file(save_root: P
         Path(f).write_bytes(Path(f).read_bytes()[:1000])
         raise OSError(28, 'No space left on device')   # the write dies halfway
     monkeypatch.setattr(torch, 'save', dies_halfway)
-    with pytest.raises(OSError):
-        run_pl(save_root, '--resume', str(save_root / 'x'), 'trainer_params.max_epochs=2')
+    assert run_pl(save_root, '--resume', str(save_root / 'x'), 'trainer_params.max_epochs=2') == 1
+    assert capsys.readouterr().err.startswith('error: run stopped: No space left on device (ENOSPC); the last good '
+                                              f'checkpoint {last} (epoch 1) is kept; continue with --resume ')
     assert last.read_bytes() == before
     assert not list(last.parent.glob('*.tmp'))   # the half-written file is gone too

@@ -85,7 +85,7 @@ def test_a_grid_search_completes_prunes_and_fails_trials_and_continues_only_the_
     assert (exp / 'ckpt' / 'last.ckpt').is_file()
     for lr in (3e-3, 1e-6):   # dropout 1.5 cannot be built: failed, and the search went on
         failed = rows[(lr, 1.5)]
-        assert failed['state'] == 'FAIL' and 'dropout probability has to be between 0 and 1' in failed['note']
+        assert failed['state'] == 'FAIL' and 'model_spec.args.dropout: building' in failed['note'] and 'dropout probability' in failed['note']
     markdown = (folder / 'summary.md').read_text()
     assert markdown.startswith("4 trials of study 'g' (maximize val/acc); best: trial ")
     assert '| trial | state | val/acc | lr | dropout | folder | note |' in markdown
