@@ -442,7 +442,8 @@ def run_part(part: str, rounds: int, args: argparse.Namespace) -> str:
         with tempfile.TemporaryDirectory(prefix='lightyaml-bench-') as tmp:
             work = Path(tmp)
             specs = {name: dict(w, epochs=w['epochs'] if args.tiny else contention.CONTENTION_EPOCHS[name])
-                     for name, w in workloads(args.tiny).items() if args.workload in (None, name)}
+                     for name, w in workloads(args.tiny).items()
+                     if name in contention.CONTENTION_EPOCHS and args.workload in (None, name)}
             configs = {name: write_config(w, work / f'{name}.yaml') for name, w in specs.items()}
             results = contention.measure(rounds, specs, lambda variant, name, spec, tag: run_once(
                 variant, name, spec, configs[name], work, tag, args.threads), log)

@@ -28,16 +28,22 @@ def write_report(study: Any, folder: Path, spec: SearchSpec) -> str:
     lines = [f'{len(trials)} trials of study {study.study_name!r} ({spec.direction} {spec.metric}); '
              f'best: {"none yet" if best is None else f"trial {best.number}, {best.value:.4f}"}', '',
              f"| {' | '.join(header)} |", f"|{' --- |' * len(header)}"]
-    for row in rows:
-        cells = [f'{row[2]:.4f}' if isinstance(row[2], float) else '', *(f'{c:g}' if isinstance(c, float) else str(c)
-                                                                          for c in row[3:])]
-        cells = [str(row[0]), row[1], *cells]
+    for trial in trials:
+        value = '' if trial.value is None else f'{trial.value:.4f}'
+        params = [_cell(trial.params.get(key, '')) for key in short]
+        cells = [str(trial.number), trial.state.name, value, *params, str(trial.user_attrs.get('folder', '')),
+                 str(trial.user_attrs.get('note', ''))]
         lines.append(f"| {' | '.join(c.replace('|', '/') for c in cells)} |")
     markdown = '\n'.join(lines) + '\n'
     (folder / 'summary.md').write_text(markdown)
     plot_history(trials, spec, folder / 'history.png')
     plot_importance(study, short, folder / 'importance.png')
     return markdown
+
+
+def _cell(value: Any) -> str:
+    """A parameter value for the markdown table: floats in their shortest form."""
+    return f'{value:g}' if isinstance(value, float) else str(value)
 
 
 def _best(study: Any) -> Any:

@@ -53,9 +53,11 @@ def test_missing_mnist_files_name_the_folder_and_files(tmp_path: Path, capsys: p
     assert run_pl(tmp_path / 'save', '--config', str(ROOT / 'configs' / 'mnist.yaml'), *args) == 2
     raw = tmp_path / 'MNIST' / 'raw'
     assert capsys.readouterr().err == (
-        f"error: configs/mnist.yaml: data_module: building the data loaders failed: "
+        f"error: override 'data_module.args.train.args.download=false': data_module.args.train: "
+        f"building the data loaders failed: "
         f'FileNotFoundError: MNIST files missing in {raw} (download: false): put train-images-idx3-ubyte, '
-        f'train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (or their .gz files) there\n')
+        f'train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (or their .gz files) there '
+        f"(with root='{tmp_path}', split='train', download=False)\n")
     assert not (tmp_path / 'save').exists()
 
 
