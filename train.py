@@ -53,7 +53,8 @@ from callbacks.results import finish_run, predict_spec, record_test, split_loade
 from callbacks.sample_grid import write_prediction_grid
 from callbacks.trackers import TrackedRuns, make_tracked_runs
 from configs.checking import attempt, build, check_kwargs, check_sections, check_spec_list
-from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli, select_cuda_devices, stopped_run
+from configs.cli import (parse_gpu_flag, resolve_run, run_cli, run_evaluation,
+                         select_cuda_devices, stopped_run)
 from configs.console import progress_bar_wanted
 from configs.loading import Config
 from configs.trial import ValidationHook, validation_hook
@@ -519,16 +520,6 @@ def load_task(cfg: Config, ckpt: Path, use_ema: Optional[bool]) -> tuple[Any, bo
     return task, averaged is not None
 
 
-def test_or_predict(args: argparse.Namespace) -> None:
-    """--test: an experiment's checkpoint on its test split; --predict: on --data, to a CSV;
-    --export: its model to ONNX, TorchScript or .pt2 (models/export.py)."""
-    exp, cfg, ckpt = resolve_evaluation(args, validate)
-    try:
-        evaluate_checkpoint(args, exp, cfg, ckpt)
-    finally:
-        exp.release()
-
-
 def evaluate_checkpoint(args: argparse.Namespace, exp: ExperimentDir, cfg: Config, ckpt: Path) -> None:
     """What --test, --predict or --export does with the checkpoint `resolve_evaluation` found."""
     task, averaged = load_task(cfg, ckpt, args.ema)
@@ -558,7 +549,7 @@ def evaluate_checkpoint(args: argparse.Namespace, exp: ExperimentDir, cfg: Confi
 def run(args: argparse.Namespace, command: list[str]) -> None:
     """What `main` does once the command line is parsed."""
     if args.test or args.predict or args.export:
-        return test_or_predict(args)
+        return run_evaluation(args, validate, evaluate_checkpoint)
     if args.nodes:
         raise ConfigError('--nodes: train.py runs on several machines under torchrun (see its docstring)')
     resolved = resolve_run(args)

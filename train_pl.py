@@ -40,7 +40,8 @@ if __name__ == '__main__':
 from callbacks.experiment_dir import ExperimentDir
 from callbacks.results import finish_run, predict_spec, record_test, split_loader, write_predictions
 from configs.checking import attempt, build, check_kwargs, check_sections, check_spec, check_spec_list
-from configs.cli import parse_gpu_flag, resolve_evaluation, resolve_run, run_cli, select_cuda_devices, stopped_run
+from configs.cli import (parse_gpu_flag, resolve_run, run_cli, run_evaluation,
+                         select_cuda_devices, stopped_run)
 from configs.console import progress_bar_wanted
 from configs.loading import Config
 from configs.trial import ValidationHook, validation_hook
@@ -268,16 +269,6 @@ def preflight(cfg: Config, data: Any, wrapper: Any, params: Mapping) -> Any:
     return seen
 
 
-def test_or_predict(args: argparse.Namespace) -> None:
-    """--test: an experiment's checkpoint on its test split; --predict: on --data, to a CSV;
-    --export: its model to ONNX, TorchScript or .pt2 (models/export.py)."""
-    exp, cfg, ckpt = resolve_evaluation(args, validate)
-    try:
-        evaluate_checkpoint(args, exp, cfg, ckpt)
-    finally:
-        exp.release()
-
-
 def evaluate_checkpoint(args: argparse.Namespace, exp: ExperimentDir, cfg: Config, ckpt: Path) -> None:
     """What --test, --predict or --export does with the checkpoint `resolve_evaluation` found."""
     import pytorch_lightning as pl
@@ -356,7 +347,7 @@ def lightning_data(data: Any) -> Any:
 def run(args: argparse.Namespace, command: list[str]) -> None:
     """What `main` does once the command line is parsed."""
     if args.test or args.predict or args.export:
-        return test_or_predict(args)
+        return run_evaluation(args, validate, evaluate_checkpoint)
     resolved = resolve_run(args)
     if resolved.finished:
         print(f'{display_path(resolved.exp.path)} has finished (result.yaml); nothing to do')

@@ -250,6 +250,17 @@ def check_not_done(cfg: Config, ckpt: Path, exp: ExperimentDir) -> None:
                           f'trainer_params.max_steps is {max_steps}; raise it to train on. Nothing was changed.')
 
 
+def run_evaluation(args: argparse.Namespace, validate: Callable[[Config], None],
+                   evaluate_checkpoint: Callable[[argparse.Namespace, ExperimentDir, Config, Path], None]) -> None:
+    """--test, --predict or --export: the experiment (held while it is read), its config and the
+    checkpoint (`resolve_evaluation`), then the entry point's `evaluate_checkpoint`."""
+    exp, cfg, ckpt = resolve_evaluation(args, validate)
+    try:
+        evaluate_checkpoint(args, exp, cfg, ckpt)
+    finally:
+        exp.release()
+
+
 def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, doc: str,
             argv: Optional[Sequence[str]] = None, validate: Optional[Callable[[Config], None]] = None) -> int:
     """Parse the command line and call `run(args, command)` (or run a sweep or search of `script`,

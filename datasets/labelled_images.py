@@ -1,21 +1,20 @@
 """Labelled images in torchvision's folder layout, `root/<class>/<file>`, loaded file by file."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
-from torch.utils.data import Dataset
 
 from datasets import register
-from datasets.image_folder import SUFFIXES, read_image
-from datasets.transforms import check_sample_transforms, sample_pipeline
+from datasets.image_folder import SUFFIXES, ImageFolder
+from datasets.transforms import sample_pipeline
 from utils import PROJECT_ROOT, Spec
 
 
 @register('labelled_images')
-class LabelledImages(Dataset):
+class LabelledImages(ImageFolder):
     """`{'image': float (channels, H, W) in [0, 1], then transformed, 'label': long}` for every image
     in the class folders of `root` (PNG, JPEG, BMP, GIF), decoded by `torchvision.io`.
 
@@ -58,14 +57,5 @@ class LabelledImages(Dataset):
         self.channels, self.size = channels, tuple(size) if size else None
         self.transform = sample_pipeline(transforms)
 
-    @classmethod
-    def check_args(cls, args: Mapping[str, Any]) -> list[tuple[str, str]]:
-        """MixUp and CutMix need batches: refused before anything is built."""
-        return check_sample_transforms(args.get('transforms'))
-
-    def __len__(self) -> int:
-        return len(self.files)
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        image = read_image(self.files[index], self.channels, self.size)
-        return {'image': self.transform(image) if self.transform else image, 'label': self.labels[index]}
+        return {**super().__getitem__(index), 'label': self.labels[index]}
