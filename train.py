@@ -46,6 +46,7 @@ import torch  # noqa: E402 (the imports below are after these calls too)
 
 from callbacks.checkpoint_files import (TopK, check_resumable, load_weights, save_checkpoint, seed_everything,
                                         set_rng_state)
+from callbacks.core_share import CoreShare
 from callbacks.experiment_dir import ExperimentDir
 from callbacks.folder_lock import HELD_BY_LAUNCHER
 from callbacks.metrics_files import MetricsWriter, format_epoch_line, model_summary
@@ -321,14 +322,16 @@ def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: 
             return {}
         device, rank, world_size = setup_process(device_type)
         trackers = make_tracked_runs(cfg.get('loggers') or [], TRACKERS.get, exp, cfg, resume_ckpt is not None)
+        cores = CoreShare(device.type == 'cpu', processes=int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
         status = 'failed'
         try:
             with stopped_run(exp, cfg):   # an error once under way: one line, the checkpoint to resume from
-                metrics = train_process(cfg, exp, command, params, ckpt_params, device, rank, world_size,
-                                        resume_ckpt, overwrite, init_from, trackers, restart, on_validation, dry_run)
+                metrics = train_process(cfg, exp, command, params, ckpt_params, device, rank, world_size, resume_ckpt,
+                                        overwrite, init_from, trackers, restart, on_validation, cores, dry_run)
             status = 'success'
             return metrics
         finally:
+            cores.stop()
             trackers.finish(status)
             if world_size > 1:
                 torch.distributed.destroy_process_group()
@@ -338,7 +341,7 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
                   ckpt_params: CheckpointParams, device: torch.device, rank: int, world_size: int,
                   resume_ckpt: Optional[Path], overwrite: bool, init_from: Optional[Path],
                   trackers: TrackedRuns, restart: bool, on_validation: Optional[ValidationHook],
-                  dry_run: bool = False) -> dict[str, float]:
+                  cores: CoreShare, dry_run: bool = False) -> dict[str, float]:
     """One process's training: set-up, resume, the loop, the end of the run."""
     # --- set-up: seeds, data, task, optimizer ------------------------------------------------------
     master = rank == 0   # only global rank 0 writes files
@@ -409,6 +412,7 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
     # --- the loop -------------------------------------------------------------------------------------
     keep_freed_memory()
     resume_gc()   # paused for start-up when run as a script
+    cores.start()   # shared with other runs on this machine (callbacks/core_share.py)
     epoch = resumed.start_epoch
     while (max_epochs < 0 or epoch < max_epochs) and (params.max_steps < 0 or step < params.max_steps):
         epoch_start = time.perf_counter()
@@ -423,6 +427,7 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
         for batch_idx, batch in batches:
             if batch_idx >= n_train:
                 break
+            cores.step()
             batch = to_device(batch, device)
             accumulating = (batch_idx + 1) % params.accumulate_grad_batches != 0 and batch_idx + 1 < n_train
             # no_sync: with DDP, gradients are only exchanged on the batch that steps the optimizer
@@ -502,6 +507,7 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
             if all_reduce_sum(stop).item():
                 break
 
+    cores.stop()
     if master:
         writer.close()
         finish_run(exp, metrics, ckpt_params.monitor, *top_k.best())

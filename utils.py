@@ -316,26 +316,26 @@ def list_registered(kinds: Sequence[str] = ()) -> str:
 
 # ---------------------------------------------------------------------------------------- process
 
+SHARE_CORES = 'LIGHTYAML_SHARE_CORES'   # '0': training keeps its thread count (callbacks/core_share.py)
+
+
 def set_thread_defaults(environ: MutableMapping[str, str] = os.environ,
                         cpu_count: Optional[int] = None) -> dict[str, str]:
-    """Defaults for OpenMP, which torch's CPU thread pool reads once, when torch is imported:
-    the entry points call this before anything imports torch. Whatever the user set is kept.
+    """Thread settings torch reads once, at import: the entry points call this first. What the
+    user set is kept; OpenMP's wait policy too (PASSIVE made a small MLP 4-5x slower alone).
 
-    - OMP_WAIT_POLICY=PASSIVE: an idle OpenMP thread sleeps instead of spinning for a while at
-      every parallel operation. Alone a run is as fast; beside another run on a 2-core machine
-      the spinning threads took the other's cores and made both 6.5x slower (1.5x with PASSIVE).
-      Kept if OMP_WAIT_POLICY, GOMP_SPINCOUNT or KMP_BLOCKTIME is set.
-    - Several processes on one machine (LOCAL_WORLD_SIZE, set by torchrun and train.py's
-      launcher) share its cores: OMP_NUM_THREADS = cores // processes. Kept if OMP_NUM_THREADS
-      or MKL_NUM_THREADS is set (torchrun sets OMP_NUM_THREADS=1 itself unless you do).
-      Lightning's DDP launcher does the same split itself before it starts its processes.
-    A later `torch.set_num_threads` in user code still wins. Returns what was set."""
+    - Several processes on one machine (LOCAL_WORLD_SIZE: torchrun, train.py's launcher) split
+      its cores, OMP_NUM_THREADS = cores // processes, unless OMP_NUM_THREADS or MKL_NUM_THREADS
+      is set (torchrun sets 1 unless you do). Lightning's DDP launcher makes the same split.
+    - Runs share the cores while they train (callbacks/core_share.py) unless the user chose the
+      thread count: LIGHTYAML_SHARE_CORES=0 then, decided by the first process and inherited by
+      those it starts (whose OMP_NUM_THREADS the launchers set). Returns what was set."""
     chosen = {}
-    if not any(environ.get(var) for var in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME')):
-        chosen['OMP_WAIT_POLICY'] = 'PASSIVE'
+    user_threads = any(environ.get(var) for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'))
+    if SHARE_CORES not in environ:
+        chosen[SHARE_CORES] = '0' if user_threads else '1'
     processes = environ.get('LOCAL_WORLD_SIZE', '')
-    if processes.isdigit() and int(processes) > 1 and not any(
-            environ.get(var) for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')):
+    if processes.isdigit() and int(processes) > 1 and not user_threads:
         cores = cpu_count or (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count())
         chosen['OMP_NUM_THREADS'] = str(max(1, (cores or 1) // int(processes)))
     environ.update(chosen)

@@ -445,8 +445,8 @@ def run_part(part: str, rounds: int, args: argparse.Namespace) -> str:
                      for name, w in workloads(args.tiny).items()
                      if name in contention.CONTENTION_EPOCHS and args.workload in (None, name)}
             configs = {name: write_config(w, work / f'{name}.yaml') for name, w in specs.items()}
-            results = contention.measure(rounds, specs, lambda variant, name, spec, tag: run_once(
-                variant, name, spec, configs[name], work, tag, args.threads), log)
+            results = contention.measure(rounds, specs, lambda variant, name, spec, tag, threads: run_once(
+                variant, name, spec, configs[name], work, tag, threads or args.threads), log)
         return machine_line(rounds, args.threads) + '\n\n' + contention.report(results, rounds)
     import quickstart
     return machine_line(rounds, args.threads) + '\n\n' + quickstart.report(quickstart.measure(rounds, args.tiny, log),

@@ -23,7 +23,7 @@ from callbacks.experiment_dir import atomic_write, check_experiment_name
 from callbacks.trackers import GROUP_ENV
 from configs.cli import parse_gpu_flag
 from configs.loading import Config, config_differences, dump_yaml, load_config, parse_yaml
-from utils import PROJECT_ROOT, ConfigError, display_path
+from utils import PROJECT_ROOT, SHARE_CORES, ConfigError, display_path
 
 
 def sweep_grid(sweeps: Sequence[str], seeds: Optional[str]) -> list[list[str]]:
@@ -103,7 +103,7 @@ def check_same_config(exp: Path, cfg: Mapping) -> Optional[str]:
 
 def worker_slots(gpu: Optional[str], workers: Optional[int]) -> list[tuple[list[str], dict[str, str]]]:
     """What each of the runs at once gets: its `--gpu` flag (one device each with --gpu 0,1) and
-    environment (on the CPU, the cores split between the workers: OMP_NUM_THREADS)."""
+    environment (on the CPU, the cores split between the workers: OMP_NUM_THREADS, kept all along)."""
     devices = parse_gpu_flag(gpu) if gpu else 'cpu'
     if isinstance(devices, list):
         if workers not in (None, len(devices)):
@@ -116,7 +116,8 @@ def worker_slots(gpu: Optional[str], workers: Optional[int]) -> list[tuple[list[
         return [([], {})]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     threads = str(max(1, cores // workers))
-    return [(['--gpu', gpu] if gpu else [], {'OMP_NUM_THREADS': threads, 'MKL_NUM_THREADS': threads})] * workers
+    return [(['--gpu', gpu] if gpu else [], {'OMP_NUM_THREADS': threads, 'MKL_NUM_THREADS': threads,
+                                               SHARE_CORES: '0'})] * workers
 
 
 def run_sweep(script: str, args: argparse.Namespace, argv: Sequence[str],

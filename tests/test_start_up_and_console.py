@@ -23,14 +23,15 @@ seen = {{}}
 class Spy(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == 'torch' and not seen:
-            seen.update({{k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS')}})
+            seen.update({{k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS', 'LIGHTYAML_SHARE_CORES')}})
 sys.meta_path.insert(0, Spy())
 sys.path.insert(0, {root!r})
 import {module}
 import torch
 print(json.dumps({{'at_torch_import': seen, 'threads': torch.get_num_threads()}}))
 '''
-OMP = ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME', 'LOCAL_WORLD_SIZE')
+OMP = ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME', 'LOCAL_WORLD_SIZE',
+       'LIGHTYAML_SHARE_CORES')
 
 
 def import_with_env(module: str, **env: str) -> dict:
@@ -43,31 +44,35 @@ def import_with_env(module: str, **env: str) -> dict:
 
 
 @pytest.mark.parametrize('module', ['train', 'train_pl'])
-def test_a_clean_environment_gets_a_passive_wait_policy_before_torch_is_imported(module: str) -> None:
+def test_a_clean_environment_keeps_openmps_wait_policy_and_shares_the_cores(module: str) -> None:
     seen = import_with_env(module)
-    assert seen['at_torch_import'] == {'OMP_WAIT_POLICY': 'PASSIVE', 'OMP_NUM_THREADS': None}
+    assert seen['at_torch_import'] == {'OMP_WAIT_POLICY': None, 'OMP_NUM_THREADS': None, 'LIGHTYAML_SHARE_CORES': '1'}
 
 
-def test_what_the_user_set_is_kept() -> None:
-    seen = import_with_env('train_pl', OMP_WAIT_POLICY='ACTIVE', OMP_NUM_THREADS='1', LOCAL_WORLD_SIZE='2')
-    assert seen == {'at_torch_import': {'OMP_WAIT_POLICY': 'ACTIVE', 'OMP_NUM_THREADS': '1'}, 'threads': 1}
+def test_what_the_user_set_is_kept_and_their_thread_count_is_not_shared() -> None:
+    seen = import_with_env('train_pl', OMP_WAIT_POLICY='PASSIVE', OMP_NUM_THREADS='1', LOCAL_WORLD_SIZE='2')
+    assert seen == {'at_torch_import': {'OMP_WAIT_POLICY': 'PASSIVE', 'OMP_NUM_THREADS': '1',
+                                        'LIGHTYAML_SHARE_CORES': '0'}, 'threads': 1}
 
 
 def test_processes_on_one_machine_split_its_cores() -> None:
     cores = len(os.sched_getaffinity(0))
     seen = import_with_env('train', LOCAL_WORLD_SIZE='2')   # as torchrun and train.py's launcher set it
-    assert seen == {'at_torch_import': {'OMP_WAIT_POLICY': 'PASSIVE', 'OMP_NUM_THREADS': str(max(1, cores // 2))},
-                    'threads': max(1, cores // 2)}
+    assert seen == {'at_torch_import': {'OMP_WAIT_POLICY': None, 'OMP_NUM_THREADS': str(max(1, cores // 2)),
+                                        'LIGHTYAML_SHARE_CORES': '1'}, 'threads': max(1, cores // 2)}
 
 
 def test_the_thread_defaults_rule_by_rule() -> None:
-    assert set_thread_defaults({}, cpu_count=8) == {'OMP_WAIT_POLICY': 'PASSIVE'}
+    assert set_thread_defaults({}, cpu_count=8) == {'LIGHTYAML_SHARE_CORES': '1'}
     environ = {'LOCAL_WORLD_SIZE': '2'}
-    assert set_thread_defaults(environ, cpu_count=8) == {'OMP_WAIT_POLICY': 'PASSIVE', 'OMP_NUM_THREADS': '4'}
-    assert environ == {'LOCAL_WORLD_SIZE': '2', 'OMP_WAIT_POLICY': 'PASSIVE', 'OMP_NUM_THREADS': '4'}
+    assert set_thread_defaults(environ, cpu_count=8) == {'LIGHTYAML_SHARE_CORES': '1', 'OMP_NUM_THREADS': '4'}
+    assert environ == {'LOCAL_WORLD_SIZE': '2', 'LIGHTYAML_SHARE_CORES': '1', 'OMP_NUM_THREADS': '4'}
+    # A process the first one started (Lightning's DDP set OMP_NUM_THREADS) keeps its decision.
+    assert set_thread_defaults(environ, cpu_count=8) == {}
     assert set_thread_defaults({'LOCAL_WORLD_SIZE': '3'}, cpu_count=2)['OMP_NUM_THREADS'] == '1'
-    assert set_thread_defaults({'LOCAL_WORLD_SIZE': '2', 'MKL_NUM_THREADS': '2', 'GOMP_SPINCOUNT': '0'}, 8) == {}
-    assert set_thread_defaults({'KMP_BLOCKTIME': '0', 'LOCAL_WORLD_SIZE': '1'}, cpu_count=8) == {}
+    assert set_thread_defaults({'LOCAL_WORLD_SIZE': '2', 'MKL_NUM_THREADS': '2'}, 8) == {'LIGHTYAML_SHARE_CORES': '0'}
+    assert set_thread_defaults({'OMP_NUM_THREADS': '3', 'LIGHTYAML_SHARE_CORES': '1'}, 8) == {}
+    assert set_thread_defaults({'KMP_BLOCKTIME': '0', 'OMP_WAIT_POLICY': 'ACTIVE'}, 8) == {'LIGHTYAML_SHARE_CORES': '1'}
 
 
 def test_garbage_collection_pauses_only_for_a_script_and_resumes_frozen() -> None:
