@@ -52,9 +52,12 @@ def test_two_runs_at_once_and_the_quickstart_run_alone_with_their_targets() -> N
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     rows = [[cell.strip() for cell in line.strip('|').split('|')] for line in lines if line.startswith('|')]
-    assert rows[0] == ['workload', 'variant', 'alone ms/step', 'two at once ms/step (each copy)',
-                       'x alone (each copy)', 'steps side by side']
+    assert rows[0] == ['workload', 'variant', 'alone ms/step', '1 thread alone', 'two at once ms/step (each copy)',
+                       'x alone (each copy)', 'bound: 1 thread / alone', 'steps side by side']
     assert [row[:2] for row in rows[2:5]] == [['mlp', 'floor'], ['mlp', 'train.py'], ['mlp', 'train_pl.py']]
+    for row in rows[2:5]:   # the bound is the 1-thread column over the alone column (each rounded to 0.01)
+        alone, one_thread, bound = (float(row[i]) for i in (2, 3, 6))
+        assert (one_thread - 0.005) / (alone + 0.005) - 0.005 <= bound <= (one_thread + 0.005) / (alone - 0.005) + 0.005, row
     assert rows[5] == ['part', 'median s', 'min s', 'max s']
     parts = [row[0] for row in rows[7:]]
     assert parts[:7] == ['command to exit (the command)', 'last epoch line to exit (the command)',

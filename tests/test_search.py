@@ -299,7 +299,8 @@ def test_worker_slots_split_the_cores_or_take_one_gpu_each() -> None:
     from configs.sweep import worker_slots
     cores = len(os.sched_getaffinity(0))
     assert worker_slots(None, 2) == [([], {'OMP_NUM_THREADS': str(max(1, cores // 2)),
-                                           'MKL_NUM_THREADS': str(max(1, cores // 2))})] * 2
+                                           'MKL_NUM_THREADS': str(max(1, cores // 2)),
+                                           'LIGHTYAML_SHARE_CORES': '0'})] * 2   # the split is kept all along
     assert worker_slots(None, None) == [([], {})]
     assert worker_slots('0,1', None) == [(['--gpu', '0'], {}), (['--gpu', '1'], {})]
 
