@@ -72,7 +72,9 @@ class CoreShare:
             self.stop()
             self.enabled = False
             return
-        wanted = max(1, self.initial * self.processes // max(1, listed_runs()))
+        # Never more than it started with: a DDP process that counts before its siblings are
+        # listed keeps its share.
+        wanted = max(1, min(self.initial, self.initial * self.processes // max(1, listed_runs())))
         if wanted != self.threads:
             torch.set_num_threads(wanted)
             self.threads = wanted

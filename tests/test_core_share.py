@@ -98,8 +98,10 @@ def test_the_count_is_checked_every_interval_not_every_step(monkeypatch: pytest.
 def test_ddp_processes_on_one_machine_each_start_with_their_share(four_threads: None) -> None:
     torch.set_num_threads(2)   # as Lightning's launcher splits 4 cores between 2 processes
     share = CoreShare(processes=2)
+    share.start()   # before its sibling is listed: its share, not more
+    assert torch.get_num_threads() == 2
     with listed(b'sibling'):
-        share.start()
+        share.step()
         assert torch.get_num_threads() == 2   # 2 * 2 threads // 2 listed processes
         with listed(b'another-run'):
             share.step()
