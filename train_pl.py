@@ -259,7 +259,7 @@ def preflight(cfg: Config, data: Any, wrapper: Any, params: Mapping) -> Any:
                 phase[0] = 'non-finite'
         try:
             attempt(lambda: phase[0], 'train_wrapper', cfg, fit,
-                    lambda: seen.detail() if phase[0].startswith('the first') else '')
+                    lambda: seen.detail() if phase[0].startswith('the first') else '', seen.sizes)
         finally:
             for logger, level in zip(loggers, levels):
                 logger.setLevel(level)

@@ -252,16 +252,17 @@ def build(what: str, key: str, cfg: Config, fn: Callable[[], Any]) -> Any:
 
 
 def attempt(what: str | Callable[[], str], key: str, cfg: Config, fn: Callable[[], Any],
-            detail: Callable[[], str] = str) -> Any:
+            detail: Callable[[], str] = str, outputs: Optional[Mapping[str, tuple[Mapping, int]]] = None) -> Any:
     """Run `fn`; an exception becomes one ConfigError line `file: key: <what> failed: Type: message`,
     the key found by `blame` (falling back to `key`), followed by `detail()` (e.g. tensor shapes).
-    `what` may be a function, for work that goes through several phases."""
+    `what` may be a function, for work that goes through several phases. `outputs`: the models'
+    output sizes seen so far, {label: (spec, size of the last dimension)} (see `blame`)."""
     try:
         return fn()
     except ConfigError:
         raise
     except Exception as e:
-        key = blame(e, cfg, key)
+        key = blame(e, cfg, key, outputs)
         message = f'{what() if callable(what) else what} failed: {type(e).__name__}: {first_line(e)}{_spec_args(cfg, key)}{detail()}'
         # An override that changed something below the key is named, not the file it overrode.
         overrides = [o for k, o in cfg.origins.items() if k.startswith(f'{key}.') and o.startswith('override')]
@@ -285,7 +286,8 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else ''
 
 
-def blame(error: BaseException, cfg: Config, fallback: str) -> str:
+def blame(error: BaseException, cfg: Config, fallback: str,
+          outputs: Optional[Mapping[str, tuple[Mapping, int]]] = None) -> str:
     """The config key an exception comes from.
 
     Objects the registries build remember their spec (utils.remember_spec). An exception raised
@@ -294,10 +296,24 @@ def blame(error: BaseException, cfg: Config, fallback: str) -> str:
     traceback's frames, innermost first, to the first such object. That spec is found in the
     config by value; else `fallback`. Then, when the message names exactly one argument of that
     spec or section (or quotes exactly one of their values), the key narrows to that argument.
+    A loss that finds a label beyond the outputs of the one model seen is that model's doing when
+    exactly one integer argument of its spec equals the outputs' number (`out_dim: 5` for 10
+    classes names `model_spec.args.out_dim`, or the key its `${...}` reference points to).
     """
     found = getattr(error, 'spec', None) or _spec_in_traceback(error)
+    if found and found[0] == 'loss' and outputs and len(outputs) == 1 and SIZE_ERROR.search(first_line(error)):
+        spec, size = next(iter(outputs.values()))
+        model_key = next(_paths_of(cfg, spec), None)
+        sized = [k for k, v in (spec.get('args') or {}).items() if type(v) is int and v == size]
+        if model_key and len(sized) == 1:   # a value that is one reference: where it points
+            whole = re.fullmatch(r'\$\{([^}]+)\}', cfg.references.get(f'{model_key}.args.{sized[0]}', ''))
+            return whole.group(1) if whole else f'{model_key}.args.{sized[0]}'
     key = (next(_paths_of(cfg, found[1]), None) if found else None) or fallback
     return _narrow(cfg, key, first_line(error) if not isinstance(error, KeyError) else repr(error)) if key else ''
+
+
+# What a classification loss says when a label is beyond the model's outputs (torch's words).
+SIZE_ERROR = re.compile(r'Target -?\d+ is out of bounds')
 
 
 def _spec_in_traceback(error: BaseException) -> Optional[tuple[str, Mapping]]:

@@ -84,6 +84,7 @@ class FirstSteps:
     def __init__(self) -> None:
         self.batch: Optional[str] = None
         self.outputs: dict[str, str] = {}
+        self.sizes: dict[str, tuple[Mapping, int]] = {}   # model -> (its spec, its output's last size)
         self.terms: dict[str, str] = {}
         self.logged: list[str] = []
 
@@ -92,15 +93,17 @@ class FirstSteps:
         for module in root.modules():
             found = spec_of(module)
             if found and found[0] in ('model', 'loss'):
-                module.register_forward_hook(partial(self._record, found[0], f"{found[0]} {found[1]['name']!r}"))
+                module.register_forward_hook(partial(self._record, found, f"{found[0]} {found[1]['name']!r}"))
 
     def see_batch(self, batch: Any) -> None:
         """Record the first training batch."""
         if self.batch is None:
             self.batch = describe(batch)
 
-    def _record(self, kind: str, label: str, module: nn.Module, inputs: Any, output: Any) -> None:
-        (self.outputs if kind == 'model' else self.terms).setdefault(label, describe(output))
+    def _record(self, found: tuple[str, Mapping], label: str, module: nn.Module, inputs: Any, output: Any) -> None:
+        (self.outputs if found[0] == 'model' else self.terms).setdefault(label, describe(output))
+        if found[0] == 'model' and isinstance(output, torch.Tensor) and output.ndim >= 2:
+            self.sizes.setdefault(label, (found[1], output.shape[-1]))
 
     def detail(self) -> str:
         """What was seen so far, for an error line: ` (batch: ...; model 'mlp' -> ...)`."""
@@ -193,7 +196,7 @@ def task_first_steps(cfg: Config, task: Any, train_loader: Any, n_train: int,
                     terms['loss'].backward()
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-            attempt(f'the first {what} step', 'train_wrapper', cfg, step, seen.detail)
+            attempt(f'the first {what} step', 'train_wrapper', cfg, step, seen.detail, seen.sizes)
             metrics.update(task.epoch_metrics(stage))
 
         if n_train > 0:

@@ -37,8 +37,10 @@ CASES = [
      'scheduler failed: ', 'ZeroDivisionError: integer modulo by zero (with T_max=0)'),
     ('train_wrapper.args.target_key=lbl', o + 'train_wrapper.args.target_key: the first validation step failed: ',
      "KeyError: 'lbl' (batch: image (32, 1, 8, 8) float32, label (32,) int64; model 'mlp' -> (32, 10) float32)"),
-    ('train_wrapper.args.model_spec.args.out_dim=5', 'configs/digits.yaml: train_wrapper.args.loss_spec: the first '
+    ('train_wrapper.args.model_spec.args.out_dim=5', o + 'train_wrapper.args.model_spec.args.out_dim: the first '
      'training step failed: IndexError: Target ', "model 'mlp' -> (32, 5) float32)"),
+    ('data_module.args.num_classes=5', o + 'data_module.args.num_classes: the first training step failed: '
+     'IndexError: Target ', "model 'mlp' -> (32, 5) float32)"),   # out_dim: ${data_module.args.num_classes}
     ('train_wrapper.args.model_spec.args.in_dim=32', o + 'train_wrapper.args.model_spec: the first training step '
      'failed: RuntimeError: mat1 and mat2 shapes cannot be multiplied (32x64 and 32x512)', "with in_dim=32"),
     # names a monitor must find among the logged ones
