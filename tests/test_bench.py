@@ -57,7 +57,8 @@ def test_two_runs_at_once_and_the_quickstart_run_alone_with_their_targets() -> N
     assert [row[:2] for row in rows[2:5]] == [['mlp', 'floor'], ['mlp', 'train.py'], ['mlp', 'train_pl.py']]
     for row in rows[2:5]:   # the bound is the 1-thread column over the alone column (each rounded to 0.01)
         alone, one_thread, bound = (float(row[i]) for i in (2, 3, 6))
-        assert (one_thread - 0.005) / (alone + 0.005) - 0.005 <= bound <= (one_thread + 0.005) / (alone - 0.005) + 0.005, row
+        low, high = (one_thread - 0.005) / (alone + 0.005), (one_thread + 0.005) / (alone - 0.005)
+        assert low - 0.005 <= bound <= high + 0.005, row
     assert rows[5] == ['part', 'median s', 'min s', 'max s']
     parts = [row[0] for row in rows[7:]]
     assert parts[:7] == ['command to exit (the command)', 'last epoch line to exit (the command)',

@@ -23,7 +23,8 @@ seen = {{}}
 class Spy(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == 'torch' and not seen:
-            seen.update({{k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS', 'LIGHTYAML_SHARE_CORES')}})
+            names = ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS', 'LIGHTYAML_SHARE_CORES')
+            seen.update({{k: os.environ.get(k) for k in names}})
 sys.meta_path.insert(0, Spy())
 sys.path.insert(0, {root!r})
 import {module}
