@@ -2,10 +2,12 @@
 in-process on the real configs, shrunk for speed; compare folders; evaluate a model."""
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import settings
@@ -37,6 +39,19 @@ def pytest_configure(config: pytest.Config) -> None:
 def save_root(tmp_path: Path) -> Path:
     """An empty save root for the experiment folders of one test."""
     return tmp_path / 'save'
+
+
+@contextlib.contextmanager
+def registering(*entries: tuple[Any, str, type]) -> Iterator[None]:
+    """(registry, name, class) entries registered while the block runs, as a user's file would
+    register them, and unregistered after it."""
+    for registry, name, cls in entries:
+        registry.register(name)(cls)
+    try:
+        yield
+    finally:
+        for registry, name, _ in entries:
+            registry._classes.pop(name, None)
 
 
 def run_pl(save_root: Path, *args: str) -> int:

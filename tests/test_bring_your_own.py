@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from conftest import QUIET, ROOT, run_pl
+from conftest import QUIET, ROOT, registering, run_pl
 from utils import DATA_MODULES, WRAPPERS
 
 PNG = b'\x89PNG\r\n\x1a\n'
@@ -94,13 +94,8 @@ class UsualModule(pl.LightningModule):
 @pytest.fixture
 def registered() -> Iterator[None]:
     """The two classes above registered for the test, and unregistered after it."""
-    DATA_MODULES.register('digits_lightning')(DigitsLightningData)
-    WRAPPERS.register('usual')(UsualModule)
-    try:
+    with registering((DATA_MODULES, 'digits_lightning', DigitsLightningData), (WRAPPERS, 'usual', UsualModule)):
         yield
-    finally:
-        DATA_MODULES._classes.pop('digits_lightning')
-        WRAPPERS._classes.pop('usual')
 
 
 def write_config(path: Path, **args: object) -> str:
@@ -287,13 +282,8 @@ class NearestMean(nn.Module):
 def models_registered() -> Iterator[None]:
     """The lazy and the buffers-only model registered for the test, and unregistered after it."""
     from utils import MODELS
-    MODELS.register('lazy_mlp')(LazyMLP)
-    MODELS.register('nearest_mean')(NearestMean)
-    try:
+    with registering((MODELS, 'lazy_mlp', LazyMLP), (MODELS, 'nearest_mean', NearestMean)):
         yield
-    finally:
-        MODELS._classes.pop('lazy_mlp')
-        MODELS._classes.pop('nearest_mean')
 
 
 def val_acc(exp: Path) -> float:

@@ -20,7 +20,7 @@ from torch import nn
 
 from callbacks import core_share
 from callbacks.core_share import NAME, CoreShare, listed_runs
-from conftest import DIGITS, RUNNERS
+from conftest import DIGITS, RUNNERS, registering
 from utils import MODELS, SHARE_CORES
 
 pytestmark = pytest.mark.skipif(not Path('/proc/net/unix').exists(), reason='abstract socket names are Linux')
@@ -158,12 +158,11 @@ class ThreadProbe(nn.Module):
 
 @pytest.fixture
 def thread_probe(four_threads: None) -> Iterator[None]:
-    MODELS.register('thread_probe')(ThreadProbe)
     SEEN.clear()
     try:
-        yield
+        with registering((MODELS, 'thread_probe', ThreadProbe)):
+            yield
     finally:
-        MODELS._classes.pop('thread_probe')
         if OTHER['run'] is not None:
             OTHER['run'].close()
 

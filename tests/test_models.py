@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import registering
 from utils import LOSSES, MODELS
 
 
@@ -70,25 +71,17 @@ class Segmenter(nn.Module):
 
 @pytest.fixture
 def user_models() -> Iterator[None]:
-    MODELS.register('my_regressor')(Regressor)
-    MODELS.register('my_segmenter')(Segmenter)
-    try:
+    with registering((MODELS, 'my_regressor', Regressor), (MODELS, 'my_segmenter', Segmenter)):
         yield
-    finally:
-        MODELS._classes.pop('my_regressor')
-        MODELS._classes.pop('my_segmenter')
 
 
 def test_regression_and_segmentation_models_meet_the_contract_without_editing_the_tests(user_models: None) -> None:
     assert check_model('my_regressor').shape == (4, 1)
     assert check_model('my_segmenter').shape == (4, 3, 16, 16)
     # The contract can fail: a prediction without one row per sample.
-    MODELS.register('bad')(type('Bad', (Regressor,), {'forward': lambda self, batch: self.fc.weight.sum()}))
-    try:
+    with registering((MODELS, 'bad', type('Bad', (Regressor,), {'forward': lambda self, batch: self.fc.weight.sum()}))):
         with pytest.raises(AssertionError):
             check_model('bad')
-    finally:
-        MODELS._classes.pop('bad')
 
 
 def test_mse_returns_the_loss_and_a_logged_term() -> None:
