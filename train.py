@@ -14,7 +14,7 @@
 The config's `loggers` may name MLFlowLogger and WandbLogger (logged through their own clients);
 other Lightning loggers need train_pl.py.
 
-It trains what the `base` wrapper trains (models/task.py) with a loop you can read and step
+It trains what the `base` wrapper trains (lightyaml/train/task.py) with a loop you can read and step
 through. It never imports Lightning, yet its checkpoints use Lightning's layout, so weights move
 freely between the two entry points.
 """
@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from utils import pause_gc_for_start_up, set_thread_defaults, skip_collections_at_exit
+from lightyaml.process import pause_gc_for_start_up, set_thread_defaults, skip_collections_at_exit
 
 if __name__ == '__main__' and {'--print-config', '--list'} & set(sys.argv):
     # These need only the config files and the registries' names: answer before importing torch.
-    from configs.cli import run_cli
+    from lightyaml.launch.cli import run_cli
     sys.exit(run_cli(None, 'train.py', __doc__))
 
 set_thread_defaults()   # before anything imports torch, which reads them once: see utils.py
@@ -44,27 +44,29 @@ if __name__ == '__main__':
 
 import torch  # noqa: E402 (the imports below are after these calls too)
 
-from callbacks.checkpoint_files import (TopK, check_resumable, load_weights, save_checkpoint, seed_everything,
+from lightyaml.run.checkpoint_files import (TopK, check_resumable, load_weights, save_checkpoint, seed_everything,
                                         set_rng_state)
-from callbacks.core_share import CoreShare
-from callbacks.experiment_dir import ExperimentDir
-from callbacks.folder_lock import HELD_BY_LAUNCHER
-from callbacks.metrics_files import MetricsWriter, format_epoch_line, model_summary
-from callbacks.results import finish_run, predict_spec, record_test, split_loader, write_predictions
-from callbacks.sample_grid import write_prediction_grid
-from callbacks.trackers import TrackedRuns, make_tracked_runs
-from configs.checking import attempt, build, check_kwargs, check_sections, check_spec_list
-from configs.cli import (parse_gpu_flag, resolve_run, run_cli, run_evaluation,
+from lightyaml.run.core_share import CoreShare
+from lightyaml.run.experiment_dir import ExperimentDir
+from lightyaml.run.folder_lock import HELD_BY_LAUNCHER
+from lightyaml.run.metrics_files import MetricsWriter, format_epoch_line, model_summary
+from lightyaml.run.results import finish_run, predict_spec, record_test, split_loader, write_predictions
+from lightyaml.run.sample_grid import write_prediction_grid
+from lightyaml.run.trackers import TrackedRuns, make_tracked_runs
+from lightyaml.config.checking import attempt, build, check_kwargs, check_sections, check_spec_list
+from lightyaml.launch.cli import (parse_gpu_flag, resolve_run, run_cli, run_evaluation,
                          select_cuda_devices, stopped_run)
-from configs.console import progress_bar_wanted
-from configs.loading import Config
-from configs.trial import ValidationHook, validation_hook
-from configs.preflight import check_loop_values, task_first_steps
-from models.ema import EMA, STATE_KEY, EMAParams, ema_target, ema_weights
-from models.lazy import materialize
-from models.optim import step_schedulers
-from models.task import val_stages
-from utils import DATA_MODULES, TRACKERS, ConfigError, display_path, keep_freed_memory, resume_gc
+from lightyaml.launch.console import progress_bar_wanted
+from lightyaml.config.loading import Config
+from lightyaml.launch.trial import ValidationHook, validation_hook
+from lightyaml.train.preflight import check_loop_values, task_first_steps
+from lightyaml.train.ema import EMA, STATE_KEY, EMAParams, ema_target, ema_weights
+from lightyaml.train.lazy import materialize
+from lightyaml.train.optim import step_schedulers
+from lightyaml.train.task import val_stages
+from lightyaml.errors import ConfigError, display_path
+from lightyaml.process import keep_freed_memory, resume_gc
+from lightyaml.registry import DATA_MODULES, TRACKERS
 
 
 @dataclass
@@ -102,7 +104,7 @@ class CheckpointParams:
 
 def validate(cfg: Config) -> None:
     """Every problem of the config for train.py, one line each, before anything is built."""
-    from models.task import Task
+    from lightyaml.train.task import Task
     problems = check_sections(cfg)
     wrapper = cfg.get('train_wrapper')
     if wrapper is not None and not isinstance(wrapper, Mapping):
@@ -121,7 +123,7 @@ def validate(cfg: Config) -> None:
     if not isinstance(callbacks, list):
         problems.append(cfg.error('callbacks', f'expected a list of callback specs, got {type(callbacks).__name__}'))
         callbacks = []
-    # The `ema` callback is the one with a Lightning-free twin (models/ema.py); the others need Lightning.
+    # The `ema` callback is the one with a Lightning-free twin (lightyaml/train/ema.py); the others need Lightning.
     names = [spec.get('name') if isinstance(spec, Mapping) else spec for spec in callbacks]
     for i, name in enumerate(names):
         if name != 'ema':
@@ -265,7 +267,7 @@ def evaluate(task: Any, loader: Any, n_batches: int, stage: str, device: torch.d
 
 def build_task(cfg: Config) -> Any:
     """The `base` wrapper's Task from `train_wrapper.args` (Lightning-free)."""
-    from models.task import Task
+    from lightyaml.train.task import Task
     return build("the 'base' wrapper", 'train_wrapper', cfg, lambda: Task(**cfg['train_wrapper'].get('args', {})))
 
 
@@ -412,7 +414,7 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
     # --- the loop -------------------------------------------------------------------------------------
     keep_freed_memory()
     resume_gc()   # paused for start-up when run as a script
-    cores.start()   # shared with other runs on this machine (callbacks/core_share.py)
+    cores.start()   # shared with other runs on this machine (lightyaml/run/core_share.py)
     epoch = resumed.start_epoch
     while (max_epochs < 0 or epoch < max_epochs) and (params.max_steps < 0 or step < params.max_steps):
         epoch_start = time.perf_counter()
@@ -515,7 +517,7 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
 
 
 def load_task(cfg: Config, ckpt: Path, use_ema: Optional[bool]) -> tuple[Any, bool]:
-    """The Task with a checkpoint's weights, or its EMA weights (see models/ema.py's `ema_weights`);
+    """The Task with a checkpoint's weights, or its EMA weights (see lightyaml/train/ema.py's `ema_weights`);
     and whether they are the EMA weights."""
     task = build_task(cfg)
     state = torch.load(ckpt, map_location='cpu', weights_only=True)
@@ -530,7 +532,7 @@ def evaluate_checkpoint(args: argparse.Namespace, exp: ExperimentDir, cfg: Confi
     """What --test, --predict or --export does with the checkpoint `resolve_evaluation` found."""
     task, averaged = load_task(cfg, ckpt, args.ema)
     if args.export:
-        from models.export import export_experiment
+        from lightyaml.run.export import export_experiment
         export_experiment(exp, cfg, ckpt, task.model, args.format, args.out, averaged)
         return
     params = TrainerParams(**(cfg.get('trainer_params') or {}))

@@ -31,21 +31,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from utils import pause_gc_for_start_up, set_thread_defaults, skip_collections_at_exit
+from lightyaml.process import pause_gc_for_start_up, set_thread_defaults, skip_collections_at_exit
 
 set_thread_defaults()   # before anything imports torch, which reads them once: see utils.py
 if __name__ == '__main__':
     pause_gc_for_start_up()   # until training starts: a third of the import time (utils.py)
 
-from callbacks.experiment_dir import ExperimentDir
-from callbacks.results import finish_run, predict_spec, record_test, split_loader, write_predictions
-from configs.checking import attempt, build, check_kwargs, check_sections, check_spec, check_spec_list
-from configs.cli import (parse_gpu_flag, resolve_run, run_cli, run_evaluation,
+from lightyaml.run.experiment_dir import ExperimentDir
+from lightyaml.run.results import finish_run, predict_spec, record_test, split_loader, write_predictions
+from lightyaml.config.checking import attempt, build, check_kwargs, check_sections, check_spec, check_spec_list
+from lightyaml.launch.cli import (parse_gpu_flag, resolve_run, run_cli, run_evaluation,
                          select_cuda_devices, stopped_run)
-from configs.console import progress_bar_wanted
-from configs.loading import Config
-from configs.trial import ValidationHook, validation_hook
-from utils import CALLBACKS, DATA_MODULES, LOGGERS, WRAPPERS, ConfigError, NonFiniteLossError, display_path, resume_gc
+from lightyaml.launch.console import progress_bar_wanted
+from lightyaml.config.loading import Config
+from lightyaml.launch.trial import ValidationHook, validation_hook
+from lightyaml.errors import ConfigError, NonFiniteLossError, display_path
+from lightyaml.process import resume_gc
+from lightyaml.registry import CALLBACKS, DATA_MODULES, LOGGERS, WRAPPERS
 
 # Trainer and ModelCheckpoint arguments lightyaml sets itself, and what to do instead.
 TRAINER_OWN = {
@@ -70,7 +72,7 @@ def validate(cfg: Config) -> None:
                  'ModelCheckpoint', refused=CHECKPOINT_OWN)
     check_spec_list(CALLBACKS, cfg, 'callbacks', problems)
     check_spec_list(LOGGERS, cfg, 'loggers', problems)
-    from configs.preflight import check_loop_values   # torch: not needed by --print-config
+    from lightyaml.train.preflight import check_loop_values   # torch: not needed by --print-config
     problems += check_loop_values(cfg)
     if problems:
         raise ConfigError(*problems)
@@ -117,9 +119,9 @@ def fit(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Op
 
     from lightning_fabric.plugins import CheckpointIO
 
-    from callbacks.atomic_checkpoint_io import AtomicCheckpointIO
+    from lightyaml.train.lightning import AtomicCheckpointIO
     from callbacks.base_logger import BaseLogger, ExperimentLogger
-    from callbacks.checkpoint_files import check_resumable, load_weights
+    from lightyaml.run.checkpoint_files import check_resumable, load_weights
     from callbacks.fast_paths import FastPaths
     from callbacks.last_checkpoint import LastCheckpoint
     from callbacks.lazy_modules import LazyModules
@@ -199,8 +201,8 @@ def preflight(cfg: Config, data: Any, wrapper: Any, params: Mapping) -> Any:
     import pytorch_lightning as pl
 
     from callbacks.base_logger import ExperimentLogger
-    from configs.preflight import FirstSteps, check_monitors, copy_module, isolated_rng
-    from models.optim import UnloggedMonitor
+    from lightyaml.train.preflight import FirstSteps, check_monitors, copy_module, isolated_rng
+    from lightyaml.train.optim import UnloggedMonitor
     seen = FirstSteps()
     phase = ['building the optimizer and scheduler']   # where an error happened, in train.py's words
 
@@ -274,8 +276,8 @@ def evaluate_checkpoint(args: argparse.Namespace, exp: ExperimentDir, cfg: Confi
     import pytorch_lightning as pl
     import torch
 
-    from callbacks.checkpoint_files import read_checkpoint
-    from models.ema import ema_target, ema_weights
+    from lightyaml.run.checkpoint_files import read_checkpoint
+    from lightyaml.train.ema import ema_target, ema_weights
     name = cfg['train_wrapper']['name']
     wrapper = build(f'training wrapper {name!r} from {ckpt.name}', 'train_wrapper', cfg, lambda: WRAPPERS.get(
         name).load_from_checkpoint(ckpt, map_location='cpu', weights_only=True))
@@ -283,7 +285,7 @@ def evaluate_checkpoint(args: argparse.Namespace, exp: ExperimentDir, cfg: Confi
     if averaged is not None:   # the `ema` callback's average, as validation used it
         ema_target(wrapper).load_state_dict(averaged)
     if args.export:
-        from models.export import export_experiment
+        from lightyaml.run.export import export_experiment
         if not isinstance(getattr(wrapper, 'model', None), torch.nn.Module):
             raise ConfigError(f"--export: training wrapper {name!r} has no single `model` to export")
         export_experiment(exp, cfg, ckpt, wrapper.model, args.format, args.out, averaged is not None)

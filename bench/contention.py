@@ -7,7 +7,7 @@ copies started together; each copy's median step is taken over the steps it made
 other was also training (wall-clock step times of both), so start-up differences do not count as
 sharing. The runs are longer than the step table's (CONTENTION_EPOCHS) so that the two trainings
 overlap for seconds. `floor` is a script that sets nothing (torch's defaults); train.py and
-train_pl.py share the cores while they train (callbacks/core_share.py).
+train_pl.py share the cores while they train (lightyaml/run/core_share.py).
 
 Two copies of work that keeps every core busy alone cannot each finish faster than one copy on
 one core: "1 thread / alone" is that bound, measured in the same round. A copy near it has lost

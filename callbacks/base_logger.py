@@ -12,8 +12,8 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
-from callbacks.experiment_dir import ExperimentDir
-from callbacks.metrics_files import MetricsWriter, format_epoch_line, model_summary
+from lightyaml.run.experiment_dir import ExperimentDir
+from lightyaml.run.metrics_files import MetricsWriter, format_epoch_line, model_summary
 
 
 class BaseLogger(pl.Callback):

@@ -1,4 +1,4 @@
-"""The `ema` callback: an exponential moving average of the weights (models/ema.py has the rule,
+"""The `ema` callback: an exponential moving average of the weights (lightyaml/train/ema.py has the rule,
 which train.py runs too).
 
     callbacks:
@@ -11,7 +11,7 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 
 from callbacks import register
-from models.ema import EMA, STATE_KEY, EMAParams, ema_target
+from lightyaml.train.ema import EMA, STATE_KEY, EMAParams, ema_target
 
 
 @register('ema')

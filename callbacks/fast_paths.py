@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from callbacks.core_share import CoreShare
+from lightyaml.run.core_share import CoreShare
 from utils import keep_freed_memory, resume_gc
 
 # Hooks Lightning calls once or more per training batch. Each call of a hook costs 1-4 us (a
@@ -23,7 +23,7 @@ NVML_CHECK = 'PYTORCH_NVML_BASED_CUDA_CHECK'
 class FastPaths(pl.Callback):
     """Two costs Lightning adds to every step, removed where that changes nothing else, and what
     train.py does too once training starts: `keep_freed_memory`, `resume_gc` and, on the CPU, the
-    cores shared with other runs (callbacks/core_share.py).
+    cores shared with other runs (lightyaml/run/core_share.py).
 
     1. Lightning calls every batch hook of every callback and of the LightningModule, and skips
        a hook that is not callable. A hook still inherited unchanged from `pl.Callback` or

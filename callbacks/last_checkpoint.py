@@ -6,8 +6,8 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from callbacks.checkpoint_files import rng_state, set_rng_state
-from models.optim import step_scheduler
+from lightyaml.run.checkpoint_files import rng_state, set_rng_state
+from lightyaml.train.optim import step_scheduler
 
 
 class LastCheckpoint(ModelCheckpoint):

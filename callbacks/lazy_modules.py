@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 
-from models.lazy import has_uninitialized, materialize
+from lightyaml.train.lazy import has_uninitialized, materialize
 
 
 class LazyModules(pl.Callback):

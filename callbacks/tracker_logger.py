@@ -13,8 +13,8 @@ from pytorch_lightning.loggers.logger import DummyExperiment, rank_zero_experime
 from pytorch_lightning.utilities import rank_zero_only
 
 from callbacks.base_logger import Deferred
-from callbacks.experiment_dir import ExperimentDir
-from callbacks.trackers import TrackedRun, make_tracked_runs
+from lightyaml.run.experiment_dir import ExperimentDir
+from lightyaml.run.trackers import TrackedRun, make_tracked_runs
 from utils import LOGGERS
 
 

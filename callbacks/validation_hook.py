@@ -1,11 +1,11 @@
 """ValidationHook: calls a function with the epoch's metrics after every validation and stops
-training when it says so (a search trial's pruner: configs/trial.py). train.py calls the same
+training when it says so (a search trial's pruner: lightyaml/launch/trial.py). train.py calls the same
 function from its loop."""
 from __future__ import annotations
 
 import pytorch_lightning as pl
 
-from configs.trial import ValidationHook as HookFunction
+from lightyaml.launch.trial import ValidationHook as HookFunction
 
 
 class ValidationHook(pl.Callback):

@@ -58,7 +58,7 @@ def run_pl(save_root: Path, *args: str) -> int:
     """`python train_pl.py ARGS --save-root SAVE_ROOT`, in-process; returns the exit status once
     the run's curves.png (drawn by a background process) is written too."""
     import train_pl
-    from callbacks.results import wait_for_plots
+    from lightyaml.run.results import wait_for_plots
     try:
         return train_pl.main([*args, '--save-root', str(save_root), *QUIET])
     finally:
@@ -69,7 +69,7 @@ def run_py(save_root: Path, *args: str) -> int:
     """`python train.py ARGS --save-root SAVE_ROOT`, in-process; returns the exit status once
     the run's curves.png is written too."""
     import train
-    from callbacks.results import wait_for_plots
+    from lightyaml.run.results import wait_for_plots
     try:
         return train.main([*args, '--save-root', str(save_root), *QUIET])
     finally:

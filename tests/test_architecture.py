@@ -13,7 +13,7 @@ PROJECT_FILES = [p for p in ROOT.rglob('*.py') if not {'save', 'load', 'tests', 
 
 
 def test_base_wrapper_takes_exactly_the_task_arguments() -> None:
-    from models.task import Task
+    from lightyaml.train.task import Task
     from models.wrappers.base import BaseWrapper
     task = inspect.signature(Task.__init__).parameters
     wrapper = inspect.signature(BaseWrapper.__init__).parameters
@@ -48,13 +48,13 @@ def test_each_rule_has_one_home() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                 defined.setdefault(node.name, []).append(str(path.relative_to(ROOT)))
-    assert defined['FiniteLossGuard'] == ['models/task.py']
-    assert defined['step_schedulers'] == ['models/optim.py']
-    assert defined['monitored_value'] == ['models/optim.py']
+    assert defined['FiniteLossGuard'] == ['lightyaml/train/task.py']
+    assert defined['step_schedulers'] == ['lightyaml/train/optim.py']
+    assert defined['monitored_value'] == ['lightyaml/train/optim.py']
     assert defined['is_last_train_batch'] == ['models/wrappers/__init__.py']
     sources = {p: p.read_text() for p in PROJECT_FILES}
-    assert [str(p.relative_to(ROOT)) for p, s in sources.items() if 'raise NonFiniteLossError' in s] == ['models/task.py']
-    assert [str(p.relative_to(ROOT)) for p, s in sources.items() if 'scheduler.step(' in s] == ['models/optim.py']
+    assert [str(p.relative_to(ROOT)) for p, s in sources.items() if 'raise NonFiniteLossError' in s] == ['lightyaml/train/task.py']
+    assert [str(p.relative_to(ROOT)) for p, s in sources.items() if 'scheduler.step(' in s] == ['lightyaml/train/optim.py']
 
 
 PLATEAU = ['train_wrapper.args.scheduler_spec={name: ReduceLROnPlateau, monitor: val/acc, args: {mode: max}}',

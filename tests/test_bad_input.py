@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import DIGITS, ROOT, RUNNERS, snapshot
-from configs.loading import load_config
+from lightyaml.config.loading import load_config
 from utils import DATASETS, METRICS, MODELS, ConfigError
 
 NAME_RULE = 'an experiment name may only use letters, digits, and . _ - = (no path separators, no "..")'

@@ -129,7 +129,7 @@ def test_a_lightning_data_module_and_a_usual_module_fit_resume_test_and_predict(
     result = yaml.safe_load((exp / 'result.yaml').read_text())
     assert result['final']['val_acc'] == pytest.approx(final_acc, abs=1e-4)
     assert result['best']['monitor'] == 'val_acc' and result['best']['value'] >= final_acc - 1e-4
-    from callbacks.results import read_curves
+    from lightyaml.run.results import read_curves
     curves = read_curves(exp)
     assert set(curves) == {'loss', 'acc', 'lr'} and set(curves['loss']) == {'train', 'val'}
     assert [e for e, _ in curves['acc']['val']] == [0, 1, 2]
@@ -332,8 +332,8 @@ def test_a_model_with_buffers_only_trains_checkpoints_and_starts_others(entry: s
 
 
 def test_the_summary_counts_models_without_parameters_and_uninitialized_lazy_ones() -> None:
-    from callbacks.metrics_files import model_summary
-    from models.lazy import has_uninitialized, materialize
+    from lightyaml.run.metrics_files import model_summary
+    from lightyaml.train.lazy import has_uninitialized, materialize
     assert model_summary(nn.Sequential(nn.Flatten(), nn.ReLU())) == 'parameters: 0 total'
     lazy = LazyMLP()
     assert model_summary(lazy) == 'parameters: 0 total, and 4 lazy ones not yet initialized'

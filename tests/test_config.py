@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DIGITS, run_pl
-from configs.loading import load_config
+from lightyaml.config.loading import load_config
 from utils import ConfigError
 
 
@@ -83,7 +83,7 @@ def test_debug_shows_the_traceback(save_root: Path) -> None:
 
 
 def test_a_drawn_seed_is_new_each_run_and_shared_only_with_ddp_children(monkeypatch: pytest.MonkeyPatch) -> None:
-    from configs.loading import resolve_seed
+    from lightyaml.config.loading import resolve_seed
     monkeypatch.setenv('LIGHTYAML_SEED', '7')
     for var in ('RANK', 'LOCAL_RANK', 'NODE_RANK', 'SLURM_PROCID'):
         monkeypatch.delenv(var, raising=False)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import DIGITS, ROOT, RUNNERS, run_pl, run_py
-from configs.loading import load_config, parse_yaml
+from lightyaml.config.loading import load_config, parse_yaml
 from utils import ConfigError
 
 MNIST = str(ROOT / 'configs' / 'mnist.yaml')
@@ -39,7 +39,7 @@ price: costs $${dollars} and ${seed}
     assert cfg['name'] == 'run-7-w64' and cfg['price'] == 'costs ${dollars} and 7'
     assert cfg.references['chain'] == '${model.out}'
     # config.yaml holds the values, the escape written back: it loads as the same config
-    from callbacks.experiment_dir import ExperimentDir
+    from lightyaml.run.experiment_dir import ExperimentDir
     exp = ExperimentDir(tmp_path / 'exp')
     exp.path.mkdir()
     exp.write_config(cfg, ['python', 'train.py'])
@@ -135,7 +135,7 @@ def test_print_config_is_the_same_from_train_py_and_for_an_experiment(save_root:
 # ------------------------------------------------------------------------------------------------ EMA
 
 def test_the_ema_rule_copies_until_start_then_averages_every_n_steps() -> None:
-    from models.ema import EMA, EMAParams
+    from lightyaml.train.ema import EMA, EMAParams
     layer = torch.nn.Linear(2, 1)
     ema = EMA(layer, EMAParams(decay=0.5, start_step=2, every_n_steps=2))
     expected = layer.weight.detach().clone()
@@ -194,7 +194,7 @@ def val_loss(task: torch.nn.Module) -> float:
 @pytest.mark.parametrize('entry', RUNNERS)
 def test_validation_and_test_use_the_averaged_weights(entry: str, ema_runs: dict[str, Path],
                                                       capsys: pytest.CaptureFixture) -> None:
-    from models.task import Task
+    from lightyaml.train.task import Task
     exp = ema_runs[f'{entry}-whole']
     state = checkpoint(exp)
     task = Task(**state['hyper_parameters'])
@@ -243,7 +243,7 @@ def run_exported(path: Path, fmt: str, images: torch.Tensor) -> torch.Tensor:
                                         ('pt2', 'train_pl.py')])
 def test_export_writes_a_model_that_matches_pytorch(fmt: str, entry: str, ema_runs: dict[str, Path],
                                                     capsys: pytest.CaptureFixture) -> None:
-    from models.task import Task
+    from lightyaml.train.task import Task
     from utils import DATASETS
     exp = ema_runs[f'{entry}-whole']
     assert RUNNERS[entry](exp.parent, '--export', str(exp), '--format', fmt) == 0

@@ -1,4 +1,4 @@
-"""Runs on one machine share its cores while they train on the CPU (callbacks/core_share.py):
+"""Runs on one machine share its cores while they train on the CPU (lightyaml/run/core_share.py):
 each is listed under an abstract Unix socket name, counts the listed runs and takes its share of
 the threads it has alone. Another run is a second listed name, here held by a real process or by
 the test itself; the thread counts a model sees while it trains are what torch gives its ops. The
@@ -18,8 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks import core_share
-from callbacks.core_share import NAME, CoreShare, listed_runs
+from lightyaml.run import core_share
+from lightyaml.run.core_share import NAME, CoreShare, listed_runs
 from conftest import DIGITS, RUNNERS, registering
 from utils import MODELS, SHARE_CORES
 

@@ -30,7 +30,7 @@ def run(command: list[str], cwd: Path = ROOT, timeout: float = 300) -> subproces
 
 def single_process_val(ckpt: Path) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of a checkpoint on the odd validation split, in this process."""
-    from models.task import Task
+    from lightyaml.train.task import Task
     state = torch.load(ckpt, map_location='cpu', weights_only=True)
     task = Task(**state['hyper_parameters'])
     task.load_state_dict(state['state_dict'])

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from conftest import DIGITS, ROOT, run_pl, run_py
 from datasets.data_module import BatchLoader, DataModule
 from datasets.digits import Digits
-from models.task import Task
+from lightyaml.train.task import Task
 
 TRAIN, VAL = {'name': 'digits'}, {'name': 'digits', 'args': {'split': 'val'}}
 

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import DIGITS, QUIET, ROOT, RUNNERS, run_pl, run_py
-from configs.loading import parse_yaml
+from lightyaml.config.loading import parse_yaml
 
 EPOCHS2 = 'trainer_params.max_epochs=2'
 
@@ -295,8 +295,8 @@ def test_a_bad_loggers_section_is_one_line_and_creates_nothing(script: str, over
 
 def test_tracker_defaults_live_in_the_folder_and_name_the_run_and_the_sweep(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from callbacks.experiment_dir import ExperimentDir
-    from callbacks.trackers import MLFlowLogger, WandbLogger, init_parameters, tracker_args
+    from lightyaml.run.experiment_dir import ExperimentDir
+    from lightyaml.run.trackers import MLFlowLogger, WandbLogger, init_parameters, tracker_args
     exp = ExperimentDir(tmp_path / 'lr-lr=0.1')
     monkeypatch.setenv('LIGHTYAML_GROUP', 'lr')
     assert tracker_args('MLFlowLogger', {}, init_parameters(MLFlowLogger), exp, {}) == {
@@ -371,7 +371,7 @@ def test_a_lightning_module_writes_images_histograms_and_figures_to_tb(save_root
 def test_the_sample_grid_titles_each_image_predicted_over_true() -> None:
     import torch
 
-    from callbacks.sample_grid import prediction_figure
+    from lightyaml.run.sample_grid import prediction_figure
     images = torch.rand(5, 1, 8, 8)
     scores = torch.eye(10)[[3, 1, 4, 1, 5]]
     fig = prediction_figure(images, scores, torch.tensor([3, 1, 4, 7, 5]))

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from configs.checking import check_spec
-from configs.loading import Config
+from lightyaml.config.checking import check_spec
+from lightyaml.config.loading import Config
 from utils import MODELS, ConfigError, Registry
 
 

@@ -135,7 +135,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(entr
 def test_train_py_checkpoint_write_interrupted_leaves_the_old_file(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import train
-    from models.task import Task
+    from lightyaml.train.task import Task
     task = Task({'name': 'mlp'}, {'name': 'ce'}, {'name': 'SGD', 'args': {'lr': 0.1}})
     optimizer = torch.optim.SGD(task.parameters(), lr=0.1)
     path = tmp_path / 'last.ckpt'

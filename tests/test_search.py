@@ -49,7 +49,7 @@ def kept_files(folder: Path) -> dict[str, bytes]:
 def load_study(folder: Path | None, name: str, storage: str | None = None):
     import optuna
 
-    from configs.search_space import open_storage
+    from lightyaml.launch.search_space import open_storage
     return optuna.load_study(study_name=name, storage=open_storage(storage or f'sqlite:///{folder}/study.db'))
 
 
@@ -254,7 +254,7 @@ params:
 
 def test_sweep_names_use_the_shortest_unambiguous_key_and_seeds_alone_make_a_table(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import configs.sweep
+    import lightyaml.launch.sweep
     values = iter([0.5, 0.7, 0.9, 0.4, 0.6, 0.8])
 
     def fake_run(command: list[str], env: dict) -> subprocess.CompletedProcess:
@@ -262,7 +262,7 @@ def test_sweep_names_use_the_shortest_unambiguous_key_and_seeds_alone_make_a_tab
         exp.mkdir(parents=True)
         (exp / 'result.yaml').write_text(f'final: {{}}\nbest: {{monitor: val/acc, value: {next(values)}}}\n')
         return subprocess.CompletedProcess(command, 0)
-    monkeypatch.setattr(configs.sweep.subprocess, 'run', fake_run)
+    monkeypatch.setattr(lightyaml.launch.sweep.subprocess, 'run', fake_run)
     assert run_py(tmp_path, '--config', DIGITS, '--name', 's', '--seeds', '0,1,2') == 0
     assert (tmp_path / 's-sweep' / 'summary.md').read_text() == (
         '| val/acc (mean ± std) | runs |\n| --- | --- |\n| 0.7000 ± 0.2000 | 3/3 |\n')
@@ -274,10 +274,10 @@ def test_sweep_names_use_the_shortest_unambiguous_key_and_seeds_alone_make_a_tab
     assert (tmp_path / 'two-sweep' / 'summary.md').read_text().startswith(
         '| train.args.split | val.args.split | val/acc (mean ± std) | runs |\n| --- | --- | --- | --- |\n'
         '| train | val | 0.4000 ± 0.0000 | 1/1 |')
-    assert configs.sweep.short_keys([LR, 'train_wrapper.args.scheduler_spec.args.lr', 'seed']) == {
+    assert lightyaml.launch.sweep.short_keys([LR, 'train_wrapper.args.scheduler_spec.args.lr', 'seed']) == {
         LR: 'optim_spec.args.lr', 'train_wrapper.args.scheduler_spec.args.lr': 'scheduler_spec.args.lr',
         'seed': 'seed'}
-    assert configs.sweep.combo_name('x', [f'{LR}=1e-3', 'a.lr=2']) == 'x-args.lr=1e-3-a.lr=2'
+    assert lightyaml.launch.sweep.combo_name('x', [f'{LR}=1e-3', 'a.lr=2']) == 'x-args.lr=1e-3-a.lr=2'
 
 
 def test_a_sweep_run_again_with_other_settings_is_refused_before_anything_runs(
@@ -296,7 +296,7 @@ def test_a_sweep_run_again_with_other_settings_is_refused_before_anything_runs(
 
 
 def test_worker_slots_split_the_cores_or_take_one_gpu_each() -> None:
-    from configs.sweep import worker_slots
+    from lightyaml.launch.sweep import worker_slots
     cores = len(os.sched_getaffinity(0))
     assert worker_slots(None, 2) == [([], {'OMP_NUM_THREADS': str(max(1, cores // 2)),
                                            'MKL_NUM_THREADS': str(max(1, cores // 2)),

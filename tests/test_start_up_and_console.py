@@ -101,7 +101,7 @@ def test_list_imports_neither_torch_nor_lightning_and_lists_what_importing_finds
 
 
 def test_curves_are_drawn_in_the_background_into_the_run_even_when_it_is_moved(tmp_path: Path) -> None:
-    from callbacks.results import draw_curves_in_background, plot_metrics
+    from lightyaml.run.results import draw_curves_in_background, plot_metrics
     metrics = 'epoch,step,train/loss,val/loss,val/acc\n0,9,1.5,1.2,0.6\n1,19,0.9,0.8,0.8\n'
     exp = tmp_path / 'run'
     exp.mkdir()
@@ -152,7 +152,7 @@ def test_a_bar_asked_for_numbers_epochs_from_one_as_the_log_does(entry: str, sav
                                                                    capfd: pytest.CaptureFixture) -> None:
     import train
     import train_pl
-    from callbacks.results import wait_for_plots
+    from lightyaml.run.results import wait_for_plots
     main = train_pl.main if entry == 'train_pl.py' else train.main
     assert main(['--config', DIGITS, '--save-root', str(save_root), 'trainer_params.max_epochs=2',
                  'trainer_params.limit_train_batches=3', 'trainer_params.enable_progress_bar=true']) == 0

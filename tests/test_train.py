@@ -63,7 +63,7 @@ def test_same_experiment_folder_as_train_pl(both_runs: tuple[Path, Path]) -> Non
 
 
 def test_weights_move_between_the_entry_points(both_runs: tuple[Path, Path]) -> None:
-    from models.task import Task
+    from lightyaml.train.task import Task
     from models.wrappers.base import BaseWrapper
     plain, lightning = both_runs
     # A train.py checkpoint rebuilds the Lightning wrapper alone (hyper-parameters included).

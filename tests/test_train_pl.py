@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import DIGITS, EPOCH_LINE, ROOT, evaluate, run_pl, snapshot
-from configs.loading import load_config
+from lightyaml.config.loading import load_config
 
 
 @pytest.fixture(scope='module')
@@ -19,8 +19,8 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """The README's quickstart, exactly: the default config, trained once for this module."""
     save_root = tmp_path_factory.mktemp('save')
     import train_pl
-    from callbacks.results import wait_for_plots
-    from configs.cli import make_parser, resolve_run
+    from lightyaml.run.results import wait_for_plots
+    from lightyaml.launch.cli import make_parser, resolve_run
     args = make_parser('').parse_args(['--config', DIGITS, '--save-root', str(save_root)])
     cfg, exp = resolve_run(args)[:2]
     metrics = train_pl.train(cfg, exp, ['python', 'train_pl.py', '--config', DIGITS])

@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from configs.cli import parse_gpu_flag, select_cuda_devices
-from models.optim import make_optimizer, make_scheduler
+from lightyaml.launch.cli import parse_gpu_flag, select_cuda_devices
+from lightyaml.train.optim import make_optimizer, make_scheduler
 from utils import ConfigError
 
 

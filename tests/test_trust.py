@@ -109,7 +109,7 @@ def test_aliases_are_independent_copies_and_merge_keys_work(entry: str, tmp_path
     assert run(save, '--config', str(tmp_path / 'aliased.yaml'), '--name', 'aliased',
                'data_module.args.val.args.split=val', *one_epoch) == 0
     assert run(save, '--config', str(tmp_path / 'merged.yaml'), '--name', 'merged', *one_epoch) == 0
-    from configs.loading import load_config
+    from lightyaml.config.loading import load_config
     for name in ('aliased', 'merged'):
         splits = load_config(save / name / 'config.yaml')['data_module']['args']
         assert (splits['train'], splits['val']) == ({'name': 'digits', 'args': {'split': 'train'}},

@@ -50,7 +50,7 @@ def test_test_evaluates_the_best_checkpoint_and_records_it(entry: str, trained: 
 
 def test_predict_on_a_dataset_spec_and_on_a_folder_of_images(trained: Path, tmp_path: Path) -> None:
     import torchvision
-    from models.task import Task
+    from lightyaml.train.task import Task
     assert run_py(trained.parent, '--predict', str(trained), '--ckpt', 'last', '--out', str(tmp_path / 'spec.csv'),
                   '--data', '{name: digits, args: {split: val}}') == 0
     state = torch.load(trained / 'ckpt' / 'last.ckpt', weights_only=True)
@@ -140,7 +140,7 @@ def test_an_interrupted_sweep_continues_and_summarises_mean_and_std(tmp_path: Pa
 def test_a_sweep_with_gpus_runs_one_experiment_per_gpu_at_a_time(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
-    import configs.sweep
+    import lightyaml.launch.sweep
     running, most, seen, lock = 0, 0, [], threading.Lock()
 
     def fake_run(command: list[str], env: dict) -> subprocess.CompletedProcess:
@@ -157,7 +157,7 @@ def test_a_sweep_with_gpus_runs_one_experiment_per_gpu_at_a_time(tmp_path: Path,
             running -= 1
             seen.append(command[command.index('--gpu') + 1])
         return subprocess.CompletedProcess(command, 0)
-    monkeypatch.setattr(configs.sweep.subprocess, 'run', fake_run)
+    monkeypatch.setattr(lightyaml.launch.sweep.subprocess, 'run', fake_run)
     args = ['--config', DIGITS, '--name', 'g', '--save-root', str(tmp_path), '--gpu', '0,1',
             '--sweep', 'train_wrapper.args.optim_spec.args.lr=1e-3,3e-3', '--seeds', '0,1']
     assert run_py(tmp_path, *args) == 0

@@ -7,9 +7,9 @@ from typing import Any, Optional
 
 import torch
 
-from callbacks.sample_grid import write_prediction_grid
-from models.optim import monitored_value, step_scheduler
-from models.task import Task, val_stages
+from lightyaml.run.sample_grid import write_prediction_grid
+from lightyaml.train.optim import monitored_value, step_scheduler
+from lightyaml.train.task import Task, val_stages
 from models.wrappers import WrapperModule, register
 from utils import Spec
 

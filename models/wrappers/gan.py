@@ -9,8 +9,8 @@ from typing import Any, Optional
 import torch
 from torch.nn import functional as F
 
-from models.optim import make_optimizer, make_scheduler, step_schedulers
-from models.task import STAGES, FiniteLossGuard, RunningMeans
+from lightyaml.train.optim import make_optimizer, make_scheduler, step_schedulers
+from lightyaml.train.task import STAGES, FiniteLossGuard, RunningMeans
 from models.wrappers import WrapperModule, register
 from utils import MODELS, ConfigError, Spec
 
@@ -202,6 +202,6 @@ class GANWrapper(WrapperModule):
         return [g_opt, d_opt], [{k: v for k, v in c.items() if k != 'monitor'} for c in self._schedulers]
 
     def _step_schedulers(self, interval: str) -> None:
-        """Step the schedulers due at the end of this step or epoch (models/optim.py's rule)."""
+        """Step the schedulers due at the end of this step or epoch (lightyaml/train/optim.py's rule)."""
         count = self.current_epoch + 1 if interval == 'epoch' else self.global_step // 2
         step_schedulers(self._schedulers, interval, count, self.trainer.callback_metrics)

@@ -24,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from utils import SHARE_CORES
+from lightyaml.process import SHARE_CORES
 
 NAME = b'lightyaml-cpu-run/'
 INTERVAL = 0.5                  # seconds between two counts

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from lightning_fabric.plugins import TorchCheckpointIO
 
-from callbacks.checkpoint_files import atomic_torch_save
+from lightyaml.run.checkpoint_files import atomic_torch_save
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

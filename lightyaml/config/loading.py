@@ -1,7 +1,7 @@
 """Reading a config: safe YAML, `extends`, dotted overrides, `${...}` references (resolved last,
-configs/references.py), and where each key was set.
+lightyaml/config/references.py), and where each key was set.
 
-Lightning-free and torch-free. Validation is in configs/checking.py.
+Lightning-free and torch-free. Validation is in lightyaml/config/checking.py.
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from typing import Any, Optional
 
 import yaml
 
-from configs.references import escape_references, resolve_references
-from utils import ConfigError, display_path, global_rank_from_env
+from lightyaml.config.references import escape_references, resolve_references
+from lightyaml.errors import ConfigError, display_path
+from lightyaml.process import global_rank_from_env
 
 EXTENDS_KEY = 'extends'
 

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from utils import ConfigError, display_path
+from lightyaml.errors import ConfigError, display_path
 
 STATE_KEY = 'EMA'   # where checkpoints keep the average, from either entry point
 

@@ -11,8 +11,8 @@ import os
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
-from callbacks.experiment_dir import ExperimentDir, atomic_write
-from configs.loading import dump_yaml
+from lightyaml.run.experiment_dir import ExperimentDir, atomic_write
+from lightyaml.config.loading import dump_yaml
 
 TRIAL_ENV = 'LIGHTYAML_TRIAL'
 PRUNED_FILE = 'pruned.yaml'   # in a trial's folder: the pruner stopped it (read by the search)
@@ -44,7 +44,7 @@ def validation_hook(exp: ExperimentDir) -> Optional[ValidationHook]:
         if trial is None:   # connect at the first report: only rank 0 ever does
             import optuna
 
-            from configs.search_space import make_pruner, open_storage
+            from lightyaml.launch.search_space import make_pruner, open_storage
             study = optuna.load_study(study_name=spec['study'], storage=open_storage(spec['storage']),
                                       sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(spec['pruner']))
             trial = optuna.trial.Trial(study, spec['trial_id'])

@@ -16,10 +16,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Optional
 
-from callbacks.folder_lock import FolderBusy, is_locked, lock_folder, unlock_folder
-from configs.loading import dump_yaml, parse_yaml
-from configs.references import escape_references
-from utils import PROJECT_ROOT, ConfigError, NonFiniteLossError, display_path, global_rank_from_env
+from lightyaml.run.folder_lock import FolderBusy, is_locked, lock_folder, unlock_folder
+from lightyaml.config.loading import dump_yaml, parse_yaml
+from lightyaml.config.references import escape_references
+from lightyaml.errors import PROJECT_ROOT, ConfigError, NonFiniteLossError, display_path
+from lightyaml.process import global_rank_from_env
 
 _NAME_RULE = 'letters, digits, and . _ - = (no path separators, no "..")'
 # A folder name may have 255 bytes; `<name>.old-YYYYmmdd-HHMMSS` (--overwrite) must fit too.

@@ -16,11 +16,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from callbacks.experiment_dir import ExperimentDir, atomic_write
-from callbacks.metrics_files import split_metric_key
-from configs.checking import check_spec
-from configs.loading import Config, dump_yaml, parse_yaml
-from utils import DATASETS, PROJECT_ROOT, ConfigError, display_path
+from lightyaml.run.experiment_dir import ExperimentDir, atomic_write
+from lightyaml.run.metrics_files import split_metric_key
+from lightyaml.config.checking import check_spec
+from lightyaml.config.loading import Config, dump_yaml, parse_yaml
+from lightyaml.errors import PROJECT_ROOT, ConfigError, display_path
+from lightyaml.registry import DATASETS
 
 _plotters: list[subprocess.Popen] = []   # this process's background curves.png drawers
 
@@ -190,7 +191,7 @@ def draw_curves_in_background(exp: Path) -> subprocess.Popen:
     folder is moved (--overwrite) before it is done."""
     folder = os.open(exp, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
     try:
-        code = (f'import sys; sys.path.insert(0, {str(PROJECT_ROOT)!r}); from callbacks.results import _draw_curves; '
+        code = (f'import sys; sys.path.insert(0, {str(PROJECT_ROOT)!r}); from lightyaml.run.results import _draw_curves; '
                 f'_draw_curves({folder}, {Path(exp).name!r})')
         plotter = subprocess.Popen([sys.executable, '-c', code], pass_fds=(folder,), start_new_session=True,
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -9,7 +9,9 @@ from typing import Any, Optional
 
 import torch
 
-from utils import OPTIMIZERS, SCHEDULERS, ConfigError, did_you_mean
+from lightyaml.errors import ConfigError, did_you_mean
+
+from lightyaml.registry import OPTIMIZERS, SCHEDULERS
 
 
 def make_optimizer(spec: Mapping, params: Any) -> Any:

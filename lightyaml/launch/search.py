@@ -1,9 +1,9 @@
-"""Searches with Optuna: `--search search.yaml` (configs/search_space.py says what it holds).
+"""Searches with Optuna: `--search search.yaml` (lightyaml/launch/search_space.py says what it holds).
 
 Each trial is an experiment folder of its own, save/<name>-search/trial-007/, trained by a
 process of its own (so a crash fails one trial, and DDP starts clean); that process reports the
 monitored metric to the study after every validation and stops when the pruner says so
-(configs/trial.py). The study lives in save/<name>-search/study.db (SQLite), or in the database
+(lightyaml/launch/trial.py). The study lives in save/<name>-search/study.db (SQLite), or in the database
 of `--storage URL`, which any number of machines may share: each worker asks the study for its
 next trial. Running the same command again continues a search: finished trials are kept, and a
 trial whose worker died is failed and retried, continuing its folder from its last checkpoint.
@@ -25,14 +25,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from callbacks.experiment_dir import atomic_write, check_experiment_name
-from callbacks.trackers import GROUP_ENV
-from configs.loading import Config, config_differences, dump_yaml, load_config, parse_yaml
-from configs.search_space import (HEARTBEAT_SECONDS, SearchSpec, make_pruner, make_sampler, open_storage, read_search,
+from lightyaml.run.experiment_dir import atomic_write, check_experiment_name
+from lightyaml.run.trackers import GROUP_ENV
+from lightyaml.config.loading import Config, config_differences, dump_yaml, load_config, parse_yaml
+from lightyaml.launch.search_space import (HEARTBEAT_SECONDS, SearchSpec, make_pruner, make_sampler, open_storage, read_search,
                                   retry)
-from configs.sweep import run_value, worker_slots
-from configs.trial import PRUNED_FILE, trial_environment
-from utils import PROJECT_ROOT, ConfigError
+from lightyaml.launch.sweep import run_value, worker_slots
+from lightyaml.launch.trial import PRUNED_FILE, trial_environment
+from lightyaml.errors import PROJECT_ROOT, ConfigError
 
 
 @dataclasses.dataclass
@@ -68,7 +68,7 @@ def run_search(script: str, args: argparse.Namespace, argv: Sequence[str],
     folder = (Path(args.save_root) / f'{base}-search').resolve()
     url = args.storage or f'sqlite:///{folder}/study.db'
     if args.launcher == 'slurm':
-        from configs.slurm import write_array_script
+        from lightyaml.launch.slurm import write_array_script
         task = [str(PROJECT_ROOT / script), *_own_flags(argv), '--storage', url, '--workers', '1',
                 *(['--gpu', '0'] if args.gpu and args.gpu != 'cpu' else [])]
         if not args.storage and len(slots) > 1:
@@ -188,7 +188,7 @@ def _run_workers(search: Search, slots: list[tuple[list[str], dict[str, str]]]) 
     """One thread per slot asks for trials until the study has enough; SIGINT or SIGTERM stops
     the trials running (they are failed and retried when the search is run again)."""
     import concurrent.futures
-    from configs.search_report import write_report
+    from lightyaml.launch.search_report import write_report
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt

@@ -13,17 +13,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from callbacks.experiment_dir import ExperimentDir, check_experiment_name, check_output_file
-from callbacks.results import plot_metrics
-from configs.checking import blame, first_line
-from configs.console import quiet_console
-from configs.loading import Config, config_differences, dump_with_origins, load_config, resolve_seed
-from utils import (PROJECT_ROOT, ConfigError, ExportCheckError, NonFiniteLossError, NothingToDo,
-                   display_path, global_rank_from_env, list_registered)
-
-
-class RunStoppedError(Exception):
-    """A run under way stopped on an error (a full disk, a raising dataset): one line, exit status 1."""
+from lightyaml.run.experiment_dir import ExperimentDir, check_experiment_name, check_output_file
+from lightyaml.run.results import plot_metrics
+from lightyaml.config.checking import blame, first_line
+from lightyaml.launch.console import quiet_console
+from lightyaml.config.loading import Config, config_differences, dump_with_origins, load_config, resolve_seed
+from lightyaml.config.listing import list_registered
+from lightyaml.errors import PROJECT_ROOT, ConfigError, ExportCheckError, NonFiniteLossError, NothingToDo, RunStoppedError, display_path
+from lightyaml.process import global_rank_from_env
 
 
 def make_parser(doc: str) -> argparse.ArgumentParser:
@@ -126,7 +123,7 @@ def resolve_run(args: argparse.Namespace) -> Run:
     must be readable; a folder killed before its first checkpoint is started again in place.
     A resumed or overwritten folder is locked (global rank 0) before anything is read from it, so
     that no other run writes it meanwhile; the caller releases it (`exp.release()`) at the end."""
-    from callbacks.checkpoint_files import find_checkpoint   # torch: not needed by --print-config
+    from lightyaml.run.checkpoint_files import find_checkpoint   # torch: not needed by --print-config
     ckpt = init = None
     if args.resume and args.init_from:
         raise ConfigError('--resume and --init-from: choose one (resume continues a run; --init-from starts a new '
@@ -201,7 +198,7 @@ def _auto_resume(args: argparse.Namespace, init: Optional[Path]) -> Run:
             exp.release()
             return Run(cfg, exp, None, init, finished=True)
         if (exp.ckpt_dir / 'last.ckpt').is_file():
-            from callbacks.checkpoint_files import find_checkpoint
+            from lightyaml.run.checkpoint_files import find_checkpoint
             return Run(cfg, exp, find_checkpoint(str(exp.path), '--auto-resume'), init)
         return Run(cfg, exp, None, init, restart=True)
     except BaseException:
@@ -222,7 +219,7 @@ def resume_target(args: argparse.Namespace) -> ExperimentDir:
         return ExperimentDir(target)
     if not target.is_file():
         raise ConfigError(f'--resume {args.resume}: no such experiment folder or checkpoint file')
-    from callbacks.checkpoint_files import read_checkpoint
+    from lightyaml.run.checkpoint_files import read_checkpoint
     read_checkpoint(target, f'--resume {args.resume}')
     exp = ExperimentDir(target.resolve().parent.parent)
     if target.resolve().parent != exp.ckpt_dir or not (exp.path / 'config.yaml').is_file():
@@ -233,7 +230,7 @@ def resume_target(args: argparse.Namespace) -> ExperimentDir:
 
 def check_not_done(cfg: Config, ckpt: Path, exp: ExperimentDir) -> None:
     """Refuse to resume a run that has nothing left to do (NothingToDo: exit 0, nothing changed)."""
-    from callbacks.checkpoint_files import training_done
+    from lightyaml.run.checkpoint_files import training_done
     params = cfg.get('trainer_params') or {}
     max_epochs, max_steps = params.get('max_epochs'), params.get('max_steps', -1)
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (max_steps, max_epochs or 0)):
@@ -281,10 +278,10 @@ def run_cli(run: Callable[[argparse.Namespace, list[str]], Any], script: str, do
             print(f'wrote {display_path(plot_metrics([Path(p) for p in args.plot], out))}')
             return 0
         if args.search:
-            from configs.search import run_search
+            from lightyaml.launch.search import run_search
             return run_search(script, args, argv, validate)
         if args.sweep or args.seeds:
-            from configs.sweep import run_sweep
+            from lightyaml.launch.sweep import run_sweep
             return run_sweep(script, args, argv, validate)
         for flag, given in (('--storage', args.storage), ('--workers', args.workers), ('--submit', args.submit),
                             ('--launcher', args.launcher != 'local'), ('--sbatch', args.sbatch)):
@@ -342,7 +339,7 @@ def stop_message(error: Exception, exp: ExperimentDir, cfg: Config) -> str:
     else:
         key = blame(error, cfg, '')
         cause = f"{f'{key}: ' if key else ''}{type(error).__name__}: {first_line(error)}"
-    from callbacks.checkpoint_files import read_checkpoint   # torch: only once a run stopped
+    from lightyaml.run.checkpoint_files import read_checkpoint   # torch: only once a run stopped
     last = exp.ckpt_dir / 'last.ckpt'
     if last.is_file():
         epoch = read_checkpoint(last, str(last)).get('epoch', -1) + 1
@@ -357,7 +354,7 @@ def stop_message(error: Exception, exp: ExperimentDir, cfg: Config) -> str:
 
 def resolve_evaluation(args: argparse.Namespace, validate: Callable[[Config], None]) -> tuple[ExperimentDir, Config, Path]:
     """For --test/--predict/--export: the experiment, its config (with overrides, validated) and the checkpoint."""
-    from callbacks.checkpoint_files import experiment_checkpoint
+    from lightyaml.run.checkpoint_files import experiment_checkpoint
     flag, target = next((f'--{flag}', getattr(args, flag)) for flag in ('test', 'predict', 'export') if getattr(args, flag))
     exp = ExperimentDir(target)
     if not (exp.path / 'config.yaml').is_file():

@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Callable
 
-from utils import ConfigError, did_you_mean
+from lightyaml.errors import ConfigError, did_you_mean
 
 # `$${` (an escaped, literal `${`) or `${...}` up to the first `}`.
 _TOKEN = re.compile(r'\$\$\{|\$\{([^}]*)\}')

@@ -1,6 +1,6 @@
 """What each object a registry built was built from: `Registry.make` records it, so that an
 error raised later inside one of the object's methods (a scheduler's step, a dataset's
-__getitem__) names the config key of its spec (configs/checking.py's `blame`). Lightning-free,
+__getitem__) names the config key of its spec (lightyaml/config/checking.py's `blame`). Lightning-free,
 torch-free.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ through a throwaway Trainer (train_pl.preflight) and uses the rest: the value ru
 both entry points share, RNG isolation, the monitor check and the report. Both run on a deep copy
 of the model with the Python, NumPy and torch generator states restored afterwards, so a run
 ends bit-identical to one without the preflight. An exception maps to the config key it comes
-from through configs.checking.blame.
+from through lightyaml.config.checking.blame.
 """
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from callbacks.checkpoint_files import rng_state, set_rng_state
-from configs.checking import attempt
-from configs.loading import Config
-from models.optim import step_scheduler
-from utils import ConfigError, copy_specs, did_you_mean, spec_of
+from lightyaml.run.checkpoint_files import rng_state, set_rng_state
+from lightyaml.config.checking import attempt
+from lightyaml.config.loading import Config
+from lightyaml.train.optim import step_scheduler
+from lightyaml.built_specs import copy_specs, spec_of
+from lightyaml.errors import ConfigError, did_you_mean
 
 # Values of the loop's arguments that both entry points refuse alike (train.py runs the loop
 # itself, so it must refuse what Lightning refuses, with the same words): key -> (rule, wanted).

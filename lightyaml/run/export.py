@@ -21,10 +21,11 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from callbacks.experiment_dir import ExperimentDir
-from configs.checking import build
-from configs.loading import Config
-from utils import DATA_MODULES, ConfigError, ExportCheckError, display_path
+from lightyaml.run.experiment_dir import ExperimentDir
+from lightyaml.config.checking import build
+from lightyaml.config.loading import Config
+from lightyaml.errors import ConfigError, ExportCheckError, display_path
+from lightyaml.registry import DATA_MODULES
 
 FORMATS = {'onnx': 'model.onnx', 'torchscript': 'model.torchscript.pt', 'pt2': 'model.pt2'}
 TOLERANCE = 1e-4

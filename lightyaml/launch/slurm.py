@@ -18,8 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from callbacks.trackers import GROUP_ENV
-from utils import PROJECT_ROOT, ConfigError, display_path
+from lightyaml.run.trackers import GROUP_ENV
+from lightyaml.errors import PROJECT_ROOT, ConfigError, display_path
 
 
 def array_script(name: str, folder: Path, commands: Sequence[Sequence[str]], sbatch_options: Sequence[str],

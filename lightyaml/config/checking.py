@@ -12,9 +12,11 @@ import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from configs.loading import Config
-from utils import (DATA_MODULES, DATASETS, REGISTRIES, ConfigError, ModuleFileError, Registry, SpecMarker,
-                   did_you_mean, spec_of)
+from lightyaml.config.loading import Config
+from lightyaml.built_specs import spec_of
+from lightyaml.errors import ConfigError, ModuleFileError, did_you_mean
+from lightyaml.registry import (DATA_MODULES, DATASETS, REGISTRIES, SCHEDULERS, TRANSFORMS, Registry,
+                                SpecMarker)
 
 TOP_LEVEL_SECTIONS = ('seed', 'data_module', 'train_wrapper', 'trainer_params', 'checkpoint', 'callbacks', 'loggers')
 REQUIRED_SECTIONS = ('data_module', 'train_wrapper')
@@ -189,12 +191,13 @@ def check_spec(registry: Registry, spec: Any, key: str, cfg: Config, problems: l
         problems.append(cfg.error(f'{key}.name', str(e)))
         return
     args = spec.get('args') or {}
-    nested = getattr(registry, 'spec_lists', ())   # e.g. RandomChoice's transforms: specs, checked by registry.check
+    nested = getattr(registry, 'spec_lists', ())   # e.g. RandomChoice's transforms: specs, checked by its rule
     if nested and isinstance(args, Mapping):
         args = {k: v for k, v in args.items() if not (k in nested and isinstance(v, list))}
     check_kwargs(cls, args, f'{key}.args', cfg, problems, f"{registry.kind} {spec['name']!r}", required=required)
-    if registry.check is not None:
-        registry.check(spec, key, cfg, problems)
+    rule = KIND_RULES.get(registry.kind)
+    if rule is not None:
+        rule(spec, key, cfg, problems)
 
 
 def check_spec_list(registry: Registry, cfg: Config, section: str, problems: list[str]) -> None:
@@ -356,3 +359,45 @@ def _narrow(cfg: Config, key: str, message: str) -> str:
         named = [k for k, v in scalars.items() if re.search(
             rf"(?<![\w.'-]){re.escape(repr(v) if isinstance(v, str) else str(v))}(?![\w.'])", message)]
     return f'{key}.{named[0]}' if len(named) == 1 else key.removesuffix('.args')
+
+
+# ------------------------------------------------- rules of some kinds beyond their signatures
+
+def check_scheduler_spec(spec: Any, key: str, cfg: Config, problems: list[str]) -> None:
+    """Scheduler-specific rules on top of the generic spec check."""
+    if not isinstance(spec, Mapping):
+        return
+    if spec.get('interval', 'epoch') not in ('epoch', 'step'):
+        problems.append(cfg.error(f'{key}.interval', f"expected 'epoch' or 'step', got {spec['interval']!r}"))
+    if spec.get('name') == 'ReduceLROnPlateau':
+        if not spec.get('monitor'):
+            problems.append(cfg.error(f'{key}.monitor', 'ReduceLROnPlateau needs the metric it watches, e.g. monitor: val/loss'))
+        if spec.get('warmup'):
+            problems.append(cfg.error(f'{key}.warmup', 'warmup cannot be combined with ReduceLROnPlateau'))
+    warmup = spec.get('warmup')
+    if warmup is not None and (not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0):
+        problems.append(cfg.error(f'{key}.warmup', f'expected a non-negative integer, got {warmup!r}'))
+
+
+
+def check_dataset_spec(spec: Any, key: str, cfg: Config, problems: list[str]) -> None:
+    """A dataset class may check its arguments beyond their types with a classmethod
+    `check_args(args) -> [(sub key, problem), ...]` (e.g. which transforms it can apply)."""
+    if not isinstance(spec, Mapping) or not isinstance(spec.get('args') or {}, Mapping):
+        return
+    check_args = getattr(DATASETS.get(spec['name']), 'check_args', None)
+    for sub, problem in check_args(dict(spec.get('args') or {})) if check_args else ():
+        problems.append(cfg.error(f'{key}.args.{sub}', problem))
+
+
+def check_transform_spec(spec: Any, key: str, cfg: Config, problems: list[str]) -> None:
+    """`RandomChoice`, `RandomApply`, `Compose`, ... take a list of transform specs: check each."""
+    if not isinstance(spec, Mapping) or not isinstance(spec.get('args'), Mapping):
+        return
+    if isinstance(spec['args'].get('transforms'), list):
+        for i, item in enumerate(spec['args']['transforms']):
+            check_spec(TRANSFORMS, item, f'{key}.args.transforms.{i}', cfg, problems)
+
+
+KIND_RULES: dict[str, Callable[[Any, str, Config, list[str]], None]] = {
+    SCHEDULERS.kind: check_scheduler_spec, DATASETS.kind: check_dataset_spec, TRANSFORMS.kind: check_transform_spec}

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.nn.parameter import is_lazy
 
-from callbacks.experiment_dir import ExperimentDir
-from configs.loading import parse_yaml
-from utils import ConfigError, display_path
+from lightyaml.run.experiment_dir import ExperimentDir
+from lightyaml.config.loading import parse_yaml
+from lightyaml.errors import ConfigError, display_path
 
 
 def rng_state() -> dict[str, Any]:

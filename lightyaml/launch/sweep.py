@@ -19,11 +19,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Callable, Optional
 
-from callbacks.experiment_dir import atomic_write, check_experiment_name
-from callbacks.trackers import GROUP_ENV
-from configs.cli import parse_gpu_flag
-from configs.loading import Config, config_differences, dump_yaml, load_config, parse_yaml
-from utils import PROJECT_ROOT, SHARE_CORES, ConfigError, display_path
+from lightyaml.run.experiment_dir import atomic_write, check_experiment_name
+from lightyaml.run.trackers import GROUP_ENV
+from lightyaml.launch.cli import parse_gpu_flag
+from lightyaml.config.loading import Config, config_differences, dump_yaml, load_config, parse_yaml
+from lightyaml.errors import PROJECT_ROOT, ConfigError, display_path
+from lightyaml.process import SHARE_CORES
 
 
 def sweep_grid(sweeps: Sequence[str], seeds: Optional[str]) -> list[list[str]]:
@@ -146,7 +147,7 @@ def run_sweep(script: str, args: argparse.Namespace, argv: Sequence[str],
                 for name, combo in zip(names, grid)]
     sweep_dir = save_root / f'{base}-sweep'
     if args.launcher == 'slurm':
-        from configs.slurm import write_array_script
+        from lightyaml.launch.slurm import write_array_script
         return write_array_script(sweep_dir, [c[1:] for c in commands], args)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(sweep_dir / 'sweep.yaml', dump_yaml({'command': ' '.join(['python', script, *argv]),

@@ -8,8 +8,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from models.optim import make_optimizer, make_scheduler
-from utils import LOSSES, METRICS, MODELS, ConfigError, NonFiniteLossError, Spec
+from lightyaml.train.optim import make_optimizer, make_scheduler
+from lightyaml.errors import ConfigError, NonFiniteLossError
+from lightyaml.registry import LOSSES, METRICS, MODELS, Spec
 
 STAGES = ('train', 'val', 'test')
 

@@ -8,8 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from configs.search_space import SearchSpec
-from configs.sweep import short_keys
+from lightyaml.launch.search_space import SearchSpec
+from lightyaml.launch.sweep import short_keys
 
 
 def write_report(study: Any, folder: Path, spec: SearchSpec) -> str:

@@ -21,9 +21,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
-from configs.checking import check_kwargs
-from configs.loading import Config, dump_yaml, parse_yaml
-from utils import ConfigError, did_you_mean, display_path
+from lightyaml.config.checking import check_kwargs
+from lightyaml.config.loading import Config, dump_yaml, parse_yaml
+from lightyaml.errors import ConfigError, did_you_mean, display_path
 
 SAMPLERS = {'tpe': 'TPESampler', 'random': 'RandomSampler', 'grid': 'GridSampler'}
 PRUNERS = {'median': 'MedianPruner', 'percentile': 'PercentilePruner', 'successive_halving': 'SuccessiveHalvingPruner',

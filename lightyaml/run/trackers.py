@@ -15,11 +15,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from callbacks.experiment_dir import ExperimentDir, atomic_write
-from configs.loading import dump_yaml, parse_yaml
-from utils import display_path
+from lightyaml.run.experiment_dir import ExperimentDir, atomic_write
+from lightyaml.config.loading import dump_yaml, parse_yaml
+from lightyaml.errors import display_path
 
-# Set by a sweep (configs/sweep.py) for each of its runs: the trackers' group / experiment name.
+# Set by a sweep (lightyaml/launch/sweep.py) for each of its runs: the trackers' group / experiment name.
 GROUP_ENV = 'LIGHTYAML_GROUP'
 DEFAULT_PROJECT = 'lightyaml'   # MLflow experiment and W&B project of a run outside a sweep
 RUNS_FILE = 'trackers.yaml'

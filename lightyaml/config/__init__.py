@@ -1,0 +1,1 @@
+"""The config language: safe YAML, `extends`, overrides, `${...}` references, checks against signatures, `--list`. Must not import launch/, train/ or run/."""
