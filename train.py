@@ -20,53 +20,57 @@ freely between the two entry points.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+from lightyaml.launch.cli import answer, exit_status, parse_command_line
 from lightyaml.process import pause_gc_for_start_up, set_thread_defaults, skip_collections_at_exit
 
 if __name__ == '__main__' and {'--print-config', '--list'} & set(sys.argv):
     # These need only the config files and the registries' names: answer before importing torch.
-    from lightyaml.launch.cli import run_cli
-    sys.exit(run_cli(None, 'train.py', __doc__))
+    plan = parse_command_line('train.py', __doc__)
+    with exit_status(plan) as status:
+        print(answer(plan))
+    sys.exit(status.code)
 
-set_thread_defaults()   # before anything imports torch, which reads them once: see utils.py
+set_thread_defaults()   # before anything imports torch, which reads them once: see lightyaml/process.py
 if __name__ == '__main__':
-    pause_gc_for_start_up()   # until training starts: a third of the import time (utils.py)
+    pause_gc_for_start_up()   # until training starts: a third of the import time (lightyaml/process.py)
 
-import torch  # noqa: E402 (the imports below are after these calls too)
+import torch
+import torch.distributed
 
-from lightyaml.run.checkpoint_files import (TopK, check_resumable, load_weights, save_checkpoint, seed_everything,
-                                        set_rng_state)
+from lightyaml.config.checking import attempt, build, check_kwargs, check_sections, check_spec_list
+from lightyaml.config.loading import Config
+from lightyaml.errors import ConfigError
+from lightyaml.launch.console import progress_bar_wanted
+from lightyaml.launch.devices import parse_gpu_flag, select_cuda_devices
+from lightyaml.launch.resolve import Evaluation, Run, resolve_evaluation, resolve_run
+from lightyaml.launch.search import plan_search
+from lightyaml.launch.sweep import plan_sweep
+from lightyaml.process import keep_freed_memory, resume_gc
+from lightyaml.registry import DATA_MODULES, TRACKERS
+from lightyaml.run.checkpoint_files import (Optimizers, TopK, check_resumable, load_weights, save_checkpoint,
+                                            seed_everything, set_rng_state)
 from lightyaml.run.core_share import CoreShare
-from lightyaml.run.experiment_dir import ExperimentDir
 from lightyaml.run.folder_lock import HELD_BY_LAUNCHER
 from lightyaml.run.metrics_files import MetricsWriter, format_epoch_line, model_summary
 from lightyaml.run.results import finish_run, predict_spec, record_test, split_loader, write_predictions
 from lightyaml.run.sample_grid import write_prediction_grid
+from lightyaml.run.stopped import stopped_run
 from lightyaml.run.trackers import TrackedRuns, make_tracked_runs
-from lightyaml.config.checking import attempt, build, check_kwargs, check_sections, check_spec_list
-from lightyaml.launch.cli import (parse_gpu_flag, resolve_run, run_cli, run_evaluation,
-                         select_cuda_devices, stopped_run)
-from lightyaml.launch.console import progress_bar_wanted
-from lightyaml.config.loading import Config
-from lightyaml.launch.trial import ValidationHook, validation_hook
-from lightyaml.train.preflight import check_loop_values, task_first_steps
 from lightyaml.train.ema import EMA, STATE_KEY, EMAParams, ema_target, ema_weights
 from lightyaml.train.lazy import materialize
 from lightyaml.train.optim import step_schedulers
-from lightyaml.train.task import val_stages
-from lightyaml.errors import ConfigError, display_path
-from lightyaml.process import keep_freed_memory, resume_gc
-from lightyaml.registry import DATA_MODULES, TRACKERS
+from lightyaml.train.preflight import check_loop_values, task_first_steps
+from lightyaml.train.task import Task, val_stages
 
 
 @dataclass
@@ -104,7 +108,6 @@ class CheckpointParams:
 
 def validate(cfg: Config) -> None:
     """Every problem of the config for train.py, one line each, before anything is built."""
-    from lightyaml.train.task import Task
     problems = check_sections(cfg)
     wrapper = cfg.get('train_wrapper')
     if wrapper is not None and not isinstance(wrapper, Mapping):
@@ -208,25 +211,35 @@ def launch_processes(nproc: int, argv: Sequence[str]) -> None:
     elastic_launch(config, sys.executable)(os.path.abspath(__file__), *argv)
 
 
-def setup_process(device_type: str) -> tuple[torch.device, int, int]:
-    """(device, rank, world size); under torchrun (or our launcher) joins the process group."""
+@dataclass
+class Process:
+    """Where this process trains: its device, global rank and the number of processes."""
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0   # only global rank 0 writes files
+
+
+def setup_process(device_type: str) -> Process:
+    """This process's device and rank; under torchrun (or our launcher) joins the process group."""
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
     local_rank = int(os.environ.get('LOCAL_RANK', '0'))
     device = torch.device('cuda', local_rank) if device_type == 'cuda' else torch.device('cpu')
     if device.type == 'cuda':
         torch.cuda.set_device(device)
     if world_size > 1:
-        import torch.distributed as dist
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-        return device, dist.get_rank(), world_size
-    return device, 0, 1
+        torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+        return Process(device, torch.distributed.get_rank(), world_size)
+    return Process(device)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over all processes (identity when there is one)."""
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor)
     return tensor
 
 
@@ -267,7 +280,6 @@ def evaluate(task: Any, loader: Any, n_batches: int, stage: str, device: torch.d
 
 def build_task(cfg: Config) -> Any:
     """The `base` wrapper's Task from `train_wrapper.args` (Lightning-free)."""
-    from lightyaml.train.task import Task
     return build("the 'base' wrapper", 'train_wrapper', cfg, lambda: Task(**cfg['train_wrapper'].get('args', {})))
 
 
@@ -281,12 +293,12 @@ class Resumed:
     ema: Optional[dict] = None
 
 
-def restore(path: Path, task: Any, optimizer: Any, scheduler: Optional[dict], scaler: Any,
-            device: torch.device) -> Resumed:
+def restore(path: Path, task: Any, optimizers: Optimizers, device: torch.device) -> Resumed:
     """Weights, optimizer, scheduler, scaler, counters and generator states from a checkpoint;
     optimizer and scheduler arguments the config now gives differently replace the saved ones."""
     state = torch.load(path, map_location=device, weights_only=True)
     task.load_state_dict(state['state_dict'])
+    optimizer, scheduler, scaler = optimizers.optimizer, optimizers.scheduler, optimizers.scaler
     if optimizer is not None:
         optimizer.load_state_dict(state['optimizer_states'][0])
     if scheduler and state['lr_schedulers']:
@@ -300,54 +312,77 @@ def restore(path: Path, task: Any, optimizer: Any, scheduler: Optional[dict], sc
                    state['callbacks'].get('TopK', {}), state['callbacks'].get(STATE_KEY))
 
 
-def train(cfg: Config, exp: ExperimentDir, command: Sequence[str], resume_ckpt: Optional[Path] = None,
-          overwrite: bool = False, gpu: Optional[str] = None, init_from: Optional[Path] = None,
-          restart: bool = False, on_validation: Optional[ValidationHook] = None,
-          dry_run: bool = False) -> dict[str, float]:
+def train(run: Run) -> dict[str, float]:
     """Validate, build, check one training and validation step (the preflight), train; returns the
-    last epoch's metrics (on every process); `dry_run` stops after the preflight. The experiment
-    folder's lock is released when it ends, however it ends.
-    `restart`: the folder exists without a checkpoint and starts again in place;
-    `on_validation(epoch, metrics)`: called after each validation, True stops the run."""
-    with exp.writing():
-        validate(cfg)
-        params = TrainerParams(**(cfg.get('trainer_params') or {}))
-        ckpt_params = CheckpointParams(**(cfg.get('checkpoint') or {}))
-        device_type, nproc = requested_processes(params, gpu)
+    last epoch's metrics (on every process); --dry-run stops after the preflight. With several
+    devices this process launches one process per device, each of which runs this function. The
+    experiment folder's lock is released when it ends, however it ends."""
+    with run.exp.writing():
+        validate(run.cfg)
+        params = TrainerParams(**(run.cfg.get('trainer_params') or {}))
+        device_type, nproc = requested_processes(params, run.gpu)
         if nproc > 1 and 'WORLD_SIZE' not in os.environ:
-            if exp.locked:   # this launcher writes nothing itself; its rank 0 does, under this lock
-                os.environ[HELD_BY_LAUNCHER] = str(exp.path.resolve())
+            if run.exp.locked:   # this launcher writes nothing itself; its rank 0 does, under this lock
+                os.environ[HELD_BY_LAUNCHER] = str(run.exp.path.resolve())
             try:
-                launch_processes(nproc, command[2:])   # each process runs this function again, under the launcher
+                launch_processes(nproc, run.command[2:])   # each process runs this function again, under the launcher
             finally:
                 os.environ.pop(HELD_BY_LAUNCHER, None)
             return {}
-        device, rank, world_size = setup_process(device_type)
-        trackers = make_tracked_runs(cfg.get('loggers') or [], TRACKERS.get, exp, cfg, resume_ckpt is not None)
-        cores = CoreShare(device.type == 'cpu', processes=int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
+        process = setup_process(device_type)
+        trackers = make_tracked_runs(run.cfg.get('loggers') or [], TRACKERS.get, run.exp, run.cfg, run.resume is not None)
+        cores = CoreShare(process.device.type == 'cpu', processes=int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
         status = 'failed'
         try:
-            with stopped_run(exp, cfg):   # an error once under way: one line, the checkpoint to resume from
-                metrics = train_process(cfg, exp, command, params, ckpt_params, device, rank, world_size, resume_ckpt,
-                                        overwrite, init_from, trackers, restart, on_validation, cores, dry_run)
+            with stopped_run(run.exp, run.cfg):   # an error once under way: one line, the checkpoint to resume from
+                training = set_up(run, params, process)
+                if run.dry_run:
+                    if process.master:
+                        print(training.first_steps.report())
+                    return {}
+                metrics = loop(start(training, trackers, cores))
             status = 'success'
             return metrics
         finally:
             cores.stop()
             trackers.finish(status)
-            if world_size > 1:
+            if process.world_size > 1:
                 torch.distributed.destroy_process_group()
 
 
-def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], params: TrainerParams,
-                  ckpt_params: CheckpointParams, device: torch.device, rank: int, world_size: int,
-                  resume_ckpt: Optional[Path], overwrite: bool, init_from: Optional[Path],
-                  trackers: TrackedRuns, restart: bool, on_validation: Optional[ValidationHook],
-                  cores: CoreShare, dry_run: bool = False) -> dict[str, float]:
-    """One process's training: set-up, resume, the loop, the end of the run."""
-    # --- set-up: seeds, data, task, optimizer ------------------------------------------------------
-    master = rank == 0   # only global rank 0 writes files
-    if world_size > 1:   # a seed drawn because the config has none: every process takes rank 0's
+@dataclass
+class Training:
+    """Everything the loop uses: built by `set_up`, the folder's side added by `start`."""
+    run: Run
+    params: TrainerParams
+    process: Process
+    task: Any
+    optimizers: Optimizers
+    step_module: Any      # what the training step calls: the model alone, or DDP around the task
+    autocast: Any
+    train_set: tuple[Any, int]                  # (loader, batches an epoch)
+    val_sets: dict[str, tuple[Any, int]]        # {'val' or 'val/<name>': (loader, batches)}
+    first_steps: Any
+    resumed: Resumed = field(default_factory=Resumed)
+    ema: Optional[EMA] = None
+    trackers: Optional[TrackedRuns] = None
+    cores: Optional[CoreShare] = None
+    writer: Optional[MetricsWriter] = None      # rank 0 only, as top_k
+    top_k: Optional[TopK] = None
+    start_time: float = 0.0
+
+    @property
+    def max_epochs(self) -> int:
+        """Lightning's meaning: 1000 when neither max_epochs nor max_steps is set, -1 for no limit."""
+        params = self.params
+        return params.max_epochs if params.max_epochs is not None else (1000 if params.max_steps < 0 else -1)
+
+
+def set_up(run: Run, params: TrainerParams, process: Process) -> Training:
+    """Seeds, data, task, optimizer and scheduler, then the preflight: the first training and
+    validation step on a copy, before anything is created."""
+    cfg, device = run.cfg, process.device
+    if process.world_size > 1:   # a seed drawn because the config has none: every process takes rank 0's
         seed = torch.tensor([cfg['seed']], device=device)
         torch.distributed.broadcast(seed, src=0)
         cfg['seed'] = int(seed.item())
@@ -357,8 +392,8 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
     seed_everything(cfg['seed'])
     data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
     task = build_task(cfg)
-    if init_from is not None:   # fine-tuning: the weights only; optimizer, schedule and counters start fresh
-        load_weights(task, init_from)
+    if run.init_from is not None:   # fine-tuning: the weights only; optimizer, schedule and counters start fresh
+        load_weights(task, run.init_from)
     task.to(device)
     train_loader = build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
     val_loaders = data.val_dataloader() or []   # one loader, or one per named validation set
@@ -366,154 +401,184 @@ def train_process(cfg: Config, exp: ExperimentDir, command: Sequence[str], param
     # Lazy modules take their shapes from the first batch.
     attempt('the first training step', 'train_wrapper', cfg, lambda: materialize(task, train_loader))
     # A model (and loss) without trainable parameters is evaluated and checkpointed as it is.
-    optimizers = attempt('building the optimizer and scheduler', 'train_wrapper.args.optim_spec', cfg,
-                         task.configure_optimizers) or {'optimizer': None}
-    optimizer, scheduler = optimizers['optimizer'], optimizers.get('lr_scheduler')
+    built = attempt('building the optimizer and scheduler', 'train_wrapper.args.optim_spec', cfg,
+                    task.configure_optimizers) or {'optimizer': None}
+    autocast, scaler = autocast_and_scaler(params.precision, device)
+    optimizers = Optimizers(built['optimizer'], built.get('lr_scheduler'), scaler)
     # What the training step calls: the model alone (Task.forward minus a module call), or under
     # DDP the wrapper around the whole task, which averages gradients inside backward().
-    step_module = (task.model if world_size == 1 or optimizer is None else torch.nn.parallel.DistributedDataParallel(
-        task, device_ids=[device.index] if device.index is not None else None))
-    autocast, scaler = autocast_and_scaler(params.precision, device)
-    n_train = limit(len(train_loader), params.limit_train_batches)
+    step_module = (task.model if process.world_size == 1 or optimizers.optimizer is None else
+                   torch.nn.parallel.DistributedDataParallel(
+                       task, device_ids=[device.index] if device.index is not None else None))
+    train_set = (train_loader, limit(len(train_loader), params.limit_train_batches))
     val_sets = {stage: (loader, limit(len(loader), params.limit_val_batches)) for stage, loader in
                 zip(val_stages(getattr(data, 'val_names', None), len(val_loaders)), val_loaders)}
-    # The preflight: the first training and validation step on a copy, before anything is created.
-    first_steps = task_first_steps(cfg, task, train_loader, n_train, val_sets, device, autocast)
-    if dry_run:
-        if master:
-            print(first_steps.report())
-        return {}
+    first_steps = task_first_steps(cfg, task, train_set, val_sets, device, autocast)
+    return Training(run, params, process, task, optimizers, step_module, autocast, train_set, val_sets, first_steps)
 
-    # --- resume: weights, optimizer, scheduler and counters from the checkpoint ---------------------
-    if resume_ckpt:   # a checkpoint of another model fails here, before the folder is touched
-        check_resumable(task, resume_ckpt)
-    resumed = restore(resume_ckpt, task, optimizer, scheduler, scaler, device) if resume_ckpt else Resumed()
-    step = resumed.step
 
-    # --- the moving average of the weights (the `ema` callback), continued on resume ---------------
-    ema_args = ema_params(cfg)
-    ema = EMA(ema_target(task), ema_args) if ema_args is not None else None   # averages task.model
-    if ema is not None and resumed.ema:
-        ema.load_state_dict(resumed.ema)
-
-    # --- the experiment folder ----------------------------------------------------------------------
-    writer = top_k = None
-    if master:
-        exp.start(cfg, command, resume=resume_ckpt is not None or restart, overwrite=overwrite)
+def start(t: Training, trackers: TrackedRuns, cores: CoreShare) -> Training:
+    """Continue from the checkpoint on --resume, start the moving average of the weights (the
+    `ema` callback), and create or continue the experiment folder (rank 0)."""
+    run = t.run
+    if run.resume:   # a checkpoint of another model fails here, before the folder is touched
+        check_resumable(t.task, run.resume)
+        t.resumed = restore(run.resume, t.task, t.optimizers, t.process.device)
+    ema_args = ema_params(run.cfg)
+    t.ema = EMA(ema_target(t.task), ema_args) if ema_args is not None else None   # averages task.model
+    if t.ema is not None and t.resumed.ema:
+        t.ema.load_state_dict(t.resumed.ema)
+    t.trackers, t.cores = trackers, cores
+    if t.process.master:
+        run.exp.start(run.cfg, run.command, resume=run.resume is not None or run.restart, overwrite=run.overwrite)
         trackers.start()   # their runs begin now, not inside the first epoch's time
-        exp.log(model_summary(task))
-        exp.write_classes(getattr(train_loader.dataset, 'classes', None))   # for --predict
-        if params.enable_model_summary:
-            print(task)
-        writer, top_k = MetricsWriter(exp.path), TopK(ckpt_params, exp.ckpt_dir)
-        top_k.load_state_dict(resumed.top_k or {})
-    hparams = cfg['train_wrapper'].get('args', {})
-    max_epochs = params.max_epochs if params.max_epochs is not None else (1000 if params.max_steps < 0 else -1)
-    start_time, metrics = time.perf_counter(), {}
+        run.exp.log(model_summary(t.task))
+        run.exp.write_classes(getattr(t.train_set[0].dataset, 'classes', None))   # for --predict
+        if t.params.enable_model_summary:
+            print(t.task)
+        t.writer, t.top_k = MetricsWriter(run.exp.path), TopK(CheckpointParams(**(run.cfg.get('checkpoint') or {})),
+                                                              run.exp.ckpt_dir)
+        t.top_k.load_state_dict(t.resumed.top_k or {})
+    t.start_time = time.perf_counter()
+    return t
 
-    # --- the loop -------------------------------------------------------------------------------------
+
+def loop(t: Training) -> dict[str, float]:
+    """Epochs until max_epochs or max_steps (or a search's pruner) stop it; the last epoch's metrics."""
     keep_freed_memory()
     resume_gc()   # paused for start-up when run as a script
-    cores.start()   # shared with other runs on this machine (lightyaml/run/core_share.py)
-    epoch = resumed.start_epoch
-    while (max_epochs < 0 or epoch < max_epochs) and (params.max_steps < 0 or step < params.max_steps):
+    t.cores.start()   # shared with other runs on this machine (lightyaml/run/core_share.py)
+    epoch, step, metrics = t.resumed.start_epoch, t.resumed.step, {}
+    max_epochs, max_steps = t.max_epochs, t.params.max_steps
+    while (max_epochs < 0 or epoch < max_epochs) and (max_steps < 0 or step < max_steps):
         epoch_start = time.perf_counter()
-        task.finite.start_epoch(step)
-        if hasattr(train_loader.sampler, 'set_epoch'):
-            train_loader.sampler.set_epoch(epoch)   # a new shuffle each epoch, the same on every process
-        batches = enumerate(train_loader)
-        if master and progress_bar_wanted(params.enable_progress_bar, sys.stderr):
-            from tqdm import tqdm   # numbered from 1, as the epoch lines are
-            batches = tqdm(batches, total=n_train, desc=f"epoch {epoch + 1}{f'/{max_epochs}' if max_epochs > 0 else ''}",
-                           leave=False, dynamic_ncols=True)
-        for batch_idx, batch in batches:
-            if batch_idx >= n_train:
-                break
-            cores.step()
-            batch = to_device(batch, device)
-            accumulating = (batch_idx + 1) % params.accumulate_grad_batches != 0 and batch_idx + 1 < n_train
-            # no_sync: with DDP, gradients are only exchanged on the batch that steps the optimizer
-            sync = step_module.no_sync() if accumulating and world_size > 1 else contextlib.nullcontext()
-            with sync:
-                with autocast:
-                    terms = task.compute_loss(step_module(batch), batch, 'train')
-                loss = terms['loss']
-                if params.accumulate_grad_batches > 1:   # an op (and a backward node) only when it changes the loss
-                    loss = loss / params.accumulate_grad_batches
-                if optimizer is not None:
-                    (scaler.scale(loss) if scaler else loss).backward()
-            if accumulating:
-                continue
-            if optimizer is not None:   # None: nothing to train (a model with buffers only)
-                if params.gradient_clip_val:
-                    if scaler:
-                        scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(task.parameters(), params.gradient_clip_val)
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            step_schedulers([scheduler], 'step', step + 1, {})
-            if ema is not None:
-                ema.update(step + 1)
-            if (step + 1) % params.log_every_n_steps == 0:   # the only host syncs within an epoch
-                task.check_finite(epoch, step)
-                if master:
-                    step_values = {f'train/{k}_step': v.item() for k, v in terms.items()}
-                    writer.log({**step_values, 'epoch': epoch}, step)
-                    trackers.log_metrics({**step_values, 'epoch': epoch}, step)
-                    if hasattr(batches, 'set_postfix'):
-                        batches.set_postfix(loss=f"{step_values['train/loss_step']:.4f}")
-            step += 1
-            if 0 < params.max_steps <= step:
-                break
-
-        # --- end of epoch: train means, validation, scheduler, log line, checkpoints -----------------
-        task.check_finite(epoch, step - 1)
-        metrics = task.epoch_metrics('train', all_reduce_sum)
-        validated = bool(val_sets and params.check_val_every_n_epoch
-                         and (epoch + 1) % params.check_val_every_n_epoch == 0)
-        if validated:
-            with ema.swapped(ema.params.validate_with_ema) if ema else contextlib.nullcontext():
-                for stage, (loader, n_val) in val_sets.items():   # 'val', or 'val/<name>' for each named set
-                    metrics.update(evaluate(task, loader, n_val, stage, device, autocast))
-            samples = task.take_samples()
-            if master and samples is not None:
-                write_prediction_grid(exp.path, writer.tensorboard, epoch + 1, step - 1, samples)
-        step_schedulers([scheduler], 'epoch', epoch + 1, metrics)
-        metrics.update(epoch=epoch, step=step - 1)
-        if master:
-            now = time.perf_counter()
-            elapsed = resumed.elapsed + now - start_time
-            line = format_epoch_line(epoch + 1, max_epochs, metrics, now - epoch_start, elapsed, epoch + 1)
-            print(line)
-            exp.log(line)
-            writer.log({k: v for k, v in metrics.items() if k != 'step'}, step - 1)
-            trackers.log_metrics({k: v for k, v in metrics.items() if k != 'step'}, step - 1)
-            writer.flush()
-
-            def save(path: Path) -> None:
-                save_checkpoint(path, task, optimizer, scheduler, scaler, epoch, step, hparams,
-                                {'BaseLogger': {'elapsed': elapsed}, 'TopK': top_k.state_dict(),
-                                 **({STATE_KEY: ema.state_dict()} if ema else {})})
-            top_k.update({**metrics, 'step': step}, save)   # named by steps done, as ModelCheckpoint names them
-            if ckpt_params.save_last:
-                save(exp.ckpt_dir / 'last.ckpt')
+        step = train_epoch(t, epoch, step)
+        metrics, validated = end_epoch(t, epoch, step, epoch_start)
         epoch += 1
         # A search's pruner may stop the run here (not after its last epoch: it has run in full);
         # rank 0 asks it, every process follows.
-        if on_validation is not None and validated and (max_epochs < 0 or epoch < max_epochs):
-            stop = torch.tensor(float(master and on_validation(epoch - 1, metrics)), device=device)
+        if t.run.on_validation is not None and validated and (max_epochs < 0 or epoch < max_epochs):
+            stop = torch.tensor(float(t.process.master and t.run.on_validation(epoch - 1, metrics)),
+                                device=t.process.device)
             if all_reduce_sum(stop).item():
                 break
-
-    cores.stop()
-    if master:
-        writer.close()
-        finish_run(exp, metrics, ckpt_params.monitor, *top_k.best())
+    t.cores.stop()
+    if t.process.master:
+        t.writer.close()
+        finish_run(t.run.exp, metrics, t.top_k.params.monitor, *t.top_k.best())
     return metrics
+
+
+def train_epoch(t: Training, epoch: int, step: int) -> int:
+    """One epoch's training steps (gradients accumulated over `accumulate_grad_batches`); returns
+    the steps done so far."""
+    params, (train_loader, n_train) = t.params, t.train_set
+    t.task.finite.start_epoch(step)
+    if hasattr(train_loader.sampler, 'set_epoch'):
+        train_loader.sampler.set_epoch(epoch)   # a new shuffle each epoch, the same on every process
+    batches = enumerate(train_loader)
+    if t.process.master and progress_bar_wanted(params.enable_progress_bar, sys.stderr):
+        from tqdm import tqdm   # numbered from 1, as the epoch lines are; only on a terminal
+        batches = tqdm(batches, total=n_train, leave=False, dynamic_ncols=True,
+                       desc=f"epoch {epoch + 1}{f'/{t.max_epochs}' if t.max_epochs > 0 else ''}")
+    for batch_idx, batch in batches:
+        if batch_idx >= n_train:
+            break
+        t.cores.step()
+        batch = to_device(batch, t.process.device)
+        accumulating = (batch_idx + 1) % params.accumulate_grad_batches != 0 and batch_idx + 1 < n_train
+        # no_sync: with DDP, gradients are only exchanged on the batch that steps the optimizer
+        sync = t.step_module.no_sync() if accumulating and t.process.world_size > 1 else contextlib.nullcontext()
+        with sync:
+            with t.autocast:
+                terms = t.task.compute_loss(t.step_module(batch), batch, 'train')
+            loss = terms['loss']
+            if params.accumulate_grad_batches > 1:   # an op (and a backward node) only when it changes the loss
+                loss = loss / params.accumulate_grad_batches
+            if t.optimizers.optimizer is not None:
+                (t.optimizers.scaler.scale(loss) if t.optimizers.scaler else loss).backward()
+        if accumulating:
+            continue
+        optimizer_step(t, step)
+        if (step + 1) % params.log_every_n_steps == 0:   # the only host syncs within an epoch
+            log_step(t, epoch, step, terms, batches)
+        step += 1
+        if 0 < params.max_steps <= step:
+            break
+    return step
+
+
+def optimizer_step(t: Training, step: int) -> None:
+    """Clip, step (through the float16 scaler if any) and zero the gradients; step a per-step
+    scheduler and the moving average."""
+    optimizer, scaler = t.optimizers.optimizer, t.optimizers.scaler
+    if optimizer is not None:   # None: nothing to train (a model with buffers only)
+        if t.params.gradient_clip_val:
+            if scaler:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(t.task.parameters(), t.params.gradient_clip_val)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    step_schedulers([t.optimizers.scheduler], 'step', step + 1, {})
+    if t.ema is not None:
+        t.ema.update(step + 1)
+
+
+def log_step(t: Training, epoch: int, step: int, terms: Mapping[str, torch.Tensor], batches: Any) -> None:
+    """Every `log_every_n_steps`: the NaN check, and rank 0 logs the step's loss terms."""
+    t.task.check_finite(epoch, step)
+    if t.process.master:
+        step_values = {f'train/{k}_step': v.item() for k, v in terms.items()}
+        t.writer.log({**step_values, 'epoch': epoch}, step)
+        t.trackers.log_metrics({**step_values, 'epoch': epoch}, step)
+        if hasattr(batches, 'set_postfix'):
+            batches.set_postfix(loss=f"{step_values['train/loss_step']:.4f}")
+
+
+def end_epoch(t: Training, epoch: int, step: int, epoch_start: float) -> tuple[dict[str, float], bool]:
+    """Train means, validation (with the EMA weights where asked), the epoch's scheduler step, the
+    log line and checkpoints; returns the metrics and whether it validated."""
+    t.task.check_finite(epoch, step - 1)
+    metrics = t.task.epoch_metrics('train', all_reduce_sum)
+    validated = bool(t.val_sets and t.params.check_val_every_n_epoch
+                     and (epoch + 1) % t.params.check_val_every_n_epoch == 0)
+    if validated:
+        with t.ema.swapped(t.ema.params.validate_with_ema) if t.ema else contextlib.nullcontext():
+            for stage, (loader, n_val) in t.val_sets.items():   # 'val', or 'val/<name>' for each named set
+                metrics.update(evaluate(t.task, loader, n_val, stage, t.process.device, t.autocast))
+        samples = t.task.take_samples()
+        if t.process.master and samples is not None:
+            write_prediction_grid(t.run.exp.path, t.writer.tensorboard, epoch + 1, step - 1, samples)
+    step_schedulers([t.optimizers.scheduler], 'epoch', epoch + 1, metrics)
+    metrics.update(epoch=epoch, step=step - 1)
+    if t.process.master:
+        write_epoch(t, epoch, step, metrics, epoch_start)
+    return metrics, validated
+
+
+def write_epoch(t: Training, epoch: int, step: int, metrics: Mapping[str, float], epoch_start: float) -> None:
+    """Rank 0: the epoch's log line, metrics files and trackers, the top-k and last checkpoints."""
+    now = time.perf_counter()
+    elapsed = t.resumed.elapsed + now - t.start_time
+    line = format_epoch_line(epoch + 1, t.max_epochs, metrics, now - epoch_start, elapsed, epoch + 1)
+    print(line)
+    t.run.exp.log(line)
+    t.writer.log({k: v for k, v in metrics.items() if k != 'step'}, step - 1)
+    t.trackers.log_metrics({k: v for k, v in metrics.items() if k != 'step'}, step - 1)
+    t.writer.flush()
+    hparams = t.run.cfg['train_wrapper'].get('args', {})
+
+    def save(path: Path) -> None:
+        save_checkpoint(path, t.task, t.optimizers, (epoch, step), hparams,
+                        {'BaseLogger': {'elapsed': elapsed}, 'TopK': t.top_k.state_dict(),
+                         **({STATE_KEY: t.ema.state_dict()} if t.ema else {})})
+    t.top_k.update({**metrics, 'step': step}, save)   # named by steps done, as ModelCheckpoint names them
+    if t.top_k.params.save_last:
+        save(t.run.exp.ckpt_dir / 'last.ckpt')
 
 
 def load_task(cfg: Config, ckpt: Path, use_ema: Optional[bool]) -> tuple[Any, bool]:
@@ -528,11 +593,12 @@ def load_task(cfg: Config, ckpt: Path, use_ema: Optional[bool]) -> tuple[Any, bo
     return task, averaged is not None
 
 
-def evaluate_checkpoint(args: argparse.Namespace, exp: ExperimentDir, cfg: Config, ckpt: Path) -> None:
+def evaluate_checkpoint(target: Evaluation) -> None:
     """What --test, --predict or --export does with the checkpoint `resolve_evaluation` found."""
+    args, exp, cfg, ckpt = target.args, target.exp, target.cfg, target.ckpt
     task, averaged = load_task(cfg, ckpt, args.ema)
     if args.export:
-        from lightyaml.run.export import export_experiment
+        from lightyaml.run.export import export_experiment   # onnx and friends: only for --export
         export_experiment(exp, cfg, ckpt, task.model, args.format, args.out, averaged)
         return
     params = TrainerParams(**(cfg.get('trainer_params') or {}))
@@ -554,23 +620,28 @@ def evaluate_checkpoint(args: argparse.Namespace, exp: ExperimentDir, cfg: Confi
                       data.dataset('predict'), exp.read_classes())
 
 
-def run(args: argparse.Namespace, command: list[str]) -> None:
-    """What `main` does once the command line is parsed."""
-    if args.test or args.predict or args.export:
-        return run_evaluation(args, validate, evaluate_checkpoint)
-    if args.nodes:
-        raise ConfigError('--nodes: train.py runs on several machines under torchrun (see its docstring)')
-    resolved = resolve_run(args)
-    if resolved.finished:
-        print(f'{display_path(resolved.exp.path)} has finished (result.yaml); nothing to do')
-        return
-    train(resolved.cfg, resolved.exp, command, resolved.resume, args.overwrite, args.gpu, resolved.init_from,
-          resolved.restart, validation_hook(resolved.exp), args.dry_run)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point; returns the exit status (2 for a configuration error)."""
-    return run_cli(run, 'train.py', __doc__, argv, validate)
+    """Parse the command line into a plan and carry it out; returns the exit status (2: a
+    configuration error, 1: a run that stopped on an error)."""
+    plan = parse_command_line('train.py', __doc__, argv)
+    with exit_status(plan) as status:
+        if plan.action == 'answer':
+            print(answer(plan))
+        elif plan.action in ('sweep', 'search'):   # each run a process of this script, started by it
+            runs = plan_search(plan) if plan.action == 'search' else plan_sweep(plan)
+            for cfg in runs.configs:
+                validate(cfg)
+            status.code = runs.start()
+        elif plan.action == 'evaluate':
+            evaluation = resolve_evaluation(plan)
+            validate(evaluation.cfg)
+            with evaluation.held():
+                evaluate_checkpoint(evaluation)
+        elif plan.args.nodes:
+            raise ConfigError('--nodes: train.py runs on several machines under torchrun (see its docstring)')
+        else:
+            train(resolve_run(plan))
+    return status.code
 
 
 if __name__ == '__main__':

@@ -1,19 +1,16 @@
-"""BaseLogger (always on): the experiment folder and its per-epoch log.txt line.
-ExperimentLogger: Lightning's logger interface over metrics.csv and TensorBoard events; its
-`experiment` (`self.logger.experiment` in a LightningModule) is the tb/ SummaryWriter."""
+"""BaseLogger (always on): the experiment folder and its per-epoch log.txt line. (ExperimentLogger,
+Lightning's logger over metrics.csv and tb/, lives in lightyaml/train/lightning.py.)"""
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional
+from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.loggers import Logger
-from pytorch_lightning.loggers.logger import rank_zero_experiment
-from pytorch_lightning.utilities import rank_zero_only
 
 from lightyaml.run.experiment_dir import ExperimentDir
-from lightyaml.run.metrics_files import MetricsWriter, format_epoch_line, model_summary
+from lightyaml.run.metrics_files import format_epoch_line, model_summary
+from lightyaml.train.lightning import Deferred, ExperimentLogger  # noqa: F401 (their home before; forks import them here)
 
 
 class BaseLogger(pl.Callback):
@@ -76,68 +73,3 @@ class BaseLogger(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._elapsed_before = state_dict.get('elapsed', 0.0)
-
-
-class Deferred:
-    """Stands for a logger's experiment until the experiment folder exists: Lightning asks every
-    logger for its `experiment` before the callbacks' `setup`, which creates the folder."""
-
-    def __init__(self, get: Callable[[], Any]) -> None:
-        self._get = get
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._get(), name)
-
-
-class ExperimentLogger(Logger):
-    """Sends Lightning's logged metrics to the experiment's metrics.csv and TensorBoard (tb/)."""
-
-    def __init__(self, exp: ExperimentDir) -> None:
-        super().__init__()
-        self.exp = exp
-        self._writer: Optional[MetricsWriter] = None
-
-    @property
-    def name(self) -> str:
-        return self.exp.path.name
-
-    @property
-    def version(self) -> str:
-        return ''
-
-    @property
-    def log_dir(self) -> str:
-        return str(self.exp.path)
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> Any:
-        """tb/'s tensorboardX SummaryWriter: `self.logger.experiment.add_image(...)`, `add_histogram`,
-        `add_figure` from a LightningModule (a stand-in that does nothing on other ranks)."""
-        if not self.exp.started:
-            return Deferred(lambda: self.experiment)
-        return self.writer.tensorboard
-
-    @property
-    def writer(self) -> MetricsWriter:
-        if self._writer is None:
-            self._writer = MetricsWriter(self.exp.path)
-        return self._writer
-
-    @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
-        self.writer.log(metrics, step or 0)
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass  # the whole config is in config.yaml
-
-    @rank_zero_only
-    def save(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
-
-    @rank_zero_only
-    def finalize(self, status: str) -> None:
-        if self._writer is not None:
-            self._writer.close()

@@ -12,7 +12,7 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.loggers.logger import DummyExperiment, rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
-from callbacks.base_logger import Deferred
+from lightyaml.train.lightning import Deferred
 from lightyaml.run.experiment_dir import ExperimentDir
 from lightyaml.run.trackers import TrackedRun, make_tracked_runs
 from utils import LOGGERS

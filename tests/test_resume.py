@@ -139,7 +139,7 @@ def test_train_py_checkpoint_write_interrupted_leaves_the_old_file(tmp_path: Pat
     task = Task({'name': 'mlp'}, {'name': 'ce'}, {'name': 'SGD', 'args': {'lr': 0.1}})
     optimizer = torch.optim.SGD(task.parameters(), lr=0.1)
     path = tmp_path / 'last.ckpt'
-    train.save_checkpoint(path, task, optimizer, None, None, 0, 1, {}, {})
+    train.save_checkpoint(path, task, train.Optimizers(optimizer), (0, 1), {}, {})
     before = path.read_bytes()
 
     def dies_halfway(obj, f, *args, **kwargs):
@@ -147,7 +147,7 @@ def test_train_py_checkpoint_write_interrupted_leaves_the_old_file(tmp_path: Pat
         raise OSError(28, 'No space left on device')   # the write dies halfway
     monkeypatch.setattr(torch, 'save', dies_halfway)
     with pytest.raises(OSError):
-        train.save_checkpoint(path, task, optimizer, None, None, 1, 2, {}, {})
+        train.save_checkpoint(path, task, train.Optimizers(optimizer), (1, 2), {}, {})
     assert path.read_bytes() == before
     assert not path.with_name('last.ckpt.tmp').exists()
 

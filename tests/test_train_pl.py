@@ -20,12 +20,13 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     save_root = tmp_path_factory.mktemp('save')
     import train_pl
     from lightyaml.run.results import wait_for_plots
-    from lightyaml.launch.cli import make_parser, resolve_run
-    args = make_parser('').parse_args(['--config', DIGITS, '--save-root', str(save_root)])
-    cfg, exp = resolve_run(args)[:2]
-    metrics = train_pl.train(cfg, exp, ['python', 'train_pl.py', '--config', DIGITS])
+    from lightyaml.launch.cli import parse_command_line
+    from lightyaml.launch.resolve import resolve_run
+    run = resolve_run(parse_command_line('train_pl.py', '', ['--config', DIGITS, '--save-root', str(save_root)]))
+    run.command = ('python', 'train_pl.py', '--config', DIGITS)   # as typed, without the test's --save-root
+    metrics = train_pl.train(run)
     wait_for_plots()   # curves.png is drawn in the background
-    return exp.path, metrics
+    return run.exp.path, metrics
 
 
 def test_default_config_reaches_97_percent_on_digits(digits_run: tuple[Path, dict]) -> None:

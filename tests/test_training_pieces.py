@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from lightyaml.launch.cli import parse_gpu_flag, select_cuda_devices
+from lightyaml.launch.devices import parse_gpu_flag, select_cuda_devices
 from lightyaml.train.optim import make_optimizer, make_scheduler
 from utils import ConfigError
 

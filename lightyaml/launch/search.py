@@ -11,7 +11,6 @@ Lightning-free.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import signal
@@ -23,13 +22,14 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from lightyaml.run.experiment_dir import atomic_write, check_experiment_name
 from lightyaml.run.trackers import GROUP_ENV
 from lightyaml.config.loading import Config, config_differences, dump_yaml, load_config, parse_yaml
 from lightyaml.launch.search_space import (HEARTBEAT_SECONDS, SearchSpec, make_pruner, make_sampler, open_storage, read_search,
                                   retry)
+from lightyaml.launch.cli import Plan
 from lightyaml.launch.sweep import run_value, worker_slots
 from lightyaml.launch.trial import PRUNED_FILE, trial_environment
 from lightyaml.errors import PROJECT_ROOT, ConfigError
@@ -48,10 +48,39 @@ class Search:
     running: set = dataclasses.field(default_factory=set)   # the trial processes, to stop on a signal
 
 
-def run_search(script: str, args: argparse.Namespace, argv: Sequence[str],
-               validate: Optional[Callable[[Config], None]] = None) -> int:
-    """Check the search, open (or continue) its study, run trials with `--workers` workers until
-    the study has n_trials, then write the summary and plots. Exit status 0 if a trial completed."""
+@dataclasses.dataclass
+class PlannedSearch:
+    """A search checked but not started: the entry point validates `configs` (every range end and
+    choice), then calls `start`."""
+    plan: Plan
+    base: str                 # the study's name; trials go to save/<base>-search/
+    cfg: Config
+    spec: SearchSpec
+    configs: list[Config]
+
+    def start(self) -> int:
+        """Open (or continue) the study, run trials with `--workers` workers until it has n_trials,
+        then write the summary and plots. Exit status 0 if a trial completed."""
+        args, script = self.plan.args, self.plan.script
+        slots = worker_slots(args.gpu, args.workers)
+        folder = (Path(args.save_root) / f'{self.base}-search').resolve()
+        url = args.storage or f'sqlite:///{folder}/study.db'
+        if args.launcher == 'slurm':
+            return _write_slurm_script(self.plan, folder, url, len(slots))
+        folder.mkdir(parents=True, exist_ok=True)
+        study, storage = open_study(self.spec, self.cfg, url, self.base, shared=args.storage is not None)
+        command = [sys.executable, str(PROJECT_ROOT / script), '--config', args.config, '--save-root', str(folder),
+                   '--auto-resume', *args.overrides]
+        search = Search(study, storage, url, self.spec, folder, command)
+        atomic_write(folder / 'search.yaml', dump_yaml({'command': ' '.join(self.plan.command), 'study': self.base,
+                                                        'storage': _without_password(url), **self.spec.definition()}))
+        fail_dead_trials(search)
+        return _run_workers(search, slots)
+
+
+def plan_search(plan: Plan) -> PlannedSearch:
+    """The search `--search search.yaml` asks for, its file read and checked."""
+    args = plan.args
     if not args.config:
         raise ConfigError('--search needs --config')
     if args.sweep or args.seeds or args.resume or args.auto_resume:
@@ -60,30 +89,20 @@ def run_search(script: str, args: argparse.Namespace, argv: Sequence[str],
     check_experiment_name(base)
     cfg = load_config(args.config, args.overrides)
     spec = read_search(args.search, cfg)
-    for overrides in spec.edge_overrides():   # every range end and choice, before anything runs
-        edge = load_config(args.config, [*args.overrides, *overrides])
-        if validate:
-            validate(edge)
-    slots = worker_slots(args.gpu, args.workers)
-    folder = (Path(args.save_root) / f'{base}-search').resolve()
-    url = args.storage or f'sqlite:///{folder}/study.db'
-    if args.launcher == 'slurm':
-        from lightyaml.launch.slurm import write_array_script
-        task = [str(PROJECT_ROOT / script), *_own_flags(argv), '--storage', url, '--workers', '1',
-                *(['--gpu', '0'] if args.gpu and args.gpu != 'cpu' else [])]
-        if not args.storage and len(slots) > 1:
-            print(f'note: the {len(slots)} tasks share {url}; SQLite is safe on one machine only: for tasks on '
-                  f'several nodes give --storage postgresql://...')
-        return write_array_script(folder, [task] * len(slots), args)
-    folder.mkdir(parents=True, exist_ok=True)
-    study, storage = open_study(spec, cfg, url, base, shared=args.storage is not None)
-    command = [sys.executable, str(PROJECT_ROOT / script), '--config', args.config, '--save-root', str(folder),
-               '--auto-resume', *args.overrides]
-    search = Search(study, storage, url, spec, folder, command)
-    atomic_write(folder / 'search.yaml', dump_yaml({'command': ' '.join(['python', script, *argv]), 'study': base,
-                                                    'storage': _without_password(url), **spec.definition()}))
-    fail_dead_trials(search)
-    return _run_workers(search, slots)
+    edges = [load_config(args.config, [*args.overrides, *overrides]) for overrides in spec.edge_overrides()]
+    return PlannedSearch(plan, base, cfg, spec, edges)
+
+
+def _write_slurm_script(plan: Plan, folder: Path, url: str, tasks: int) -> int:
+    """--launcher slurm: an array of `tasks` workers of this search, sharing its storage."""
+    from lightyaml.launch.slurm import write_array_script   # sbatch and friends: SLURM only
+    args = plan.args
+    task = [str(PROJECT_ROOT / plan.script), *_own_flags(plan.argv), '--storage', url, '--workers', '1',
+            *(['--gpu', '0'] if args.gpu and args.gpu != 'cpu' else [])]
+    if not args.storage and tasks > 1:
+        print(f'note: the {tasks} tasks share {url}; SQLite is safe on one machine only: for tasks on '
+              f'several nodes give --storage postgresql://...')
+    return write_array_script(folder, [task] * tasks, args)
 
 
 def _own_flags(argv: Sequence[str]) -> list[str]:

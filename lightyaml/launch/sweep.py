@@ -8,8 +8,9 @@ was run with another one (choose another --name).
 """
 from __future__ import annotations
 
-import argparse
+import concurrent.futures
 import csv
+import dataclasses
 import itertools
 import os
 import re
@@ -17,11 +18,12 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from lightyaml.run.experiment_dir import atomic_write, check_experiment_name
 from lightyaml.run.trackers import GROUP_ENV
-from lightyaml.launch.cli import parse_gpu_flag
+from lightyaml.launch.cli import Plan
+from lightyaml.launch.devices import parse_gpu_flag
 from lightyaml.config.loading import Config, config_differences, dump_yaml, load_config, parse_yaml
 from lightyaml.errors import PROJECT_ROOT, ConfigError, display_path
 from lightyaml.process import SHARE_CORES
@@ -121,54 +123,66 @@ def worker_slots(gpu: Optional[str], workers: Optional[int]) -> list[tuple[list[
                                                SHARE_CORES: '0'})] * workers
 
 
-def run_sweep(script: str, args: argparse.Namespace, argv: Sequence[str],
-              validate: Optional[Callable[[Config], None]] = None) -> int:
-    """Run one experiment per combination, `--workers` (or one per --gpu device) at a time.
-    Finished experiments (result.yaml) are skipped and interrupted ones resumed, so running the
-    same command again continues a sweep. Then summary.csv and summary.md."""
-    import concurrent.futures
+@dataclasses.dataclass
+class Sweep:
+    """One experiment per combination of `--sweep key=v1,v2` values and `--seeds`, checked but not
+    started: the entry point validates `configs`, then calls `start`."""
+    plan: Plan
+    base: str                      # the sweep's name: runs are <base>_<short key><value>...
+    grid: list[list[str]]          # each run's overrides
+    names: list[str]
+    configs: list[Config]
+
+    def start(self) -> int:
+        """Run the experiments, `--workers` (or one per --gpu device) at a time. Finished ones
+        (result.yaml) are skipped and interrupted ones resumed, so running the same command again
+        continues a sweep. Then summary.csv and summary.md; status 1 if a run failed."""
+        args, save_root = self.plan.args, Path(self.plan.args.save_root)
+        commands = [[sys.executable, str(PROJECT_ROOT / self.plan.script), '--config', args.config, '--name', name,
+                     '--save-root', args.save_root, '--auto-resume', *args.overrides, *combo]
+                    for name, combo in zip(self.names, self.grid)]
+        sweep_dir = save_root / f'{self.base}-sweep'
+        if args.launcher == 'slurm':
+            from lightyaml.launch.slurm import write_array_script   # shutil.which('sbatch') and friends: SLURM only
+            return write_array_script(sweep_dir, [c[1:] for c in commands], args)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(sweep_dir / 'sweep.yaml', dump_yaml({'command': ' '.join(self.plan.command),
+                                                           'experiments': self.names}))
+        free = worker_slots(args.gpu, args.workers)
+
+        def one(name: str, command: list[str]) -> int:
+            if (save_root / name / 'result.yaml').is_file():
+                return 0
+            gpu_flag, env = free.pop()
+            try:
+                print(f'sweep: {name}', flush=True)
+                # The sweep's name becomes each run's group (W&B) or experiment (MLflow) in the trackers.
+                return subprocess.run([*command, *gpu_flag], env={**os.environ, **env, GROUP_ENV: self.base}).returncode
+            finally:
+                free.append((gpu_flag, env))
+        with concurrent.futures.ThreadPoolExecutor(len(free)) as pool:
+            codes = list(pool.map(one, self.names, commands))
+        short = short_keys([c.partition('=')[0] for c in self.grid[0]])
+        print(summarize_sweep(save_root, self.names, self.grid, short, self.configs[0], sweep_dir))
+        return 0 if not any(codes) else 1
+
+
+def plan_sweep(plan: Plan) -> Sweep:
+    """The sweep `--sweep`/`--seeds` ask for; its folders must be free or hold the same config."""
+    args = plan.args
     if not args.config:
         raise ConfigError('--sweep needs --config')
     base = args.name or Path(args.config).stem
     check_experiment_name(base)
     grid = sweep_grid(args.sweep, args.seeds)
     short = short_keys([c.partition('=')[0] for c in grid[0]])
-    save_root = Path(args.save_root)
     names = [combo_name(base, combo, short) for combo in grid]
     configs = [load_config(args.config, [*args.overrides, *combo]) for combo in grid]
-    for cfg in configs if validate else []:
-        validate(cfg)
-    problems = [p for p in (check_same_config(save_root / n, c) for n, c in zip(names, configs)) if p]
+    problems = [p for p in (check_same_config(Path(args.save_root) / n, c) for n, c in zip(names, configs)) if p]
     if problems:
         raise ConfigError(*(f'--sweep: {p}; choose another --name' for p in problems))
-    slots = worker_slots(args.gpu, args.workers)
-    commands = [[sys.executable, str(PROJECT_ROOT / script), '--config', args.config, '--name', name,
-                 '--save-root', args.save_root, '--auto-resume', *args.overrides, *combo]
-                for name, combo in zip(names, grid)]
-    sweep_dir = save_root / f'{base}-sweep'
-    if args.launcher == 'slurm':
-        from lightyaml.launch.slurm import write_array_script
-        return write_array_script(sweep_dir, [c[1:] for c in commands], args)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(sweep_dir / 'sweep.yaml', dump_yaml({'command': ' '.join(['python', script, *argv]),
-                                                       'experiments': names}))
-    free = list(slots)
-
-    def one(name: str, command: list[str]) -> int:
-        if (save_root / name / 'result.yaml').is_file():
-            return 0
-        gpu_flag, env = free.pop()
-        try:
-            print(f'sweep: {name}', flush=True)
-            # The sweep's name becomes each run's group (W&B) or experiment (MLflow) in the trackers.
-            return subprocess.run([*command, *gpu_flag], env={**os.environ, **env, GROUP_ENV: base}).returncode
-        finally:
-            free.append((gpu_flag, env))
-    with concurrent.futures.ThreadPoolExecutor(len(slots)) as pool:
-        codes = list(pool.map(one, names, commands))
-    summary = summarize_sweep(save_root, names, grid, short, configs[0], sweep_dir)
-    print(summary)
-    return 0 if not any(codes) else 1
+    worker_slots(args.gpu, args.workers)   # a bad --gpu or --workers is said before anything runs
+    return Sweep(plan, base, grid, names, configs)
 
 
 def summarize_sweep(save_root: Path, names: Sequence[str], grid: Sequence[Sequence[str]], short: Mapping[str, str],

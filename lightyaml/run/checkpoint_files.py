@@ -3,6 +3,7 @@ weights, seeding, the RNG state an exact resume needs, and train.py's checkpoint
 Lightning's layout (so weights move freely between the two entry points)."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import math
 import os
@@ -161,10 +162,22 @@ def checkpoint_name(template: Optional[str], metrics: Mapping[str, float]) -> st
     return re.sub(r'\{([^}:]+)(:[^}]*)?\}', fill, template or '{epoch}-{step}')
 
 
-def save_checkpoint(path: Path, task: Any, optimizer: Any, scheduler: Optional[dict], scaler: Any, epoch: int,
-                    step: int, hparams: Mapping, callbacks: Mapping[str, Any]) -> None:
+@dataclasses.dataclass
+class Optimizers:
+    """What a checkpoint saves and restores besides the weights and counters (each may be None):
+    the optimizer, the scheduler as Lightning's dict (`scheduler`, `interval`, ...), the float16
+    gradient scaler."""
+    optimizer: Any = None
+    scheduler: Optional[dict] = None
+    scaler: Any = None
+
+
+def save_checkpoint(path: Path, task: Any, optimizers: Optimizers, counters: tuple[int, int], hparams: Mapping,
+                    callbacks: Mapping[str, Any]) -> None:
     """Lightning's layout (state_dict keys as the `base` wrapper's; the generator states where
-    LastCheckpoint keeps them), written atomically: a kill mid-write leaves the old file."""
+    LastCheckpoint keeps them), written atomically: a kill mid-write leaves the old file.
+    `counters`: (epoch, global step)."""
+    (epoch, step), optimizer, scheduler = counters, optimizers.optimizer, optimizers.scheduler
     try:
         lightning_version = importlib.metadata.version('pytorch-lightning')
     except importlib.metadata.PackageNotFoundError:
@@ -174,8 +187,8 @@ def save_checkpoint(path: Path, task: Any, optimizer: Any, scheduler: Optional[d
              'optimizer_states': [optimizer.state_dict()] if optimizer is not None else [],
              'lr_schedulers': [scheduler['scheduler'].state_dict()] if scheduler else [],
              'hyper_parameters': dict(hparams), 'callbacks': {**callbacks, 'LastCheckpoint': {'rng': rng_state()}}}
-    if scaler is not None:
-        state['MixedPrecision'] = scaler.state_dict()
+    if optimizers.scaler is not None:
+        state['MixedPrecision'] = optimizers.scaler.state_dict()
     atomic_torch_save(state, path)
 
 

@@ -2,7 +2,7 @@
 experiment folder exists, and the `--dry-run` report of what those steps saw.
 
 Lightning-free. train.py runs its Task through `task_first_steps`; train_pl.py runs its wrapper
-through a throwaway Trainer (train_pl.preflight) and uses the rest: the value rules of the loop
+through a throwaway Trainer (lightyaml/train/lightning.py) and uses the rest: the value rules of the loop
 both entry points share, RNG isolation, the monitor check and the report. Both run on a deep copy
 of the model with the Python, NumPy and torch generator states restored afterwards, so a run
 ends bit-identical to one without the preflight. An exception maps to the config key it comes
@@ -168,12 +168,12 @@ def _monitors(node: Any, prefix: str = '') -> Iterator[tuple[str, str]]:
             yield from _monitors(v, f'{prefix}.{i}')
 
 
-def task_first_steps(cfg: Config, task: Any, train_loader: Any, n_train: int,
-                     val_sets: Mapping[str, tuple[Any, int]], device: torch.device, autocast: Any) -> FirstSteps:
+def task_first_steps(cfg: Config, task: Any, train_set: tuple[Any, int], val_sets: Mapping[str, tuple[Any, int]],
+                     device: torch.device, autocast: Any) -> FirstSteps:
     """train.py's preflight: on a copy of the task, one training step (forward, loss, backward,
     optimizer step), one batch of each validation set and a scheduler step; then the monitors are
     checked. Raises a ConfigError naming the key of whatever failed; the generators are left as
-    they were. `val_sets`: {stage ('val' or 'val/<name>'): (loader, batches to use)}."""
+    they were. `train_set`: (loader, batches to use); `val_sets`: {'val' or 'val/<name>': the same}."""
     seen = FirstSteps()
     with isolated_rng(), torch.compiler.set_stance('force_eager'):   # no compiling a throwaway copy
         task = copy_module(task)
@@ -200,8 +200,8 @@ def task_first_steps(cfg: Config, task: Any, train_loader: Any, n_train: int,
             attempt(f'the first {what} step', 'train_wrapper', cfg, step, seen.detail, seen.sizes)
             metrics.update(task.epoch_metrics(stage))
 
-        if n_train > 0:
-            run('train', train_loader)
+        if train_set[1] > 0:
+            run('train', train_set[0])
         for stage, (loader, n_batches) in val_sets.items():
             if n_batches > 0:
                 run(stage, loader)

@@ -1,0 +1,34 @@
+"""`--gpu`: which CUDA devices a run uses (or the CPU). Torch is imported only to count devices."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Callable, Optional
+
+from lightyaml.errors import ConfigError
+
+
+def parse_gpu_flag(gpu: str) -> list[int] | str:
+    """'cpu', or the CUDA device indices of `--gpu 1,2`."""
+    if gpu.strip().lower() == 'cpu':
+        return 'cpu'
+    ids = [part.strip() for part in gpu.split(',')]
+    if not ids or not all(i.isdigit() for i in ids) or len(set(ids)) != len(ids):
+        raise ConfigError(f"--gpu {gpu!r}: expected distinct CUDA device indices such as 0 or 1,2, or 'cpu'")
+    return [int(i) for i in ids]
+
+
+def select_cuda_devices(ids: Sequence[int], device_count: Optional[Callable[[], int]] = None) -> int:
+    """Make exactly devices `ids` visible (CUDA_VISIBLE_DEVICES, inherited by DDP processes) and
+    return how many there are; fails clearly when this machine has fewer."""
+    os.environ['CUDA_VISIBLE_DEVICES'] = ','.join(str(i) for i in ids)
+    if device_count is None:
+        import torch
+        device_count = torch.cuda.device_count
+    visible = device_count()
+    if visible == 0:
+        raise ConfigError(f"--gpu {','.join(map(str, ids))}: no CUDA device is available on this machine; "
+                          f"leave out --gpu or pass --gpu cpu to train on the CPU")
+    if visible < len(ids):
+        raise ConfigError(f"--gpu {','.join(map(str, ids))}: only {visible} of these CUDA devices exist here")
+    return len(ids)
