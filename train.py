@@ -57,8 +57,15 @@ from lightyaml.launch.search import plan_search
 from lightyaml.launch.sweep import plan_sweep
 from lightyaml.process import keep_freed_memory, resume_gc
 from lightyaml.registry import DATA_MODULES, TRACKERS
-from lightyaml.run.checkpoint_files import (Optimizers, TopK, check_resumable, load_weights, save_checkpoint,
-                                            seed_everything, set_rng_state)
+from lightyaml.run.checkpoint_files import (
+    Optimizers,
+    TopK,
+    check_resumable,
+    load_weights,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 from lightyaml.run.core_share import CoreShare
 from lightyaml.run.folder_lock import HELD_BY_LAUNCHER
 from lightyaml.run.metrics_files import MetricsWriter, format_epoch_line, model_summary
@@ -158,7 +165,7 @@ def ema_params(cfg: Config) -> Optional[EMAParams]:
     """The arguments of the config's `ema` callback, or None without one."""
     for i, spec in enumerate(cfg.get('callbacks') or []):
         if isinstance(spec, Mapping) and spec.get('name') == 'ema':
-            return build("callback 'ema'", f'callbacks.{i}', cfg, lambda: EMAParams(**spec.get('args') or {}))
+            return build("callback 'ema'", f'callbacks.{i}', cfg, lambda: EMAParams(**spec.get('args') or {}))  # noqa: B023 (build calls it at once)
     return None
 
 
@@ -179,7 +186,9 @@ def check_loggers(cfg: Config, problems: list[str]) -> None:
 def is_lightning_data_module(spec: Any) -> bool:
     """Whether a data module spec names a LightningDataModule (told by its class names, so that
     this check itself never imports Lightning)."""
-    if not isinstance(spec, Mapping) or not isinstance(spec.get('name'), str) or spec['name'] not in DATA_MODULES.names():
+    if not isinstance(spec, Mapping) or not isinstance(spec.get('name'), str):
+        return False
+    if spec['name'] not in DATA_MODULES.names():
         return False
     return any(base.__name__ == 'LightningDataModule' for base in DATA_MODULES.get(spec['name']).__mro__)
 
@@ -205,7 +214,7 @@ def requested_processes(params: TrainerParams, gpu: Optional[str]) -> tuple[str,
 def launch_processes(nproc: int, argv: Sequence[str]) -> None:
     """Run this script in `nproc` processes through torch.distributed's own launcher (what
     torchrun uses), one per device; a process that fails ends the others and this call."""
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch  # only to launch several processes
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend='c10d', rdzv_endpoint='localhost:0', max_restarts=0, monitor_interval=0.5)
     elastic_launch(config, sys.executable)(os.path.abspath(__file__), *argv)
@@ -308,8 +317,9 @@ def restore(path: Path, task: Any, optimizers: Optimizers, device: torch.device)
     for change in task.apply_changed_specs(optimizer, scheduler, state['hyper_parameters']) if optimizer else ():
         print(f'resume: {change} (from the config)')
     set_rng_state(state['callbacks']['LastCheckpoint']['rng'])   # the next shuffle and dropout masks
-    return Resumed(state['epoch'] + 1, state['global_step'], state['callbacks'].get('BaseLogger', {}).get('elapsed', 0.0),
-                   state['callbacks'].get('TopK', {}), state['callbacks'].get(STATE_KEY))
+    callbacks = state['callbacks']
+    return Resumed(state['epoch'] + 1, state['global_step'], callbacks.get('BaseLogger', {}).get('elapsed', 0.0),
+                   callbacks.get('TopK', {}), callbacks.get(STATE_KEY))
 
 
 def train(run: Run) -> dict[str, float]:
@@ -330,7 +340,8 @@ def train(run: Run) -> dict[str, float]:
                 os.environ.pop(HELD_BY_LAUNCHER, None)
             return {}
         process = setup_process(device_type)
-        trackers = make_tracked_runs(run.cfg.get('loggers') or [], TRACKERS.get, run.exp, run.cfg, run.resume is not None)
+        trackers = make_tracked_runs(run.cfg.get('loggers') or [], TRACKERS.get, run.exp, run.cfg,
+                                     run.resume is not None)
         cores = CoreShare(process.device.type == 'cpu', processes=int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
         status = 'failed'
         try:
@@ -478,7 +489,7 @@ def train_epoch(t: Training, epoch: int, step: int) -> int:
         train_loader.sampler.set_epoch(epoch)   # a new shuffle each epoch, the same on every process
     batches = enumerate(train_loader)
     if t.process.master and progress_bar_wanted(params.enable_progress_bar, sys.stderr):
-        from tqdm import tqdm   # numbered from 1, as the epoch lines are; only on a terminal
+        from tqdm import tqdm  # numbered from 1, as the epoch lines are; only on a terminal
         batches = tqdm(batches, total=n_train, leave=False, dynamic_ncols=True,
                        desc=f"epoch {epoch + 1}{f'/{t.max_epochs}' if t.max_epochs > 0 else ''}")
     for batch_idx, batch in batches:
@@ -598,8 +609,8 @@ def evaluate_checkpoint(target: Evaluation) -> None:
     args, exp, cfg, ckpt = target.args, target.exp, target.cfg, target.ckpt
     task, averaged = load_task(cfg, ckpt, args.ema)
     if args.export:
-        from lightyaml.run.export import export_experiment   # onnx and friends: only for --export
-        export_experiment(exp, cfg, ckpt, task.model, args.format, args.out, averaged)
+        from lightyaml.run.export import export_experiment  # onnx and friends: only for --export
+        export_experiment(exp, cfg, task.model, (ckpt, averaged), args.format, args.out)
         return
     params = TrainerParams(**(cfg.get('trainer_params') or {}))
     device = torch.device('cuda', 0) if requested_processes(params, args.gpu)[0] == 'cuda' else torch.device('cpu')
@@ -621,17 +632,11 @@ def evaluate_checkpoint(target: Evaluation) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Parse the command line into a plan and carry it out; returns the exit status (2: a
-    configuration error, 1: a run that stopped on an error)."""
+    """The command line's plan, carried out as train_pl.py's main does; returns the exit status."""
     plan = parse_command_line('train.py', __doc__, argv)
     with exit_status(plan) as status:
         if plan.action == 'answer':
             print(answer(plan))
-        elif plan.action in ('sweep', 'search'):   # each run a process of this script, started by it
-            runs = plan_search(plan) if plan.action == 'search' else plan_sweep(plan)
-            for cfg in runs.configs:
-                validate(cfg)
-            status.code = runs.start()
         elif plan.action == 'evaluate':
             evaluation = resolve_evaluation(plan)
             validate(evaluation.cfg)
@@ -639,6 +644,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 evaluate_checkpoint(evaluation)
         elif plan.args.nodes:
             raise ConfigError('--nodes: train.py runs on several machines under torchrun (see its docstring)')
+        elif plan.action in ('sweep', 'search'):   # each run a process of this script, started by it
+            runs = plan_search(plan) if plan.action == 'search' else plan_sweep(plan)
+            for cfg in runs.configs:
+                validate(cfg)
+            status.code = runs.start()
         else:
             train(resolve_run(plan))
     return status.code

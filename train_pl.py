@@ -5,7 +5,7 @@
     python train_pl.py --config configs/digits.yaml trainer_params.max_epochs=3
     python train_pl.py --resume save/exp trainer_params.max_epochs=40     # continue a run
     python train_pl.py --list models                                      # what is registered
-    python train_pl.py --config configs/digits.yaml --print-config        # the merged config, and where each key came from
+    python train_pl.py --config configs/digits.yaml --print-config        # the merged config, each key's origin
     python train_pl.py --test save/exp [--ckpt best|last|PATH]            # evaluate on the test split
     python train_pl.py --predict save/exp --data load/my_images/          # predictions.csv
     python train_pl.py --export save/exp --format onnx                    # save/exp/export/model.onnx, checked
@@ -86,8 +86,8 @@ CHECKPOINT_OWN = {'dirpath': 'checkpoints go to save/<name>/ckpt; choose the nam
 
 def validate(cfg: Config) -> None:
     """Every problem of the config, one line each, before anything is built or created."""
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
+    import pytorch_lightning as pl  # Lightning: see the note above `main`
+    from pytorch_lightning.callbacks import ModelCheckpoint  # Lightning: see the note above `main`
     problems = check_sections(cfg)
     if 'train_wrapper' in cfg:
         check_spec(WRAPPERS, cfg['train_wrapper'], 'train_wrapper', cfg, problems, required=True)
@@ -97,7 +97,7 @@ def validate(cfg: Config) -> None:
                  'ModelCheckpoint', refused=CHECKPOINT_OWN)
     check_spec_list(CALLBACKS, cfg, 'callbacks', problems)
     check_spec_list(LOGGERS, cfg, 'loggers', problems)
-    from lightyaml.train.preflight import check_loop_values   # torch: not needed by --print-config
+    from lightyaml.train.preflight import check_loop_values  # torch: not needed by --print-config
     problems += check_loop_values(cfg)
     if problems:
         raise ConfigError(*problems)
@@ -124,9 +124,9 @@ def train(run: Run) -> dict[str, float]:
     """Validate the config, build the data, wrapper, callbacks and Trainer, check one training and
     validation step (the preflight; --dry-run stops after it), fit, and return the final logged
     metrics. The experiment folder's lock is released when it ends, however it ends."""
-    import pytorch_lightning as pl
+    import pytorch_lightning as pl  # Lightning: see the note above `main`
 
-    from lightyaml.train.lightning import lightning_data, lightning_first_steps
+    from lightyaml.train.lightning import lightning_data, lightning_first_steps  # Lightning: see the note above `main`
     cfg = run.cfg
     with run.exp.writing():
         validate(cfg)
@@ -138,8 +138,9 @@ def train(run: Run) -> dict[str, float]:
         # Under torchrun or SLURM every process is already part of the job, and a throwaway Trainer
         # would join it: the preflight runs in single processes and in the one that launches DDP.
         launched = 'LOCAL_RANK' in os.environ or 'WORLD_SIZE' in os.environ
-        if trainer.world_size == 1 and not isinstance(data, pl.LightningDataModule):   # (a LightningDataModule
-            build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())   # is set up by the preflight)
+        # A plain data module's loaders are checked here; a LightningDataModule is set up by the preflight.
+        if trainer.world_size == 1 and not isinstance(data, pl.LightningDataModule):
+            build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
         first_steps = None if launched else lightning_first_steps(cfg, data, wrapper, params)
         if run.dry_run:
             print(first_steps.report() if first_steps else 'dry run: skipped in a launched process')
@@ -158,7 +159,7 @@ def train(run: Run) -> dict[str, float]:
 
 def build_wrapper(run: Run) -> Any:
     """The training wrapper; with --init-from its weights, and with --resume checked against the checkpoint."""
-    from lightyaml.run.checkpoint_files import check_resumable, load_weights   # torch
+    from lightyaml.run.checkpoint_files import check_resumable, load_weights  # torch
     wrapper = build('the training wrapper', 'train_wrapper', run.cfg, lambda: WRAPPERS.make(run.cfg['train_wrapper']))
     if run.init_from is not None:   # fine-tuning: the weights only; optimizer, schedule and counters start fresh
         load_weights(wrapper, run.init_from)
@@ -170,7 +171,7 @@ def build_wrapper(run: Run) -> Any:
 def make_checkpoint(run: Run) -> Any:
     """ModelCheckpoint from the `checkpoint` section, into save/<name>/ckpt. Its `save_last`
     (default on) is served by the LastCheckpoint callback, which refreshes last.ckpt every epoch."""
-    from pytorch_lightning.callbacks import ModelCheckpoint   # Lightning: see the note above `main`
+    from pytorch_lightning.callbacks import ModelCheckpoint  # Lightning: see the note above `main`
     checkpoint_args = {k: v for k, v in (run.cfg.get('checkpoint') or {}).items() if k != 'save_last'}
     return build('ModelCheckpoint', 'checkpoint', run.cfg, lambda: ModelCheckpoint(dirpath=run.exp.ckpt_dir,
                                                                                    **checkpoint_args))
@@ -193,7 +194,7 @@ def make_callbacks(run: Run) -> list[Any]:
     if run.on_validation is not None:
         callbacks.append(ValidationHook(run.on_validation))
     for i, spec in enumerate(cfg.get('callbacks') or []):
-        callbacks.append(build(f"callback {spec['name']!r}", f'callbacks.{i}', cfg, lambda: CALLBACKS.make(spec)))
+        callbacks.append(build(f"callback {spec['name']!r}", f'callbacks.{i}', cfg, lambda: CALLBACKS.make(spec)))  # noqa: B023 (build calls it at once)
     return callbacks
 
 
@@ -242,10 +243,10 @@ def evaluate(target: Evaluation) -> None:
     if averaged is not None:   # the `ema` callback's average, as validation used it
         ema_target(wrapper).load_state_dict(averaged)
     if args.export:
-        from lightyaml.run.export import export_experiment   # onnx and friends: only for --export
+        from lightyaml.run.export import export_experiment  # onnx and friends: only for --export
         if not isinstance(getattr(wrapper, 'model', None), torch.nn.Module):
             raise ConfigError(f"--export: training wrapper {name!r} has no single `model` to export")
-        export_experiment(exp, cfg, ckpt, wrapper.model, args.format, args.out, averaged is not None)
+        export_experiment(exp, cfg, wrapper.model, (ckpt, averaged is not None), args.format, args.out)
         return
     data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
     same_device = {k: v for k, v in (cfg.get('trainer_params') or {}).items() if k in ('accelerator', 'precision')}
@@ -256,7 +257,8 @@ def evaluate(target: Evaluation) -> None:
         if isinstance(data, pl.LightningDataModule):
             results = trainer.test(wrapper, datamodule=data, verbose=False)
         else:
-            results = trainer.test(wrapper, dataloaders=split_loader(data, 'test', f'--test {args.test}'), verbose=False)
+            loader = split_loader(data, 'test', f'--test {args.test}')
+            results = trainer.test(wrapper, dataloaders=loader, verbose=False)
         if not results:
             raise ConfigError(f'--test {args.test}: the test split gave no batches')
         record_test(exp, ckpt, results[0], ema=averaged is not None)

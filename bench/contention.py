@@ -16,8 +16,9 @@ nothing to the sharing itself; the MLP (too small to use two threads) is near 1.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional
+from typing import Optional
 
 VARIANTS = ('floor', 'train.py', 'train_pl.py')
 CONTENTION_EPOCHS = {'mlp': 100, 'conv': 4}
@@ -45,7 +46,7 @@ def measure(rounds: int, specs: dict, run: Callable[[str, str, dict, str, Option
                 alone = run(variant, name, spec, f'{tag}-alone', None)
                 one_thread = run(variant, name, spec, f'{tag}-alone-1-thread', 1)
                 with ThreadPoolExecutor(max_workers=2) as pool:
-                    pair = list(pool.map(lambda i: run(variant, name, spec, f'{tag}-copy{i}', None), (0, 1)))
+                    pair = list(pool.map(lambda i: run(variant, name, spec, f'{tag}-copy{i}', None), (0, 1)))  # noqa: B023 (used at once)
                 side = [overlapping_median(pair[i]['wall_steps'], pair[1 - i]['wall_steps']) for i in (0, 1)]
                 record = {'alone': alone['median'], 'one_thread': one_thread['median'], 'pair': [m for m, _ in side],
                           'overlap': min(n for _, n in side)}

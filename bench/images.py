@@ -39,6 +39,7 @@ def load_images(workload: dict, variant: str, steps: list[float]) -> None:
         from torch.utils.data import DataLoader
         from torchvision.datasets import ImageFolder
         from torchvision.transforms import v2
+
         from datasets.transforms import build_transform
         transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
                                 *[build_transform(spec) for spec in workload['transforms']]])

@@ -21,8 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = 'configs/digits.yaml'
@@ -137,9 +138,9 @@ def child(args: object, perf0: float, wall0: float) -> None:
     import torch
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    import callbacks.base_logger  # noqa: F401
-    import callbacks.fast_paths  # noqa: F401
-    import callbacks.last_checkpoint  # noqa: F401
+    import callbacks.base_logger
+    import callbacks.fast_paths
+    import callbacks.last_checkpoint
     import callbacks.progress_bar  # noqa: F401
     import train_pl  # noqa: F401
     imports_done = time.perf_counter()

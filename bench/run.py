@@ -66,9 +66,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import yaml
 
@@ -191,8 +192,9 @@ def ratio(results: dict, key: tuple[str, str], base: tuple[str, str], stat: str 
 
 def machine_line(rounds: int, threads: Optional[int]) -> str:
     """The machine, the versions, the thread settings; `{loads}` is filled in by main."""
-    import torch  # versions only
     from importlib.metadata import version
+
+    import torch  # versions only
     omp = ', '.join(f'{k}={os.environ[k]}' for k in ('OMP_NUM_THREADS', 'OMP_WAIT_POLICY') if k in os.environ)
     return (f'Machine: {cpu_name()}, {os.cpu_count()} cores, {platform.system()}; Python {platform.python_version()}, '
             f"torch {torch.__version__}, pytorch-lightning {version('pytorch-lightning')}, "
@@ -214,7 +216,7 @@ def report(results: dict, rounds: int, threads: Optional[int]) -> str:
                          f"{startup:.1f} s | {peak:.0f} MB |")
     if ('images', LOADER_VARIANTS[0]) in results:
         batch = WORKLOADS['images']['batch_size']
-        lines += ['', 'images (a step is a batch of ' f'{batch}): ' + ', '.join(
+        lines += ['', f'images (a step is a batch of {batch}): ' + ', '.join(
             f"{v} {statistics.median(batch / r['mean'] for r in results['images', v]):.0f} images/s"
             for v in LOADER_VARIANTS)]
     lines += ['', 'Targets:']
@@ -318,6 +320,7 @@ def register_bench_parts() -> None:
 def build_workload(workload: dict) -> tuple[Any, dict]:
     """The workload's model (seeded as the entry points seed it) and training tensors."""
     import torch
+
     from datasets import make as make_dataset
     from models import make as make_model
     torch.manual_seed(0)

@@ -46,7 +46,7 @@ class FastPaths(pl.Callback):
         objects = [(pl_module, pl.LightningModule)] + [(c, pl.Callback) for c in trainer.callbacks]
         self._skipped = [(obj, hook) for obj, base in objects for hook in BATCH_HOOKS
                          if hook not in vars(obj) and (getattr(type(obj), hook) is getattr(base, hook)
-                                                       or hook == 'on_train_batch_end' and idle_per_step(obj))]
+                                                       or (hook == 'on_train_batch_end' and idle_per_step(obj)))]
         for obj, hook in self._skipped:
             object.__setattr__(obj, hook, None)   # not nn.Module's: a None is not a module
 

@@ -12,9 +12,9 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.loggers.logger import DummyExperiment, rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
-from lightyaml.train.lightning import Deferred
 from lightyaml.run.experiment_dir import ExperimentDir
 from lightyaml.run.trackers import TrackedRun, make_tracked_runs
+from lightyaml.train.lightning import Deferred
 from utils import LOGGERS
 
 

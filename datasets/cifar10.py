@@ -11,7 +11,7 @@ import torch
 
 from datasets import register
 from datasets.tensor_dict import TensorDictDataset, split_indices
-from utils import PROJECT_ROOT, Spec, display_path
+from utils import PROJECT_ROOT, TransformSpec, display_path
 
 FOLDER = 'cifar-10-batches-py'   # what torchvision's CIFAR10 and the official archive unpack to
 TRAIN_FILES = tuple(f'data_batch_{i}' for i in range(1, 6))
@@ -39,13 +39,13 @@ class CIFAR10(TensorDictDataset):
     """
 
     def __init__(self, root: str = 'load/cifar10', split: str = 'train', val_size: int = 0, split_seed: int = 0,
-                 download: bool = False, transforms: Optional[Sequence[Spec['transforms']]] = None) -> None:
+                 download: bool = False, transforms: Optional[Sequence[TransformSpec]] = None) -> None:
         if split not in ('train', 'val', 'test'):
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
         root_path = Path(root) if Path(root).is_absolute() else PROJECT_ROOT / root
         folder = root_path / FOLDER
         if download and any(not (folder / f).is_file() for f in FILES):
-            from torchvision.datasets import CIFAR10 as TorchvisionCIFAR10
+            from torchvision.datasets import CIFAR10 as TorchvisionCIFAR10  # torchvision: only when the files are read
             TorchvisionCIFAR10(str(root_path), download=True)
         missing = [f for f in FILES if not (folder / f).is_file()]
         if missing:

@@ -12,7 +12,7 @@ from torch import distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 from datasets.tensor_dict import TensorDictDataset, serves_batches
-from utils import DATA_MODULES, DATASETS, Spec
+from utils import DATA_MODULES, DATASETS, DatasetSpec
 
 
 @DATA_MODULES.register('default')
@@ -41,9 +41,9 @@ class DataModule:
             one place model and metric arguments refer to (`${data_module.args.num_classes}`).
     """
 
-    def __init__(self, train: Optional[Spec['datasets']] = None,
-                 val: Union[Spec['datasets'], dict[str, Spec['datasets']], None] = None,
-                 test: Optional[Spec['datasets']] = None, predict: Optional[Spec['datasets']] = None,
+    def __init__(self, train: Optional[DatasetSpec] = None,
+                 val: Union[DatasetSpec, dict[str, DatasetSpec], None] = None,
+                 test: Optional[DatasetSpec] = None, predict: Optional[DatasetSpec] = None,
                  batch_size: int = 32, eval_batch_size: Optional[int] = None, num_workers: int = 0,
                  pin_memory: Optional[bool] = None, drop_last: bool = False, batch_by_index: bool = True,
                  device: Optional[str] = None, num_classes: Optional[int] = None) -> None:

@@ -55,6 +55,6 @@ def load_diabetes_arrays() -> tuple[np.ndarray, np.ndarray]:
         folder = Path(spec.origin).parent / 'datasets' / 'data'
         if (folder / 'diabetes_data_raw.csv.gz').is_file() and (folder / 'diabetes_target.csv.gz').is_file():
             return np.loadtxt(folder / 'diabetes_data_raw.csv.gz'), np.loadtxt(folder / 'diabetes_target.csv.gz')
-    from sklearn.datasets import load_diabetes   # another scikit-learn layout: its own loader
+    from sklearn.datasets import load_diabetes  # another scikit-learn layout: its own loader
     data = load_diabetes(scaled=False)
     return data.data, data.target

@@ -11,7 +11,7 @@ import torch
 
 from datasets import register
 from datasets.tensor_dict import TensorDictDataset, split_indices
-from utils import Spec
+from utils import TransformSpec
 
 SPLITS = ('train', 'val', 'test')
 
@@ -28,7 +28,7 @@ class Digits(TensorDictDataset):
     """
 
     def __init__(self, split: str = 'train', val_fraction: float = 0.15, test_fraction: float = 0.15,
-                 split_seed: int = 0, transforms: Optional[Sequence[Spec['transforms']]] = None) -> None:
+                 split_seed: int = 0, transforms: Optional[Sequence[TransformSpec]] = None) -> None:
         if split not in SPLITS:
             raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
         pixels, targets = load_digits_arrays()
@@ -48,6 +48,6 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
         if path.is_file():
             table = np.loadtxt(path, delimiter=',')
             return table[:, :-1], table[:, -1].astype(np.int64)
-    from sklearn.datasets import load_digits   # another scikit-learn layout: its own loader
+    from sklearn.datasets import load_digits  # another scikit-learn layout: its own loader
     digits = load_digits()
     return digits.data, digits.target

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from datasets import register
 from datasets.transforms import check_sample_transforms, sample_pipeline
-from utils import Spec
+from utils import TransformSpec
 
 SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
 # torchvision 0.29 warns at every decode that TorchCodec will take image decoding over; the
@@ -22,7 +22,7 @@ DECODER_NOTICE = 'The image decoding and encoding capabilities of TorchVision ar
 
 def read_image(path: str, channels: int, size: Optional[Sequence[int]] = None) -> torch.Tensor:
     """A file as float (channels, H, W) in [0, 1], decoded by torchvision (resized to `size`)."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    from torchvision.io import ImageReadMode, decode_image, read_file  # torchvision
     mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message=DECODER_NOTICE, category=DeprecationWarning)
@@ -46,7 +46,7 @@ class ImageFolder(Dataset):
     """
 
     def __init__(self, root: str, channels: int = 1, size: Sequence[int] = (28, 28),
-                 transforms: Optional[Sequence[Spec['transforms']]] = None) -> None:
+                 transforms: Optional[Sequence[TransformSpec]] = None) -> None:
         self.files = sorted(str(p) for p in Path(root).iterdir() if p.suffix.lower() in SUFFIXES)
         if not self.files:
             raise FileNotFoundError(f'no image files ({", ".join(SUFFIXES)}) in {root}')

@@ -10,7 +10,7 @@ import torch
 from datasets import register
 from datasets.image_folder import SUFFIXES, ImageFolder
 from datasets.transforms import sample_pipeline
-from utils import PROJECT_ROOT, Spec
+from utils import PROJECT_ROOT, TransformSpec
 
 
 @register('labelled_images')
@@ -35,7 +35,7 @@ class LabelledImages(ImageFolder):
     """
 
     def __init__(self, root: str, channels: int = 3, size: Optional[Sequence[int]] = None,
-                 transforms: Optional[Sequence[Spec['transforms']]] = None,
+                 transforms: Optional[Sequence[TransformSpec]] = None,
                  classes: Optional[Sequence[str]] = None) -> None:
         folder = Path(root) if Path(root).is_absolute() else PROJECT_ROOT / root
         if not folder.is_dir():

@@ -30,7 +30,7 @@ NEW_IMAGES = 20
 
 def write_image_folder(out: Path, size: int = 32) -> dict[str, int]:
     """Write the folders described above under `out`; returns the number of images per folder."""
-    from datasets.image_folder import DECODER_NOTICE
+    from datasets.image_folder import DECODER_NOTICE  # torchvision: only when run as a script
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f'{out} exists and is not empty; remove it or choose another --out')
     with warnings.catch_warnings():   # torchvision 0.29's notice about TorchCodec, once per file otherwise
@@ -39,11 +39,11 @@ def write_image_folder(out: Path, size: int = 32) -> dict[str, int]:
 
 
 def _write(out: Path, size: int) -> dict[str, int]:
-    import torch
-    from torch.nn import functional as F
-    from torchvision.io import write_png
+    import torch  # torch: not needed by --list/--print-config
+    from torch.nn import functional as F  # torch: not needed by --list/--print-config
+    from torchvision.io import write_png  # torchvision: only when its models, transforms or files are used
 
-    from datasets.digits import Digits
+    from datasets.digits import Digits  # scikit-learn: only when run as a script
     counts = {}
     for split in ('train', 'val', 'test'):
         data = Digits(split).tensors

@@ -9,7 +9,7 @@ from typing import Optional
 
 from datasets import register
 from datasets.tensor_dict import TensorDictDataset, split_indices
-from utils import PROJECT_ROOT, Spec
+from utils import PROJECT_ROOT, TransformSpec
 
 FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
 MEAN, STD = 0.1307, 0.3081
@@ -28,10 +28,10 @@ class MNIST(TensorDictDataset):
 
     def __init__(self, root: str = 'load/mnist', split: str = 'train', val_size: int = 5000,
                  split_seed: int = 0, download: bool = True,
-                 transforms: Optional[Sequence[Spec['transforms']]] = None) -> None:
+                 transforms: Optional[Sequence[TransformSpec]] = None) -> None:
         if split not in ('train', 'val', 'test'):
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-        from torchvision.datasets import MNIST as TorchvisionMNIST
+        from torchvision.datasets import MNIST as TorchvisionMNIST  # torchvision
         root_path = Path(root) if Path(root).is_absolute() else PROJECT_ROOT / root
         raw = root_path / 'MNIST' / 'raw'
         for name in FILES:  # files fetched by hand are often still gzipped

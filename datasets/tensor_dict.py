@@ -28,13 +28,13 @@ class TensorDictDataset(Dataset):
         self.tensors = dict(tensors)
         self.augment = None
         if transforms:
-            from datasets.transforms import BatchAugment
+            from datasets.transforms import BatchAugment  # torchvision: only for datasets with transforms
             self.augment = BatchAugment(transforms)
 
     @classmethod
     def check_args(cls, args: Mapping[str, Any]) -> list[tuple[str, str]]:
         """Transforms that cannot run batch by batch, before anything is built."""
-        from datasets.transforms import check_batch_transforms
+        from datasets.transforms import check_batch_transforms  # torchvision: only for datasets with transforms
         return check_batch_transforms(args.get('transforms'))
 
     def __len__(self) -> int:

@@ -10,8 +10,8 @@ refused by `check_batch_transforms` before anything is built.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional
 
 import torch
 from torch.nn import functional as F
@@ -38,7 +38,7 @@ def sample_pipeline(specs: Optional[Sequence[Mapping]]) -> Optional[Callable]:
     """The per-sample transforms of a dataset loaded file by file, composed (None if there are none)."""
     if not specs:
         return None
-    from torchvision.transforms import v2
+    from torchvision.transforms import v2  # torchvision: only when its models, transforms or files are used
     return v2.Compose([build_transform(s) for s in specs])
 
 

@@ -6,8 +6,8 @@ torch-free.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Mapping
+from typing import Any, Optional
 
 _BUILT: dict[int, tuple[Callable[[], Any], str, Mapping]] = {}
 

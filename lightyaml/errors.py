@@ -30,7 +30,7 @@ class NonFiniteLossError(Exception):
                       f"{', '.join(terms)} became NaN or infinite; training stopped")
         super().__init__(f'{self.cause}, the last good checkpoint is kept')
 
-    def no_checkpoint(self) -> 'NonFiniteLossError':
+    def no_checkpoint(self) -> NonFiniteLossError:
         """Say so when no checkpoint was saved before it (a NaN in the first epoch)."""
         self.args = (f'{self.cause} before any checkpoint was saved (nothing to resume; fix the cause and '
                      f'start again with --overwrite)',)

@@ -10,7 +10,6 @@ import os
 from collections.abc import MutableMapping
 from typing import Optional
 
-
 SHARE_CORES = 'LIGHTYAML_SHARE_CORES'   # '0': training keeps its thread count (lightyaml/run/core_share.py)
 
 
@@ -66,7 +65,8 @@ def skip_collections_at_exit() -> None:
 def global_rank_from_env() -> int:
     """This process's global rank as the launchers (torchrun, SLURM, Lightning's DDP) set it."""
     for var in ('RANK', 'SLURM_PROCID'):
-        if os.environ.get(var, '').isdigit() and (var != 'SLURM_PROCID' or int(os.environ.get('SLURM_NTASKS', '1')) > 1):
+        several_tasks = var != 'SLURM_PROCID' or int(os.environ.get('SLURM_NTASKS', '1')) > 1
+        if os.environ.get(var, '').isdigit() and several_tasks:
             return int(os.environ[var])
     return int(os.environ.get('NODE_RANK', '0') or 0) + int(os.environ.get('LOCAL_RANK', '0') or 0)
 
@@ -77,7 +77,7 @@ def keep_freed_memory() -> bool:
     come back as fresh pages at every step: 6,000 page faults and a quarter of a 30 ms step on a
     CPU. After this, blocks up to 32 MB come from the heap and up to 1 GB of free heap is kept
     (the process stays at its peak memory). True if it took effect (Linux with glibc)."""
-    import ctypes
+    import ctypes  # only on Linux with glibc
     try:
         libc = ctypes.CDLL('libc.so.6')
     except OSError:   # not Linux, or not glibc

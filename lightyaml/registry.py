@@ -11,9 +11,9 @@ import importlib
 import inspect
 import pkgutil
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from lightyaml.built_specs import built
 from lightyaml.errors import ConfigError, DuplicateNameError, ModuleFileError, did_you_mean, display_path
@@ -26,7 +26,7 @@ class Registry:
     so a new file with the decorator is found with no other edit.
     """
 
-    def __init__(self, kind: str, package: Optional[str] = None, fallback: Optional['Registry'] = None) -> None:
+    def __init__(self, kind: str, package: Optional[str] = None, fallback: Optional[Registry] = None) -> None:
         self.kind = kind
         self.package = package
         self.fallback = fallback   # looked up for names this registry does not have
@@ -113,7 +113,7 @@ def _where_it_failed(error: Exception, file: Path) -> str:
         return str(error)
     if isinstance(error, SyntaxError) and error.filename:
         return f'{display_path(Path(error.filename))}:{error.lineno}: {type(error).__name__}: {error.msg}'
-    import traceback
+    import traceback  # only when a user file fails
     inside = [frame for frame in traceback.extract_tb(error.__traceback__)
               if Path(frame.filename).resolve().parent == file.resolve().parent]
     if inside:
@@ -134,7 +134,7 @@ class TorchvisionModels(Registry):
         if self._imported:
             return
         self._imported = True
-        import torchvision
+        import torchvision  # torchvision: only when its models, transforms or files are used
         adapter = _import_object(self.adapter)
         for name in torchvision.models.list_models(module=torchvision.models):
             self._classes[f'torchvision.{name}'] = adapter.for_builder(name)
@@ -186,10 +186,21 @@ class SpecMarker(typing.NamedTuple):
 
 
 class Spec:
-    """Annotation of an argument that takes a `{name, args}` spec: `model_spec: Spec['models']`.
+    """Annotation of an argument that takes a `{name, args}` spec: `model_spec: Spec['models']`, or
+    its alias `model_spec: ModelSpec`.
 
     The config validator follows these annotations into nested specs.
     """
 
     def __class_getitem__(cls, registry: str) -> Any:
         return typing.Annotated[dict, SpecMarker(registry)]
+
+
+# The specs of the template's own arguments, by name (an annotation names a type, not a string).
+DatasetSpec = Spec['datasets']
+TransformSpec = Spec['transforms']
+ModelSpec = Spec['models']
+LossSpec = Spec['losses']
+OptimizerSpec = Spec['optimizers']
+SchedulerSpec = Spec['schedulers']
+MetricSpec = Spec['metrics']

@@ -36,7 +36,7 @@ class TorchvisionClassifier(nn.Module):
     def __init__(self, in_channels: Optional[int] = None, image_key: str = 'image',
                  input_size: Optional[int] = None, **builder_args: Any) -> None:
         super().__init__()
-        import torchvision
+        import torchvision  # torchvision: only when its models, transforms or files are used
         self.net = torchvision.models.get_model(self.builder, **builder_args)
         if in_channels is not None:
             adapt_first_conv(self.net, in_channels)
@@ -67,12 +67,12 @@ def builder_signature(name: str) -> inspect.Signature:
     """This adapter's arguments, then the builder's (`weights` as a name, `progress`), then the
     model class's constructor arguments that have defaults (`num_classes`, `dropout`, ...: the
     ones without, such as ResNet's `block`, are the builder's to choose)."""
-    import torchvision
+    import torchvision  # torchvision: only when its models, transforms or files are used
     builder = torchvision.models.get_model_builder(name)
     kw = inspect.Parameter.KEYWORD_ONLY
     hints = typing.get_type_hints(TorchvisionClassifier.__init__)
-    params = [p.replace(kind=kw, annotation=hints[n]) for n, p in inspect.signature(TorchvisionClassifier).parameters.items()
-              if n != 'builder_args']
+    own = inspect.signature(TorchvisionClassifier).parameters.items()
+    params = [p.replace(kind=kw, annotation=hints[n]) for n, p in own if n != 'builder_args']
     params.append(inspect.Parameter('weights', kw, default=None, annotation=Optional[str]))
     params.append(inspect.Parameter('progress', kw, default=True, annotation=bool))
     try:

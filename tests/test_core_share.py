@@ -18,9 +18,9 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import DIGITS, RUNNERS, registering
 from lightyaml.run import core_share
 from lightyaml.run.core_share import NAME, CoreShare, listed_runs
-from conftest import DIGITS, RUNNERS, registering
 from utils import MODELS, SHARE_CORES
 
 pytestmark = pytest.mark.skipif(not Path('/proc/net/unix').exists(), reason='abstract socket names are Linux')

@@ -129,7 +129,7 @@ def test_shuffles_differ_per_epoch_and_agree_across_processes(monkeypatch: pytes
     monkeypatch.setattr(torch.distributed, 'get_world_size', lambda: 2)
     orders = {}
     for rank in (0, 1):
-        monkeypatch.setattr(torch.distributed, 'get_rank', lambda: rank)
+        monkeypatch.setattr(torch.distributed, 'get_rank', lambda rank=rank: rank)
         train_loader, val_loader = data.train_dataloader(), data.val_dataloader()
         assert train_loader.sampler.seed == 7 and train_loader.sampler.rank == rank
         for epoch in (0, 1):

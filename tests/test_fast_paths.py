@@ -67,7 +67,7 @@ def test_under_ddp_set_epoch_reaches_the_distributed_sampler(monkeypatch: pytest
     images = Digits('train').tensors['image']
     covered = set()
     for rank in (0, 1):
-        monkeypatch.setattr(torch.distributed, 'get_rank', lambda: rank)
+        monkeypatch.setattr(torch.distributed, 'get_rank', lambda rank=rank: rank)
         loader = DataModule(train=TRAIN, batch_size=32).train_dataloader()
         assert isinstance(loader, BatchLoader) and isinstance(loader.sampler, DistributedSampler)
         assert len(loader) == math.ceil(len(loader.sampler) / 32)

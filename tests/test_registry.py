@@ -19,7 +19,7 @@ def test_make_builds_and_runtime_args_override_without_mutating_the_spec() -> No
     spec = {'name': 'mlp', 'args': {'in_dim': 64, 'hidden': [8], 'out_dim': 10}}
     snapshot = repr(spec)
     model = MODELS.make(spec, args={'out_dim': 3})
-    assert model(({'image': torch.zeros(2, 1, 8, 8)})).shape == (2, 3)
+    assert model({'image': torch.zeros(2, 1, 8, 8)}).shape == (2, 3)
     assert repr(spec) == snapshot
 
 

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT
-from lightyaml.run.experiment_dir import ExperimentDir
 from lightyaml.config.loading import _Loader
+from lightyaml.run.experiment_dir import ExperimentDir
 from utils import ConfigError
 
 SOURCES = sorted(p for p in ROOT.rglob('*.py') if not {'save', 'load', '.git'} & set(p.relative_to(ROOT).parts))

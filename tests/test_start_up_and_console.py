@@ -77,9 +77,9 @@ def test_the_thread_defaults_rule_by_rule() -> None:
 
 
 def test_garbage_collection_pauses_only_for_a_script_and_resumes_frozen() -> None:
-    code = ('import gc, sys; sys.path.insert(0, {root!r}); import train_pl; assert gc.isenabled(); '
+    code = (f'import gc, sys; sys.path.insert(0, {str(ROOT)!r}); import train_pl; assert gc.isenabled(); '
             'from utils import pause_gc_for_start_up, resume_gc; pause_gc_for_start_up(); assert not gc.isenabled(); '
-            'resume_gc(); print(gc.isenabled(), gc.get_freeze_count() > 10000)').format(root=str(ROOT))
+            'resume_gc(); print(gc.isenabled(), gc.get_freeze_count() > 10000)')
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert done.stdout.split() == ['True', 'True'], done.stderr[-2000:]
 

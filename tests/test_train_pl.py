@@ -19,9 +19,9 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """The README's quickstart, exactly: the default config, trained once for this module."""
     save_root = tmp_path_factory.mktemp('save')
     import train_pl
-    from lightyaml.run.results import wait_for_plots
     from lightyaml.launch.cli import parse_command_line
     from lightyaml.launch.resolve import resolve_run
+    from lightyaml.run.results import wait_for_plots
     run = resolve_run(parse_command_line('train_pl.py', '', ['--config', DIGITS, '--save-root', str(save_root)]))
     run.command = ('python', 'train_pl.py', '--config', DIGITS)   # as typed, without the test's --save-root
     metrics = train_pl.train(run)

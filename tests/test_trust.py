@@ -22,8 +22,8 @@ BOMB = 'a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n' + ''.join(
 DIGITS_TEXT = Path(DIGITS).read_text()
 # The same by `${...}` references: each key copies the one before it ten times, as a list or a string.
 REFERENCE_BOMB = 'a: [x, x, x, x, x, x, x, x, x, x]\n' + ''.join(
-    f"{b}: [{', '.join([repr('${%s}' % a)] * 10)}]\n" for a, b in zip('abcdefgh', 'bcdefghi'))
-STRING_BOMB = f"a: {'x' * 100}\n" + ''.join(f"{b}: '{('${%s}' % a) * 10}'\n" for a, b in zip('abcdefgh', 'bcdefghi'))
+    f"{b}: [{', '.join([repr('${' + a + '}')] * 10)}]\n" for a, b in zip('abcdefgh', 'bcdefghi'))
+STRING_BOMB = f"a: {'x' * 100}\n" + ''.join(f"{b}: '{('${' + a + '}') * 10}'\n" for a, b in zip('abcdefgh', 'bcdefghi'))
 
 
 def state(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -50,15 +50,15 @@ YAML_CASES = {
     'reference bomb (strings)': (f'extends: {{digits}}\n{STRING_BOMB}', ': references copy more than 100,000 values'),
     'nested 10,000 lists': ('seed: ' + '[' * 10_000 + ']' * 10_000 + '\n', 'nested more than 64 levels deep'),
     'nested 100 mappings': ('a:\n' + ''.join(' ' * i + f'k{i}:\n' for i in range(1, 100)), 'nested more than 64 levels'),
-    'recursive alias': (f'extends: {{digits}}\ncallbacks: &c [*c]\n', 'an alias refers to a value that contains it'),
+    'recursive alias': ('extends: {digits}\ncallbacks: &c [*c]\n', 'an alias refers to a value that contains it'),
     'list as a key': ('? [a, b]\n: 1\n', 'invalid YAML: a key must be a plain value, not a list'),
     'mapping as a key': ('{? {a: 1}: 2}\n', 'invalid YAML: a key must be a plain value, not a dict'),
-    'impossible date': (f'extends: {{digits}}\nseed: 2001-13-01\n', 'invalid YAML: month must be in 1..12'),
+    'impossible date': ('extends: {digits}\nseed: 2001-13-01\n', 'invalid YAML: month must be in 1..12'),
     '5,000-digit integer': (f'extends: {{digits}}\nseed: {"9" * 5000}\n', 'invalid YAML: Exceeds the limit'),
-    '!!set': (f'extends: {{digits}}\ncallbacks: !!set {{a, b}}\n', 'callbacks: a YAML !!set cannot be a config value'),
-    '!!omap': (f'extends: {{digits}}\ncallbacks: !!omap [a: 1]\n', 'callbacks.0: a YAML !!omap or !!pairs cannot be'),
+    '!!set': ('extends: {digits}\ncallbacks: !!set {a, b}\n', 'callbacks: a YAML !!set cannot be a config value'),
+    '!!omap': ('extends: {digits}\ncallbacks: !!omap [a: 1]\n', 'callbacks.0: a YAML !!omap or !!pairs cannot be'),
     'control character': ('seed: 0\x1f\n', 'invalid YAML: unacceptable character #x001f: special characters are'),
-    'two documents': (f'extends: {{digits}}\n---\nseed: 1\n', 'invalid YAML: expected a single document'),
+    'two documents': ('extends: {digits}\n---\nseed: 1\n', 'invalid YAML: expected a single document'),
     '3 MB file': ('seed: 0\n' + '#' * 3_000_000 + '\n', '3,000,009 bytes is too big for a config file'),
     'Latin-1 text': ('seed: 0 # caf\xe9\n'.encode('latin-1'), 'not UTF-8 text (byte 0xe9 at offset 13); save it as UTF-8'),
     'extends a binary file': ('extends: [{digits}, weights.bin]\n', 'a binary file, not a YAML config'),
@@ -252,8 +252,8 @@ def test_two_runs_started_at_once_with_one_name_one_is_refused(entry: str, save_
     assert [code for code, _ in results] == [0, 2], results
     assert 'Traceback' not in results[1][1]
     [line] = [line for line in results[1][1].splitlines() if line.startswith('error')]
-    assert (line.startswith(f'error: --name: {save_root / "same"} is being written by another run (pid ')
-            or line.startswith(f'error: --name: experiment folder {save_root / "same"} already exists')), line
+    assert line.startswith((f'error: --name: {save_root / "same"} is being written by another run (pid ',
+                            f'error: --name: experiment folder {save_root / "same"} already exists')), line
     log = (save_root / 'same' / 'log.txt').read_text()
     assert log.count('command: ') == 1 and log.count('epoch 2/2') == 1   # one writer, one run
     assert sorted(p.name for p in save_root.iterdir()) == ['same']

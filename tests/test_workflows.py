@@ -50,6 +50,7 @@ def test_test_evaluates_the_best_checkpoint_and_records_it(entry: str, trained: 
 
 def test_predict_on_a_dataset_spec_and_on_a_folder_of_images(trained: Path, tmp_path: Path) -> None:
     import torchvision
+
     from lightyaml.train.task import Task
     assert run_py(trained.parent, '--predict', str(trained), '--ckpt', 'last', '--out', str(tmp_path / 'spec.csv'),
                   '--data', '{name: digits, args: {split: val}}') == 0
@@ -140,6 +141,7 @@ def test_an_interrupted_sweep_continues_and_summarises_mean_and_std(tmp_path: Pa
 def test_a_sweep_with_gpus_runs_one_experiment_per_gpu_at_a_time(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
+
     import lightyaml.launch.sweep
     running, most, seen, lock = 0, 0, [], threading.Lock()
 

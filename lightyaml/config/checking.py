@@ -9,14 +9,13 @@ import os
 import re
 import types
 import typing
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Optional
 
-from lightyaml.config.loading import Config
 from lightyaml.built_specs import spec_of
+from lightyaml.config.loading import Config
 from lightyaml.errors import ConfigError, ModuleFileError, did_you_mean
-from lightyaml.registry import (DATA_MODULES, DATASETS, REGISTRIES, SCHEDULERS, TRANSFORMS, Registry,
-                                SpecMarker)
+from lightyaml.registry import DATA_MODULES, DATASETS, REGISTRIES, SCHEDULERS, TRANSFORMS, Registry, SpecMarker
 
 TOP_LEVEL_SECTIONS = ('seed', 'data_module', 'train_wrapper', 'trainer_params', 'checkpoint', 'callbacks', 'loggers')
 REQUIRED_SECTIONS = ('data_module', 'train_wrapper')
@@ -68,7 +67,9 @@ def _describe(annotation: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         literals = [repr(v) for a in args if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)]
         others = [_describe(a) for a in args if typing.get_origin(a) is not typing.Literal]
-        return (f"one of {', '.join(literals)}" + ''.join(f' or {o}' for o in others)) if literals else ' or '.join(others)
+        if not literals:
+            return ' or '.join(others)
+        return f"one of {', '.join(literals)}" + ''.join(f' or {o}' for o in others)
     if origin is typing.Literal:
         return f"one of {', '.join(repr(v) for v in args)}"
     if annotation is type(None):
@@ -266,7 +267,8 @@ def attempt(what: str | Callable[[], str], key: str, cfg: Config, fn: Callable[[
         raise
     except Exception as e:
         key = blame(e, cfg, key, outputs)
-        message = f'{what() if callable(what) else what} failed: {type(e).__name__}: {first_line(e)}{_spec_args(cfg, key)}{detail()}'
+        phase = what() if callable(what) else what
+        message = f'{phase} failed: {type(e).__name__}: {first_line(e)}{_spec_args(cfg, key)}{detail()}'
         # An override that changed something below the key is named, not the file it overrode.
         overrides = [o for k, o in cfg.origins.items() if k.startswith(f'{key}.') and o.startswith('override')]
         raise ConfigError(f'{overrides[-1] if overrides else cfg.where(key)}: {key}: {message}') from e
@@ -371,7 +373,8 @@ def check_scheduler_spec(spec: Any, key: str, cfg: Config, problems: list[str]) 
         problems.append(cfg.error(f'{key}.interval', f"expected 'epoch' or 'step', got {spec['interval']!r}"))
     if spec.get('name') == 'ReduceLROnPlateau':
         if not spec.get('monitor'):
-            problems.append(cfg.error(f'{key}.monitor', 'ReduceLROnPlateau needs the metric it watches, e.g. monitor: val/loss'))
+            problems.append(cfg.error(f'{key}.monitor',
+                                      'ReduceLROnPlateau needs the metric it watches, e.g. monitor: val/loss'))
         if spec.get('warmup'):
             problems.append(cfg.error(f'{key}.warmup', 'warmup cannot be combined with ReduceLROnPlateau'))
     warmup = spec.get('warmup')

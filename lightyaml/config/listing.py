@@ -9,10 +9,9 @@ import json
 import os
 import pkgutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
-
-from collections.abc import Sequence
 
 from lightyaml import registry as registries
 from lightyaml.errors import ConfigError, did_you_mean
@@ -39,7 +38,8 @@ def _register_aliases(package_init: Path) -> dict[str, str]:
         if not isinstance(node, ast.Assign):
             continue
         for target in node.targets:
-            pairs = (zip(target.elts, node.value.elts) if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple)
+            both_tuples = isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple)
+            pairs = (zip(target.elts, node.value.elts) if both_tuples
                      else [(target, node.value)])
             for name, value in pairs:
                 if (isinstance(name, ast.Name) and isinstance(value, ast.Attribute) and value.attr == 'register'

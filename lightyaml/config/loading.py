@@ -60,8 +60,8 @@ class _Loader(yaml.SafeLoader):
             try:
                 duplicate = key in seen
             except TypeError:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f'a key must be a plain value, not a {type(key).__name__}', key_node.start_mark)
+                problem = f'a key must be a plain value, not a {type(key).__name__}'
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark) from None
             if duplicate:
                 raise yaml.constructor.ConstructorError(
                     None, None, f'duplicate key {key!r}', key_node.start_mark)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from lightyaml.errors import ConfigError, did_you_mean
 
@@ -90,7 +90,8 @@ class _Resolver:
             else:
                 value = self.lookup(token.group(1), key)
                 if isinstance(value, (Mapping, list)):
-                    raise self.error(key, f'${{{token.group(1)}}} holds a {"mapping" if isinstance(value, Mapping) else "list"}, '
+                    kind = 'mapping' if isinstance(value, Mapping) else 'list'
+                    raise self.error(key, f'${{{token.group(1)}}} holds a {kind}, '
                                           f'which cannot go inside the string {text!r}')
                 parts.append('null' if value is None else str(value).lower() if isinstance(value, bool) else str(value))
             end = token.end()
@@ -122,7 +123,8 @@ class _Resolver:
                 raise self.error(key, f'${{{path}}}: {parent} is not a section (it holds {node!r})')
             if depth < len(parts) - 1 and isinstance(node, str) and has_references(node):
                 if here in self.stack:   # a path through a reference: follow it
-                    raise self.error(key, f"reference cycle: {' -> '.join(self.stack[self.stack.index(here):] + [here])}")
+                    cycle = [*self.stack[self.stack.index(here):], here]
+                    raise self.error(key, f"reference cycle: {' -> '.join(cycle)}")
                 node = self.resolve(node, here)
         value = self.resolve(node, path)
         self.copied += _weight(value)

@@ -1,1 +1,2 @@
-"""Launching: the command line and its plan, sweeps, Optuna searches, SLURM scripts, the console. The top of the engine: nothing in lightyaml imports it."""
+"""Launching: the command line and its plan, sweeps, Optuna searches, SLURM scripts, the console.
+The top of the engine: nothing else in lightyaml imports it."""

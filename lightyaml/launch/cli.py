@@ -13,8 +13,15 @@ from typing import Literal, Optional
 
 from lightyaml.config.listing import list_registered
 from lightyaml.config.loading import dump_with_origins, load_config
-from lightyaml.errors import (PROJECT_ROOT, ConfigError, ExportCheckError, NonFiniteLossError, NothingToDo,
-                              RunStoppedError, display_path)
+from lightyaml.errors import (
+    PROJECT_ROOT,
+    ConfigError,
+    ExportCheckError,
+    NonFiniteLossError,
+    NothingToDo,
+    RunStoppedError,
+    display_path,
+)
 from lightyaml.launch.console import quiet_console
 
 Action = Literal['answer', 'sweep', 'search', 'evaluate', 'train']
@@ -85,8 +92,8 @@ def answer(plan: Plan) -> str:
         return list_registered(args.list)
     if args.print_config:
         return dump_with_origins(load_config(config_to_print(args), args.overrides))
-    from lightyaml.run.results import plot_metrics   # matplotlib: only for --plot
-    from lightyaml.run.experiment_dir import check_output_file
+    from lightyaml.run.experiment_dir import check_output_file  # only for --plot --out
+    from lightyaml.run.results import plot_metrics  # matplotlib: only for --plot
     out = check_output_file(args.out, '--plot', Path(args.plot[0]) / 'curves.png') if args.out else None
     return f'wrote {display_path(plot_metrics([Path(p) for p in args.plot], out))}'
 
@@ -95,7 +102,8 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     """The command line both entry points share."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', help='YAML config file')
-    parser.add_argument('--name', help='experiment name: the run goes to <save-root>/<name> (default: config file stem)')
+    parser.add_argument('--name', help='experiment name: the run goes to <save-root>/<name> '
+                                       '(default: config file stem)')
     parser.add_argument('--tag', help='appended to the name as <name>_<tag>')
     parser.add_argument('--gpu', help="CUDA devices to use, e.g. '0' or '1,2' (DDP with several), or 'cpu'")
     parser.add_argument('--nodes', type=int, help='number of machines (multi-node DDP)')
@@ -121,22 +129,33 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
                              'weights); default: the EMA weights when the run validated with them')
     parser.add_argument('--data', help="with --predict: a dataset spec in YAML ('{name: digits, args: {split: test}}') "
                                        'or a folder of images (default: the test split)')
-    parser.add_argument('--out', help='where --predict, --export or --plot write (default: inside the experiment folder)')
+    parser.add_argument('--out', help='where --predict, --export or --plot write '
+                                      '(default: inside the experiment folder)')
+    _add_launch_flags(parser)
+    return parser
+
+
+def _add_launch_flags(parser: argparse.ArgumentParser) -> None:
+    """--plot, sweeps, searches, SLURM, and the flags of every command."""
     parser.add_argument('--plot', nargs='+', metavar='EXP', help="plot the curves of experiments' metrics.csv to a PNG")
     parser.add_argument('--sweep', action='append', default=[], metavar='key=v1,v2',
                         help='run one experiment per combination of values (repeat the flag for a grid)')
     parser.add_argument('--seeds', help='with a sweep: run every combination with each of these seeds, e.g. 0,1,2')
-    parser.add_argument('--search', metavar='SEARCH.yaml', help='an Optuna search: parameters, sampler, pruner, n_trials')
-    parser.add_argument('--storage', metavar='URL', help='with --search: a database shared by workers, e.g. '
-                                                         'postgresql://user@host/db (default: sqlite in the search folder)')
+    parser.add_argument('--search', metavar='SEARCH.yaml',
+                        help='an Optuna search: parameters, sampler, pruner, n_trials')
+    parser.add_argument('--storage', metavar='URL',
+                        help='with --search: a database shared by workers, e.g. postgresql://user@host/db '
+                             '(default: sqlite in the search folder)')
     parser.add_argument('--workers', type=int, help='with --search/--sweep: runs at once on this machine '
                                                     '(default: one per --gpu device, else 1)')
     parser.add_argument('--launcher', choices=['local', 'slurm'], default='local',
                         help='with --search/--sweep: slurm writes an sbatch array script instead of running')
     parser.add_argument('--submit', action='store_true', help='with --launcher slurm: also run sbatch on the script')
     parser.add_argument('--sbatch', action='append', default=[], metavar='OPTION=VALUE',
-                        help='with --launcher slurm: an #SBATCH line, e.g. --sbatch time=4:00:00 --sbatch partition=gpu')
-    parser.add_argument('--list', nargs='*', metavar='KIND', help='list registered names (all kinds, or the given ones)')
+                        help='with --launcher slurm: an #SBATCH line, '
+                             'e.g. --sbatch time=4:00:00 --sbatch partition=gpu')
+    parser.add_argument('--list', nargs='*', metavar='KIND',
+                        help='list registered names (all kinds, or the given ones)')
     parser.add_argument('--print-config', action='store_true',
                         help='print the merged config with references resolved, each key with the file or override '
                              'that set it, and exit (creates nothing)')
@@ -145,8 +164,8 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument('--debug', action='store_true', help='show tracebacks of configuration errors')
     parser.add_argument('--verbose', action='store_true',
                         help="show third-party tips and libraries' deprecation warnings (hidden by default)")
-    parser.add_argument('overrides', nargs='*', metavar='key.path=value', help='dotted config overrides, values parsed as YAML')
-    return parser
+    parser.add_argument('overrides', nargs='*', metavar='key.path=value',
+                        help='dotted config overrides, values parsed as YAML')
 
 
 def config_to_print(args: argparse.Namespace) -> Path:

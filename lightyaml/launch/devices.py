@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Callable, Optional
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 from lightyaml.errors import ConfigError
 
@@ -23,7 +23,7 @@ def select_cuda_devices(ids: Sequence[int], device_count: Optional[Callable[[], 
     return how many there are; fails clearly when this machine has fewer."""
     os.environ['CUDA_VISIBLE_DEVICES'] = ','.join(str(i) for i in ids)
     if device_count is None:
-        import torch
+        import torch  # torch: not needed by --list/--print-config
         device_count = torch.cuda.device_count
     visible = device_count()
     if visible == 0:

@@ -63,7 +63,7 @@ def _resolve(args: argparse.Namespace) -> Run:
     must be readable; a folder killed before its first checkpoint is started again in place.
     A resumed or overwritten folder is locked (global rank 0) before anything is read from it, so
     that no other run writes it meanwhile; the caller releases it (`exp.release()`) at the end."""
-    from lightyaml.run.checkpoint_files import find_checkpoint   # torch: not needed by --print-config
+    from lightyaml.run.checkpoint_files import find_checkpoint  # torch: not needed by --print-config
     ckpt = init = None
     if args.resume and args.init_from:
         raise ConfigError('--resume and --init-from: choose one (resume continues a run; --init-from starts a new '
@@ -82,7 +82,8 @@ def _resolve(args: argparse.Namespace) -> Run:
         restart = Path(args.resume).is_dir() and not (exp.ckpt_dir / 'last.ckpt').exists()
     else:
         if not args.config:
-            raise ConfigError('--config is required (or --resume an experiment folder); e.g. --config configs/digits.yaml')
+            raise ConfigError('--config is required (or --resume an experiment folder); '
+                              'e.g. --config configs/digits.yaml')
         exp = _named_folder(args)
         if rank_zero and not args.dry_run:   # a dry run creates nothing, so any name will do
             exp.check_free(args.overwrite)
@@ -138,7 +139,7 @@ def _auto_resume(args: argparse.Namespace, init: Optional[Path]) -> Run:
             exp.release()
             raise NothingToDo(f'{display_path(exp.path)} has finished (result.yaml); nothing to do')
         if (exp.ckpt_dir / 'last.ckpt').is_file():
-            from lightyaml.run.checkpoint_files import find_checkpoint   # torch: not needed by --print-config
+            from lightyaml.run.checkpoint_files import find_checkpoint  # torch: not needed by --print-config
             return Run(cfg, exp, find_checkpoint(str(exp.path), '--auto-resume'), init)
         return Run(cfg, exp, None, init, restart=True)
     except BaseException:
@@ -159,7 +160,7 @@ def resume_target(args: argparse.Namespace) -> ExperimentDir:
         return ExperimentDir(target)
     if not target.is_file():
         raise ConfigError(f'--resume {args.resume}: no such experiment folder or checkpoint file')
-    from lightyaml.run.checkpoint_files import read_checkpoint
+    from lightyaml.run.checkpoint_files import read_checkpoint  # torch: not needed by --print-config
     read_checkpoint(target, f'--resume {args.resume}')
     exp = ExperimentDir(target.resolve().parent.parent)
     if target.resolve().parent != exp.ckpt_dir or not (exp.path / 'config.yaml').is_file():
@@ -170,7 +171,7 @@ def resume_target(args: argparse.Namespace) -> ExperimentDir:
 
 def check_not_done(cfg: Config, ckpt: Path, exp: ExperimentDir) -> None:
     """Refuse to resume a run that has nothing left to do (NothingToDo: exit 0, nothing changed)."""
-    from lightyaml.run.checkpoint_files import training_done
+    from lightyaml.run.checkpoint_files import training_done  # torch: not needed by --print-config
     params = cfg.get('trainer_params') or {}
     max_epochs, max_steps = params.get('max_epochs'), params.get('max_steps', -1)
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (max_steps, max_epochs or 0)):
@@ -212,10 +213,11 @@ class Evaluation:
 def resolve_evaluation(plan: Plan) -> Evaluation:
     """For --test/--predict/--export: the experiment, its config (with overrides) and the
     checkpoint; the caller validates the config, then evaluates under `held()`."""
-    from lightyaml.run.checkpoint_files import experiment_checkpoint   # torch: not needed by --print-config
+    from lightyaml.run.checkpoint_files import experiment_checkpoint  # torch: not needed by --print-config
     args = plan.args
     check_single_run_flags(args)
-    flag, target = next((f'--{flag}', getattr(args, flag)) for flag in ('test', 'predict', 'export') if getattr(args, flag))
+    flag = next(f'--{flag}' for flag in ('test', 'predict', 'export') if getattr(args, flag))
+    target = getattr(args, flag[2:])
     exp = ExperimentDir(target)
     if not (exp.path / 'config.yaml').is_file():
         raise ConfigError(f'{flag} {target}: no config.yaml there; is it an experiment folder?')

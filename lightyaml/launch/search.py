@@ -24,15 +24,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from lightyaml.run.experiment_dir import atomic_write, check_experiment_name
-from lightyaml.run.trackers import GROUP_ENV
 from lightyaml.config.loading import Config, config_differences, dump_yaml, load_config, parse_yaml
-from lightyaml.launch.search_space import (HEARTBEAT_SECONDS, SearchSpec, make_pruner, make_sampler, open_storage, read_search,
-                                  retry)
+from lightyaml.errors import PROJECT_ROOT, ConfigError
 from lightyaml.launch.cli import Plan
+from lightyaml.launch.search_space import (
+    HEARTBEAT_SECONDS,
+    SearchSpec,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    read_search,
+    retry,
+)
 from lightyaml.launch.sweep import run_value, worker_slots
 from lightyaml.launch.trial import PRUNED_FILE, trial_environment
-from lightyaml.errors import PROJECT_ROOT, ConfigError
+from lightyaml.run.experiment_dir import atomic_write, check_experiment_name
+from lightyaml.run.trackers import GROUP_ENV
 
 
 @dataclasses.dataclass
@@ -95,7 +102,7 @@ def plan_search(plan: Plan) -> PlannedSearch:
 
 def _write_slurm_script(plan: Plan, folder: Path, url: str, tasks: int) -> int:
     """--launcher slurm: an array of `tasks` workers of this search, sharing its storage."""
-    from lightyaml.launch.slurm import write_array_script   # sbatch and friends: SLURM only
+    from lightyaml.launch.slurm import write_array_script  # sbatch and friends: SLURM only
     args = plan.args
     task = [str(PROJECT_ROOT / plan.script), *_own_flags(plan.argv), '--storage', url, '--workers', '1',
             *(['--gpu', '0'] if args.gpu and args.gpu != 'cpu' else [])]
@@ -120,7 +127,7 @@ def _own_flags(argv: Sequence[str]) -> list[str]:
 
 
 def _without_password(url: str) -> str:
-    import re
+    import re  # only for a storage URL
     return re.sub(r'(://[^:/@]+):[^@]*@', r'\1:***@', url)
 
 
@@ -128,7 +135,7 @@ def open_study(spec: SearchSpec, cfg: Config, url: str, name: str, shared: bool)
     """Create the study, or load it if it exists and searches the same config and space (else a
     ConfigError: a search is never continued with other settings). With a shared database each
     process seeds its sampler differently, so that processes do not propose the same points."""
-    import optuna
+    import optuna  # optional: only for --search
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings('ignore', category=optuna.exceptions.ExperimentalWarning)   # heartbeats: stable since 2.9
     warnings.filterwarnings('ignore', message='Heartbeat of storage is supposed to be used with Study.optimize')
@@ -157,7 +164,7 @@ def open_study(spec: SearchSpec, cfg: Config, url: str, name: str, shared: bool)
 
 def _plain(data: Any) -> Any:
     """JSON-ready (study attributes are stored as JSON): the config after a YAML round trip."""
-    import yaml
+    import yaml  # only for a study's attributes
     return yaml.safe_load(dump_yaml(data))
 
 
@@ -175,8 +182,8 @@ def counted_trials(trials: Sequence[Any]) -> list[Any]:
 def fail_dead_trials(search: Search) -> None:
     """Fail and retry the RUNNING trials whose worker is gone: on this machine, a worker process
     that no longer exists; elsewhere, one whose heartbeat stopped (Optuna's fail_stale_trials)."""
-    import optuna
-    from optuna.exceptions import UpdateFinishedTrialError
+    import optuna  # optional: only for --search
+    from optuna.exceptions import UpdateFinishedTrialError  # optional: only for --search
     optuna.storages.fail_stale_trials(search.study)
     for trial in search.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         pid = trial.user_attrs.get('pid')
@@ -206,12 +213,14 @@ def _alive(pid: Optional[int]) -> bool:
 def _run_workers(search: Search, slots: list[tuple[list[str], dict[str, str]]]) -> int:
     """One thread per slot asks for trials until the study has enough; SIGINT or SIGTERM stops
     the trials running (they are failed and retried when the search is run again)."""
-    import concurrent.futures
-    from lightyaml.launch.search_report import write_report
+    import concurrent.futures  # only for a search's workers
+
+    from lightyaml.launch.search_report import write_report  # optuna and matplotlib: only at a search's end
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, interrupt) if threading.current_thread() is threading.main_thread() else None
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, interrupt) if in_main_thread else None
     pool = concurrent.futures.ThreadPoolExecutor(len(slots))
     status = 0
     try:
@@ -227,7 +236,7 @@ def _run_workers(search: Search, slots: list[tuple[list[str], dict[str, str]]]) 
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     print(write_report(search.study, search.folder, search.spec))
-    import optuna
+    import optuna  # optional: only for --search
     if status == 0 and not search.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         status = 1
     return status
@@ -235,7 +244,7 @@ def _run_workers(search: Search, slots: list[tuple[list[str], dict[str, str]]]) 
 
 def _worker(search: Search, slot: tuple[list[str], dict[str, str]]) -> None:
     """Ask the study for trials and run them, until n_trials count or the search is stopped."""
-    import optuna
+    import optuna  # optional: only for --search
     while not search.stop.is_set():
         fail_dead_trials(search)
         if len(counted_trials(search.study.get_trials(deepcopy=False))) >= search.spec.n_trials:
@@ -256,7 +265,7 @@ def _worker(search: Search, slot: tuple[list[str], dict[str, str]]) -> None:
 def _run_trial(search: Search, trial: Any, slot: tuple[list[str], dict[str, str]]) -> None:
     """Run one trial's process, beating the heartbeat while it runs, and tell the study how it
     ended: COMPLETE with its value, PRUNED, or FAIL (with the last line it printed)."""
-    import optuna
+    import optuna  # optional: only for --search
     state = optuna.trial.TrialState
     values = search.spec.suggest(trial)
     name = trial.user_attrs.get('folder') or f'trial-{trial.number:03d}'   # a retry continues its folder

@@ -81,7 +81,7 @@ def plot_history(trials: list, spec: SearchSpec, path: Path) -> None:
 def plot_importance(study: Any, short: dict[str, str], path: Path) -> None:
     """Optuna's importance of each parameter (its default evaluator, over the completed trials),
     as bars; a note instead while fewer than three trials have completed."""
-    import optuna
+    import optuna  # optional: only for --search
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 0.8 + 0.5 * max(len(short), 2)))
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -103,7 +103,7 @@ def plot_importance(study: Any, short: dict[str, str], path: Path) -> None:
 
 
 def _pyplot() -> Any:
-    import matplotlib
+    import matplotlib  # matplotlib: only when a picture is drawn
     matplotlib.use('Agg')   # files only, no display
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: only when a picture is drawn
     return plt

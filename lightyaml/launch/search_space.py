@@ -187,7 +187,7 @@ def _read_choice(spec: Any, key: str, known: Mapping[str, str], where: Config, p
         return {'name': None, 'args': {}}
     args = dict(spec.get('args') or {})
     if spec['name'] != 'grid':   # GridSampler's search space comes from params
-        import optuna
+        import optuna  # optional: only for --search
         module = optuna.samplers if key == 'sampler' else optuna.pruners
         check_kwargs(getattr(module, known[spec['name']]), args, f'{key}.args', where, problems, known[spec['name']])
     return {'name': spec['name'], 'args': args}
@@ -195,7 +195,7 @@ def _read_choice(spec: Any, key: str, known: Mapping[str, str], where: Config, p
 
 def make_sampler(spec: SearchSpec, seed_offset: int = 0) -> Any:
     """The Optuna sampler; a grid sampler's points are the int and choice params' values."""
-    import optuna
+    import optuna  # optional: only for --search
     args = dict(spec.sampler['args'])
     if args.get('seed') is not None:
         args['seed'] += seed_offset
@@ -206,7 +206,7 @@ def make_sampler(spec: SearchSpec, seed_offset: int = 0) -> Any:
 
 
 def _grid_sampler_class() -> Any:
-    import optuna
+    import optuna  # optional: only for --search
 
     class GridSampler(optuna.samplers.GridSampler):
         """Optuna's grid, less its `study.stop()` once every point has run: that works only inside
@@ -223,7 +223,7 @@ def _GridSampler(*args: Any, **kwargs: Any) -> Any:
 
 def make_pruner(pruner: Mapping) -> Any:
     """The Optuna pruner of a `{name, args}` spec (the trial process makes the same one)."""
-    import optuna
+    import optuna  # optional: only for --search
     return getattr(optuna.pruners, PRUNERS[pruner['name']])(**(pruner.get('args') or {}))
 
 
@@ -232,9 +232,9 @@ def open_storage(url: str, heartbeat: bool = False) -> Any:
     SQLite waits up to a minute for a lock instead of failing at once, as several processes
     (workers and their trials) write to one file. With `heartbeat`, a trial whose worker stopped
     beating for 2 minutes is failed and retried (workers on other machines)."""
-    import importlib.util
+    import importlib.util  # only to tell whether a driver is installed
 
-    import optuna
+    import optuna  # optional: only for --search
     if url.startswith(('postgresql://', 'postgres://')) and importlib.util.find_spec('psycopg') is None:
         url = 'postgresql+psycopg2://' + url.split('://', 1)[1]   # SQLAlchemy 2.1 assumes psycopg 3
     engine_kwargs = {'connect_args': {'timeout': 60}} if url.startswith('sqlite') else {}
@@ -252,5 +252,5 @@ MAX_RETRIES = 2   # a trial whose worker died is run again at most this often
 def retry(study: Any, trial: Any) -> None:
     """Queue a failed trial again with its parameters, folder and reported values (its process
     continues the folder from its last checkpoint)."""
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback  # optional: only for --search
     RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES, inherit_intermediate_values=True)(study, trial)

@@ -18,8 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightyaml.run.trackers import GROUP_ENV
 from lightyaml.errors import PROJECT_ROOT, ConfigError, display_path
+from lightyaml.run.trackers import GROUP_ENV
 
 
 def array_script(name: str, folder: Path, commands: Sequence[Sequence[str]], sbatch_options: Sequence[str],
@@ -36,7 +36,8 @@ def array_script(name: str, folder: Path, commands: Sequence[Sequence[str]], sba
         f'# Submit: sbatch {folder}/slurm.sh   Run one task here: SLURM_ARRAY_TASK_ID=0 bash {folder}/slurm.sh',
         'set -u',
         f'cd {shlex.quote(str(PROJECT_ROOT))}',
-        f'export {GROUP_ENV}={shlex.quote(name.rsplit("-", 1)[0])}   # the runs\' group (W&B) or experiment (MLflow) in trackers',
+        f'export {GROUP_ENV}={shlex.quote(name.rsplit("-", 1)[0])}'
+        '   # the runs\' group (W&B) or experiment (MLflow) in trackers',
         'task=${SLURM_ARRAY_TASK_ID:-0}',
         'case "$task" in',
         *cases,

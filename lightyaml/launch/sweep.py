@@ -20,13 +20,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Optional
 
-from lightyaml.run.experiment_dir import atomic_write, check_experiment_name
-from lightyaml.run.trackers import GROUP_ENV
-from lightyaml.launch.cli import Plan
-from lightyaml.launch.devices import parse_gpu_flag
 from lightyaml.config.loading import Config, config_differences, dump_yaml, load_config, parse_yaml
 from lightyaml.errors import PROJECT_ROOT, ConfigError, display_path
+from lightyaml.launch.cli import Plan
+from lightyaml.launch.devices import parse_gpu_flag
 from lightyaml.process import SHARE_CORES
+from lightyaml.run.experiment_dir import atomic_write, check_experiment_name
+from lightyaml.run.trackers import GROUP_ENV
 
 
 def sweep_grid(sweeps: Sequence[str], seeds: Optional[str]) -> list[list[str]]:
@@ -143,7 +143,7 @@ class Sweep:
                     for name, combo in zip(self.names, self.grid)]
         sweep_dir = save_root / f'{self.base}-sweep'
         if args.launcher == 'slurm':
-            from lightyaml.launch.slurm import write_array_script   # shutil.which('sbatch') and friends: SLURM only
+            from lightyaml.launch.slurm import write_array_script  # shutil.which('sbatch') and friends: SLURM only
             return write_array_script(sweep_dir, [c[1:] for c in commands], args)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(sweep_dir / 'sweep.yaml', dump_yaml({'command': ' '.join(self.plan.command),
@@ -189,7 +189,7 @@ def summarize_sweep(save_root: Path, names: Sequence[str], grid: Sequence[Sequen
                     cfg: Mapping, out: Path) -> str:
     """summary.csv and summary.md: the monitored metric (best value of each run) per combination,
     mean ± std over seeds, and the folders summarised. Returns the markdown."""
-    import statistics
+    import statistics  # only for a sweep's summary
     monitor = (cfg.get('checkpoint') or {}).get('monitor') or 'val/loss'
     groups: dict[tuple, list[tuple[str, Optional[float]]]] = {}
     for name, combo in zip(names, grid):

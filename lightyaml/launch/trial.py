@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Mapping
+from typing import Any, Optional
 
-from lightyaml.run.experiment_dir import ExperimentDir, atomic_write
 from lightyaml.config.loading import dump_yaml
+from lightyaml.run.experiment_dir import ExperimentDir, atomic_write
 
 TRIAL_ENV = 'LIGHTYAML_TRIAL'
 PRUNED_FILE = 'pruned.yaml'   # in a trial's folder: the pruner stopped it (read by the search)
@@ -42,9 +42,9 @@ def validation_hook(exp: ExperimentDir) -> Optional[ValidationHook]:
         if value is None or not math.isfinite(float(value)):
             return False
         if trial is None:   # connect at the first report: only rank 0 ever does
-            import optuna
+            import optuna  # optional: only for --search
 
-            from lightyaml.launch.search_space import make_pruner, open_storage
+            from lightyaml.launch.search_space import make_pruner, open_storage  # optuna: only inside a search trial
             study = optuna.load_study(study_name=spec['study'], storage=open_storage(spec['storage']),
                                       sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(spec['pruner']))
             trial = optuna.trial.Trial(study, spec['trial_id'])

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.nn.parameter import is_lazy
 
-from lightyaml.run.experiment_dir import ExperimentDir
 from lightyaml.config.loading import parse_yaml
 from lightyaml.errors import ConfigError, display_path
+from lightyaml.run.experiment_dir import ExperimentDir
 
 
 def rng_state() -> dict[str, Any]:
@@ -140,7 +140,8 @@ def seed_everything(seed: int) -> None:
 
 
 def experiment_checkpoint(exp: ExperimentDir, which: str) -> Path:
-    """For --test/--predict --ckpt: `last`, `best` (the best monitored checkpoint, else the last) or a path to a .ckpt."""
+    """For --test/--predict --ckpt: `last`, `best` (the best monitored checkpoint, else the last) or
+    a path to a .ckpt."""
     if which not in ('best', 'last'):
         return find_checkpoint(which, '--ckpt')
     last = exp.ckpt_dir / 'last.ckpt'

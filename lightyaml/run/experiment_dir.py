@@ -16,11 +16,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Optional
 
-from lightyaml.run.folder_lock import FolderBusy, is_locked, lock_folder, unlock_folder
 from lightyaml.config.loading import dump_yaml, parse_yaml
 from lightyaml.config.references import escape_references
 from lightyaml.errors import PROJECT_ROOT, ConfigError, NonFiniteLossError, display_path
 from lightyaml.process import global_rank_from_env
+from lightyaml.run.folder_lock import FolderBusy, is_locked, lock_folder, unlock_folder
 
 _NAME_RULE = 'letters, digits, and . _ - = (no path separators, no "..")'
 # A folder name may have 255 bytes; `<name>.old-YYYYmmdd-HHMMSS` (--overwrite) must fit too.
@@ -108,7 +108,7 @@ class ExperimentDir:
                            f'wait for it to end, or choose another --name')
 
     @classmethod
-    def for_name(cls, save_root: str | os.PathLike, name: str) -> 'ExperimentDir':
+    def for_name(cls, save_root: str | os.PathLike, name: str) -> ExperimentDir:
         """The folder for a validated experiment name under `save_root`."""
         check_experiment_name(name)
         return cls(Path(save_root) / name)
@@ -223,7 +223,7 @@ class ExperimentDir:
         headed by every command that ran it (as comments, so the file still loads as a config)."""
         path = self.path / 'config.yaml'
         old = path.read_text().splitlines() if path.exists() else []
-        header = [line for line in itertools.takewhile(lambda line: line.startswith('#'), old)]
+        header = list(itertools.takewhile(lambda line: line.startswith('#'), old))
         header.append(f'# {datetime.datetime.now().isoformat(timespec="seconds")}: {" ".join(command)}')
         atomic_write(path, '\n'.join(header) + '\n' + dump_yaml(escape_references(dict(config))))
 

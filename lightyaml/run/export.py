@@ -14,18 +14,18 @@ optional (requirements-optional.txt), imported only for `--format onnx`.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from lightyaml.run.experiment_dir import ExperimentDir
 from lightyaml.config.checking import build
 from lightyaml.config.loading import Config
 from lightyaml.errors import ConfigError, ExportCheckError, display_path
 from lightyaml.registry import DATA_MODULES
+from lightyaml.run.experiment_dir import ExperimentDir
 
 FORMATS = {'onnx': 'model.onnx', 'torchscript': 'model.torchscript.pt', 'pt2': 'model.pt2'}
 TOLERANCE = 1e-4
@@ -47,7 +47,7 @@ class TensorInput(nn.Module):
 def _onnx(module: nn.Module, example: torch.Tensor, path: Path) -> Runner:
     try:
         import onnx  # noqa: F401 - the exporter needs all three
-        import onnxruntime
+        import onnxruntime  # optional: only for --export --format onnx
         import onnxscript  # noqa: F401
     except ImportError as e:
         raise ConfigError(f'--format onnx needs {e.name}, which is not installed: '
@@ -94,10 +94,12 @@ def export_model(model: nn.Module, batch: Mapping[str, Any], fmt: str, path: Pat
     return diff, [len(x) for x in inputs]
 
 
-def export_experiment(exp: ExperimentDir, cfg: Config, ckpt: Path, model: nn.Module, fmt: str,
-                      out: Optional[str], ema: bool) -> Path:
-    """--export: `model` (loaded from `ckpt`) traced on the first val (else test) batch, written to
-    <exp>/export/ (or `out`), checked against PyTorch; the result is printed and logged."""
+def export_experiment(exp: ExperimentDir, cfg: Config, model: nn.Module, weights: tuple[Path, bool], fmt: str,
+                      out: Optional[str]) -> Path:
+    """--export: `model` (loaded from `weights`: the checkpoint, and whether its EMA weights) traced
+    on the first val (else test) batch, written to <exp>/export/ (or `out`), checked against
+    PyTorch; the result is printed and logged."""
+    ckpt, ema = weights
     data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
     loader = build('the data loaders', 'data_module', cfg, lambda: data.val_dataloader() or data.test_dataloader())
     if loader is None:

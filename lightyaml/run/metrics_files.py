@@ -113,7 +113,7 @@ class MetricsWriter:
     def tensorboard(self) -> Any:
         """The tensorboardX SummaryWriter of tb/ (made on first use): add_image, add_figure, ..."""
         if self._tb is None:
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # tensorboardX: only once the folder is written
             self._tb = SummaryWriter(str(self.tb_dir))
         return self._tb
 
@@ -133,7 +133,7 @@ def model_summary(module: Any) -> str:
     """Parameter counts per top-level submodule and in total, for the head of log.txt. Lazy
     parameters not yet initialized (no shape, normally materialized before this) are counted
     apart, and buffers are not parameters: a model with none says `parameters: 0 total`."""
-    from torch.nn.parameter import is_lazy
+    from torch.nn.parameter import is_lazy  # torch: not needed by --list/--print-config
 
     def count(m: Any) -> int:
         return sum(p.numel() for p in m.parameters() if not is_lazy(p))

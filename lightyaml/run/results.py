@@ -16,12 +16,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from lightyaml.run.experiment_dir import ExperimentDir, atomic_write
-from lightyaml.run.metrics_files import split_metric_key
 from lightyaml.config.checking import check_spec
 from lightyaml.config.loading import Config, dump_yaml, parse_yaml
 from lightyaml.errors import PROJECT_ROOT, ConfigError, display_path
 from lightyaml.registry import DATASETS
+from lightyaml.run.experiment_dir import ExperimentDir, atomic_write
+from lightyaml.run.metrics_files import split_metric_key
 
 _plotters: list[subprocess.Popen] = []   # this process's background curves.png drawers
 
@@ -43,7 +43,8 @@ def record_test(exp: ExperimentDir, ckpt: Path, metrics: Mapping[str, float], em
     weights) and a line in log.txt."""
     values = {k: float(v) for k, v in sorted(metrics.items())}
     name = f'{ckpt.name} (ema)' if ema else ckpt.name
-    line = f"test ({f'{ckpt.name}, EMA weights' if ema else ckpt.name}): " + '  '.join(f'{k} {v:.4f}' for k, v in values.items())
+    which = f'{ckpt.name}, EMA weights' if ema else ckpt.name
+    line = f'test ({which}): ' + '  '.join(f'{k} {v:.4f}' for k, v in values.items())
     print(line)
     exp.log(line)
     path = exp.path / 'test.yaml'
@@ -160,10 +161,10 @@ def plot_metrics(experiments: Sequence[Path], out: Optional[str | os.PathLike] =
 
 def render_curves(curves: Sequence[tuple[str, dict[str, dict[str, list[tuple[int, float]]]]]]) -> bytes:
     """The PNG of `plot_metrics` for [(experiment name, its read_curves()), ...]."""
-    import matplotlib
+    import matplotlib  # matplotlib: only when a picture is drawn
     matplotlib.use('Agg')   # files only, no display
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    import matplotlib.pyplot as plt  # matplotlib: only when a picture is drawn
+    from matplotlib.ticker import MaxNLocator  # matplotlib: only when a picture is drawn
     metrics = sorted({m for _, c in curves for m in c}, key=lambda m: (m != 'loss', m))
     fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.5 * max(len(metrics), 1), 3.4), squeeze=False)
     styles = {'train': dict(linestyle='--'), 'val': dict(linestyle='-'), 'test': dict(marker='o', linestyle='')}
@@ -191,8 +192,8 @@ def draw_curves_in_background(exp: Path) -> subprocess.Popen:
     folder is moved (--overwrite) before it is done."""
     folder = os.open(exp, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
     try:
-        code = (f'import sys; sys.path.insert(0, {str(PROJECT_ROOT)!r}); from lightyaml.run.results import _draw_curves; '
-                f'_draw_curves({folder}, {Path(exp).name!r})')
+        code = (f'import sys; sys.path.insert(0, {str(PROJECT_ROOT)!r}); '
+                f'from lightyaml.run.results import _draw_curves; _draw_curves({folder}, {Path(exp).name!r})')
         plotter = subprocess.Popen([sys.executable, '-c', code], pass_fds=(folder,), start_new_session=True,
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finally:
@@ -206,7 +207,7 @@ def _draw_curves(folder: int, name: str) -> None:
     output goes nowhere (the run may be over), so a failure is noted in log.txt."""
     try:
         _write_curves(folder, name)
-    except Exception as e:   # noqa: BLE001 (any failure of a picture must not go unnoticed)
+    except Exception as e:   # (any failure of a picture must not go unnoticed)
         with os.fdopen(os.open('log.txt', os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644, dir_fd=folder), 'a') as f:
             f.write(f'curves.png not drawn: {type(e).__name__}: {e}\n')
 

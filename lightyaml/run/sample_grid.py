@@ -19,9 +19,9 @@ def label_of(pred: torch.Tensor) -> list[str]:
 
 def prediction_figure(images: torch.Tensor, pred: torch.Tensor, target: torch.Tensor) -> Any:
     """A matplotlib figure: each image titled 'predicted / true', green when they agree."""
-    import matplotlib
+    import matplotlib  # matplotlib: only when a picture is drawn
     matplotlib.use('Agg')   # files only, no display
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: only when a picture is drawn
     n = len(images)
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
@@ -46,7 +46,7 @@ def write_prediction_grid(exp_dir: Path, tensorboard: Optional[Any], epoch: int,
                           samples: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Path:
     """Save the grid of `samples` (images, predictions, targets) as samples/val_epoch_NNN.png
     (`epoch` counts from 1, as log.txt does) and, given a SummaryWriter, as the image val/samples."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: only when a picture is drawn
     fig = prediction_figure(*samples)
     path = Path(exp_dir) / 'samples' / f'val_epoch_{epoch:03d}.png'
     path.parent.mkdir(exist_ok=True)

@@ -34,7 +34,7 @@ def stop_message(error: Exception, exp: ExperimentDir, cfg: Config) -> str:
     else:
         key = blame(error, cfg, '')
         cause = f"{f'{key}: ' if key else ''}{type(error).__name__}: {first_line(error)}"
-    from lightyaml.run.checkpoint_files import read_checkpoint   # torch: only once a run stopped
+    from lightyaml.run.checkpoint_files import read_checkpoint  # torch: only once a run stopped
     last = exp.ckpt_dir / 'last.ckpt'
     if last.is_file():
         epoch = read_checkpoint(last, str(last)).get('epoch', -1) + 1

@@ -12,12 +12,12 @@ import inspect
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional
 
-from lightyaml.run.experiment_dir import ExperimentDir, atomic_write
 from lightyaml.config.loading import dump_yaml, parse_yaml
 from lightyaml.errors import display_path
+from lightyaml.run.experiment_dir import ExperimentDir, atomic_write
 
 # Set by a sweep (lightyaml/launch/sweep.py) for each of its runs: the trackers' group / experiment name.
 GROUP_ENV = 'LIGHTYAML_GROUP'
@@ -57,7 +57,8 @@ def tracker_args(name: str, args: Mapping, accepted: Sequence[str], exp: Experim
         default('project', os.environ.get('WANDB_PROJECT') or DEFAULT_PROJECT)
         if group and 'group' not in args:
             args['group'] = group   # Lightning's WandbLogger passes it on to wandb.init
-        if not (args.get('offline') or 'mode' in args or os.environ.get('WANDB_MODE') or os.environ.get('WANDB_API_KEY')):
+        if not (args.get('offline') or 'mode' in args or os.environ.get('WANDB_MODE')
+                or os.environ.get('WANDB_API_KEY')):
             # wandb.init's own `mode` (Lightning's `offline: true` only sets WANDB_MODE, which a
             # second run in the same process would not read)
             args['mode'] = 'offline'
@@ -83,7 +84,8 @@ def record_run(exp: ExperimentDir, key: str, entry: Mapping) -> None:
 
 def init_parameters(cls: type) -> list[str]:
     """The keyword arguments a class's constructor names."""
-    return [n for n, p in inspect.signature(cls).parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    parameters = inspect.signature(cls).parameters.items()
+    return [n for n, p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 class TrackerGuard:
@@ -118,15 +120,15 @@ class TrackedRun:
     run begins, its run id kept in trackers.yaml, every call guarded.
 
     Args:
-        key: the entry's key path, e.g. `loggers.0`; name, args: its spec; cls: the class to build.
+        key: the entry's key path, e.g. `loggers.0`; spec: its `{name, args}`; cls: the class to build.
         exp: the experiment folder; config: the merged config; resume: this session continues a run.
     """
 
-    def __init__(self, key: str, name: str, args: Mapping, cls: type, exp: ExperimentDir, config: Mapping,
+    def __init__(self, key: str, spec: Mapping, cls: type, exp: ExperimentDir, config: Mapping,
                  resume: bool) -> None:
-        self.key, self.name, self.exp = key, name, exp
-        self._args, self._cls, self._config, self._resume = dict(args), cls, dict(config), resume
-        self.guard = TrackerGuard(f'{key} ({name})', exp)
+        self.key, self.name, self.exp = key, spec['name'], exp
+        self._args, self._cls, self._config, self._resume = dict(spec.get('args') or {}), cls, dict(config), resume
+        self.guard = TrackerGuard(f'{key} ({self.name})', exp)
         self.logger: Any = None
 
     def started(self) -> Any:
@@ -186,8 +188,8 @@ class TrackedRuns(list):
 def make_tracked_runs(specs: Sequence[Mapping], classes: Callable[[str], type], exp: ExperimentDir,
                       config: Mapping, resume: bool) -> TrackedRuns:
     """A TrackedRun per entry of `loggers`; `classes` gives the class of a name."""
-    return TrackedRuns(TrackedRun(f'loggers.{i}', spec['name'], spec.get('args') or {}, classes(spec['name']), exp,
-                                  config, resume) for i, spec in enumerate(specs))
+    return TrackedRuns(TrackedRun(f'loggers.{i}', spec, classes(spec['name']), exp, config, resume)
+                       for i, spec in enumerate(specs))
 
 
 # ------------------------------------------------------------- train.py's trackers, without Lightning
@@ -224,25 +226,27 @@ class MLFlowLogger(Tracker):
                  tracking_uri: Optional[str] = None, tags: Optional[dict[str, Any]] = None,
                  save_dir: Optional[str] = './mlruns', prefix: str = '', artifact_location: Optional[str] = None,
                  run_id: Optional[str] = None) -> None:
-        from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient  # optional: only with an MLflow logger
         self.client = MlflowClient(tracking_uri or f'file:{save_dir}')
         if run_id is None:
             experiment = self.client.get_experiment_by_name(experiment_name)
-            experiment_id = (experiment.experiment_id if experiment is not None and experiment.lifecycle_stage != 'deleted'
-                             else self.client.create_experiment(experiment_name, artifact_location=artifact_location))
+            if experiment is not None and experiment.lifecycle_stage != 'deleted':
+                experiment_id = experiment.experiment_id
+            else:
+                experiment_id = self.client.create_experiment(experiment_name, artifact_location=artifact_location)
             run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
         else:
             self.client.get_run(run_id)   # a run that is gone fails here, once
         self.run_id, self.prefix = run_id, prefix
 
     def log_hyperparams(self, params: Mapping) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # optional: only with an MLflow logger
         items = [Param(k, str(v)[:250]) for k, v in flatten(params).items()]
         for i in range(0, len(items), 100):   # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # optional: only with an MLflow logger
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(self.prefix + k, float(v), now, step)
                                                     for k, v in metrics.items()])
@@ -259,7 +263,7 @@ class WandbLogger(Tracker):
                  offline: bool = False, id: Optional[str] = None, project: Optional[str] = None,
                  prefix: str = '', group: Optional[str] = None, tags: Optional[list[str]] = None,
                  entity: Optional[str] = None, notes: Optional[str] = None, mode: Optional[str] = None) -> None:
-        import wandb
+        import wandb  # optional: only with a W&B logger
         self.run = wandb.init(name=name, project=project, dir=save_dir, id=version or id, resume='allow',
                               group=group, tags=tags, entity=entity, notes=notes,
                               mode='offline' if offline else mode)

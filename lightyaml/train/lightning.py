@@ -18,9 +18,9 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytorch_lightning as pl
 from lightning_fabric.plugins import TorchCheckpointIO

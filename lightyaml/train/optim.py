@@ -10,7 +10,6 @@ from typing import Any, Optional
 import torch
 
 from lightyaml.errors import ConfigError, did_you_mean
-
 from lightyaml.registry import OPTIMIZERS, SCHEDULERS
 
 

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from lightyaml.run.checkpoint_files import rng_state, set_rng_state
+from lightyaml.built_specs import copy_specs, spec_of
 from lightyaml.config.checking import attempt
 from lightyaml.config.loading import Config
-from lightyaml.train.optim import step_scheduler
-from lightyaml.built_specs import copy_specs, spec_of
 from lightyaml.errors import ConfigError, did_you_mean
+from lightyaml.run.checkpoint_files import rng_state, set_rng_state
+from lightyaml.train.optim import step_scheduler
 
 # Values of the loop's arguments that both entry points refuse alike (train.py runs the loop
 # itself, so it must refuse what Lightning refuses, with the same words): key -> (rule, wanted).
@@ -135,7 +135,7 @@ def copy_module(module: nn.Module) -> nn.Module:
 def first_batch(loader: Any) -> Any:
     """The first batch of a loader. A DataLoader with workers is read through a twin without
     them, so that no worker pool is started (and no random seed drawn) for it."""
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader  # torch: not needed by --list/--print-config
     if isinstance(loader, DataLoader) and loader.num_workers > 0:
         loader = DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=loader.sampler,
                             collate_fn=loader.collate_fn, drop_last=loader.drop_last)

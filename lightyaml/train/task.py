@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from lightyaml.train.optim import make_optimizer, make_scheduler
 from lightyaml.errors import ConfigError, NonFiniteLossError
-from lightyaml.registry import LOSSES, METRICS, MODELS, Spec
+from lightyaml.registry import LOSSES, METRICS, MODELS, LossSpec, MetricSpec, ModelSpec, OptimizerSpec, SchedulerSpec
+from lightyaml.train.optim import make_optimizer, make_scheduler
 
 STAGES = ('train', 'val', 'test')
 
@@ -121,9 +121,9 @@ class Task(nn.Module):
             their predicted and true labels: samples/val_epoch_NNN.png and `val/samples` in tb/.
     """
 
-    def __init__(self, model_spec: Spec['models'], loss_spec: Spec['losses'], optim_spec: Spec['optimizers'],
-                 scheduler_spec: Optional[Spec['schedulers']] = None,
-                 metrics: Optional[dict[str, Spec['metrics']]] = None, target_key: str = 'label',
+    def __init__(self, model_spec: ModelSpec, loss_spec: LossSpec, optim_spec: OptimizerSpec,
+                 scheduler_spec: Optional[SchedulerSpec] = None,
+                 metrics: Optional[dict[str, MetricSpec]] = None, target_key: str = 'label',
                  train_metrics: bool = False, channels_last: bool = False, compile: bool = False,
                  log_samples: int = 0) -> None:
         super().__init__()

@@ -11,7 +11,7 @@ from lightyaml.run.sample_grid import write_prediction_grid
 from lightyaml.train.optim import monitored_value, step_scheduler
 from lightyaml.train.task import Task, val_stages
 from models.wrappers import WrapperModule, register
-from utils import Spec
+from utils import LossSpec, MetricSpec, ModelSpec, OptimizerSpec, SchedulerSpec
 
 
 @register('base')
@@ -24,9 +24,9 @@ class BaseWrapper(Task, WrapperModule):
     step. `save_hyperparameters` lets `BaseWrapper.load_from_checkpoint(path)` rebuild it alone.
     """
 
-    def __init__(self, model_spec: Spec['models'], loss_spec: Spec['losses'], optim_spec: Spec['optimizers'],
-                 scheduler_spec: Optional[Spec['schedulers']] = None,
-                 metrics: Optional[dict[str, Spec['metrics']]] = None, target_key: str = 'label',
+    def __init__(self, model_spec: ModelSpec, loss_spec: LossSpec, optim_spec: OptimizerSpec,
+                 scheduler_spec: Optional[SchedulerSpec] = None,
+                 metrics: Optional[dict[str, MetricSpec]] = None, target_key: str = 'label',
                  train_metrics: bool = False, channels_last: bool = False, compile: bool = False,
                  log_samples: int = 0) -> None:
         super().__init__(model_spec=model_spec, loss_spec=loss_spec, optim_spec=optim_spec,

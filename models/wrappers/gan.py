@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from lightyaml.train.optim import make_optimizer, make_scheduler, step_schedulers
 from lightyaml.train.task import STAGES, FiniteLossGuard, RunningMeans
 from models.wrappers import WrapperModule, register
-from utils import MODELS, ConfigError, Spec
+from utils import MODELS, ConfigError, ModelSpec, OptimizerSpec, SchedulerSpec
 
 
 @register('gan')
@@ -43,10 +43,10 @@ class GANWrapper(WrapperModule):
         sample_zoom: each sample is enlarged this many times (nearest pixel) so 8x8 digits can be seen.
     """
 
-    def __init__(self, generator_spec: Spec['models'], discriminator_spec: Spec['models'],
-                 g_optim_spec: Spec['optimizers'], d_optim_spec: Spec['optimizers'],
-                 g_scheduler_spec: Optional[Spec['schedulers']] = None,
-                 d_scheduler_spec: Optional[Spec['schedulers']] = None, image_key: str = 'image',
+    def __init__(self, generator_spec: ModelSpec, discriminator_spec: ModelSpec,
+                 g_optim_spec: OptimizerSpec, d_optim_spec: OptimizerSpec,
+                 g_scheduler_spec: Optional[SchedulerSpec] = None,
+                 d_scheduler_spec: Optional[SchedulerSpec] = None, image_key: str = 'image',
                  real_label: float = 1.0, samples_per_epoch: int = 64, sample_zoom: int = 4) -> None:
         super().__init__()
         self.automatic_optimization = False   # two optimizers, stepped in turn in training_step
@@ -176,7 +176,7 @@ class GANWrapper(WrapperModule):
         the path, or None when there is no logger (no experiment folder) or no samples."""
         if self.trainer.logger is None or self.trainer.logger.log_dir is None or not len(self.sample_noise):
             return None
-        import torchvision
+        import torchvision  # torchvision: only when its models, transforms or files are used
         training = self.generator.training
         self.generator.eval()   # dropout or batch norm in a generator must not vary the grid
         images = self.generator({'z': self.sample_noise}).float().cpu()
