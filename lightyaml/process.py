@@ -5,6 +5,7 @@ Lowest layer, torch-free: the entry points call `set_thread_defaults` before any
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 from collections.abc import MutableMapping
@@ -77,7 +78,6 @@ def keep_freed_memory() -> bool:
     come back as fresh pages at every step: 6,000 page faults and a quarter of a 30 ms step on a
     CPU. After this, blocks up to 32 MB come from the heap and up to 1 GB of free heap is kept
     (the process stays at its peak memory). True if it took effect (Linux with glibc)."""
-    import ctypes  # only on Linux with glibc
     try:
         libc = ctypes.CDLL('libc.so.6')
     except OSError:   # not Linux, or not glibc

@@ -10,6 +10,7 @@ import copy
 import importlib
 import inspect
 import pkgutil
+import traceback
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -113,7 +114,6 @@ def _where_it_failed(error: Exception, file: Path) -> str:
         return str(error)
     if isinstance(error, SyntaxError) and error.filename:
         return f'{display_path(Path(error.filename))}:{error.lineno}: {type(error).__name__}: {error.msg}'
-    import traceback  # only when a user file fails
     inside = [frame for frame in traceback.extract_tb(error.__traceback__)
               if Path(frame.filename).resolve().parent == file.resolve().parent]
     if inside:

@@ -11,8 +11,10 @@ Lightning-free.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -127,7 +129,6 @@ def _own_flags(argv: Sequence[str]) -> list[str]:
 
 
 def _without_password(url: str) -> str:
-    import re  # only for a storage URL
     return re.sub(r'(://[^:/@]+):[^@]*@', r'\1:***@', url)
 
 
@@ -213,8 +214,6 @@ def _alive(pid: Optional[int]) -> bool:
 def _run_workers(search: Search, slots: list[tuple[list[str], dict[str, str]]]) -> int:
     """One thread per slot asks for trials until the study has enough; SIGINT or SIGTERM stops
     the trials running (they are failed and retried when the search is run again)."""
-    import concurrent.futures  # only for a search's workers
-
     from lightyaml.launch.search_report import write_report  # optuna and matplotlib: only at a search's end
 
     def interrupt(signum: int, frame: Any) -> None:

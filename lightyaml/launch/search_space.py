@@ -16,6 +16,7 @@ and the Optuna objects made from it. Optuna is imported only where one is made.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
 from collections.abc import Mapping
 from pathlib import Path
@@ -232,8 +233,6 @@ def open_storage(url: str, heartbeat: bool = False) -> Any:
     SQLite waits up to a minute for a lock instead of failing at once, as several processes
     (workers and their trials) write to one file. With `heartbeat`, a trial whose worker stopped
     beating for 2 minutes is failed and retried (workers on other machines)."""
-    import importlib.util  # only to tell whether a driver is installed
-
     import optuna  # optional: only for --search
     if url.startswith(('postgresql://', 'postgres://')) and importlib.util.find_spec('psycopg') is None:
         url = 'postgresql+psycopg2://' + url.split('://', 1)[1]   # SQLAlchemy 2.1 assumes psycopg 3

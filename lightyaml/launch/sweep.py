@@ -14,6 +14,7 @@ import dataclasses
 import itertools
 import os
 import re
+import statistics
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -189,7 +190,6 @@ def summarize_sweep(save_root: Path, names: Sequence[str], grid: Sequence[Sequen
                     cfg: Mapping, out: Path) -> str:
     """summary.csv and summary.md: the monitored metric (best value of each run) per combination,
     mean ± std over seeds, and the folders summarised. Returns the markdown."""
-    import statistics  # only for a sweep's summary
     monitor = (cfg.get('checkpoint') or {}).get('monitor') or 'val/loss'
     groups: dict[tuple, list[tuple[str, Optional[float]]]] = {}
     for name, combo in zip(names, grid):
