@@ -9,7 +9,8 @@ import pytest
 
 from conftest import DIGITS, ROOT, RUNNERS
 
-PROJECT_FILES = [p for p in ROOT.rglob('*.py') if not {'save', 'load', 'tests', '.git'} & set(p.relative_to(ROOT).parts)]
+PROJECT_FILES = [p for p in ROOT.rglob('*.py')
+                 if not {'save', 'load', 'tests', '.git'} & set(p.relative_to(ROOT).parts)]
 
 
 def test_base_wrapper_takes_exactly_the_task_arguments() -> None:
@@ -17,10 +18,12 @@ def test_base_wrapper_takes_exactly_the_task_arguments() -> None:
     from models.wrappers.base import BaseWrapper
     task = inspect.signature(Task.__init__).parameters
     wrapper = inspect.signature(BaseWrapper.__init__).parameters
-    assert [(p.name, p.default, p.kind) for p in wrapper.values()] == [(p.name, p.default, p.kind) for p in task.values()]
+    assert ([(p.name, p.default, p.kind) for p in wrapper.values()]
+            == [(p.name, p.default, p.kind) for p in task.values()])
     # ... and passes them on by keyword, so a reordering in Task cannot shift them silently.
     init = ast.parse(inspect.getsource(BaseWrapper.__init__).strip()).body[0]
-    super_call = next(n for n in ast.walk(init) if isinstance(n, ast.Call) and ast.unparse(n.func) == 'super().__init__')
+    super_call = next(n for n in ast.walk(init)
+                      if isinstance(n, ast.Call) and ast.unparse(n.func) == 'super().__init__')
     assert super_call.args == [] and [k.arg for k in super_call.keywords] == [n for n in task if n != 'self']
 
 
@@ -53,8 +56,10 @@ def test_each_rule_has_one_home() -> None:
     assert defined['monitored_value'] == ['lightyaml/train/optim.py']
     assert defined['is_last_train_batch'] == ['models/wrappers/__init__.py']
     sources = {p: p.read_text() for p in PROJECT_FILES}
-    assert [str(p.relative_to(ROOT)) for p, s in sources.items() if 'raise NonFiniteLossError' in s] == ['lightyaml/train/task.py']
-    assert [str(p.relative_to(ROOT)) for p, s in sources.items() if 'scheduler.step(' in s] == ['lightyaml/train/optim.py']
+    assert [str(p.relative_to(ROOT)) for p, s in sources.items()
+            if 'raise NonFiniteLossError' in s] == ['lightyaml/train/task.py']
+    assert [str(p.relative_to(ROOT)) for p, s in sources.items()
+            if 'scheduler.step(' in s] == ['lightyaml/train/optim.py']
 
 
 PLATEAU = ['train_wrapper.args.scheduler_spec={name: ReduceLROnPlateau, monitor: val/acc, args: {mode: max}}',

@@ -26,7 +26,8 @@ o = "override '{}': "   # how an override is named in a message
 # (arguments, the error line for train_pl.py, for train.py if it differs)
 CASES = [
     (['--config', 'configs/nope.yaml'], 'configs/nope.yaml: config file not found'),
-    (['--config', '{tmp}/syntax.yaml'], "{tmp}/syntax.yaml:2:1: invalid YAML: expected ',' or ']', but got '<stream end>'"),
+    (['--config', '{tmp}/syntax.yaml'], "{tmp}/syntax.yaml:2:1: invalid YAML: expected ',' or ']', but got "
+                                        "'<stream end>'"),
     (['--config', '{tmp}/empty.yaml'], '{tmp}/empty.yaml: the config file is empty'),
     (['--config', '{tmp}/list.yaml'], '{tmp}/list.yaml: a config must be a mapping of sections, not a list'),
     (['--config', '{tmp}/scalar.yaml'], '{tmp}/scalar.yaml: a config must be a mapping of sections, not a int'),
@@ -77,7 +78,8 @@ CASES = [
     (['--config', DIGITS, 'train_wrapper.args.scheduler_spec.interval=weekly'],
      o.format('train_wrapper.args.scheduler_spec.interval=weekly') + 'train_wrapper.args.scheduler_spec.interval: '
      "expected 'epoch' or 'step', got 'weekly'"),
-    (['--config', DIGITS, 'seed=abc'], o.format('seed=abc') + "seed: expected an integer from 0 to 4294967295, got 'abc'"),
+    (['--config', DIGITS, 'seed=abc'],
+     o.format('seed=abc') + "seed: expected an integer from 0 to 4294967295, got 'abc'"),
     (['--config', DIGITS, 'trainer_params.max_epochs=abc'],
      o.format('trainer_params.max_epochs=abc') + "trainer_params.max_epochs: expected int, got str 'abc'"),
     (['--config', DIGITS, 'trainer_params.max_epoch=3'],
@@ -90,8 +92,8 @@ CASES = [
      o.format('trainer_params.precision=17') + "trainer_params.precision: expected one of 32, '32', '32-true', "
      "'16-mixed', 'bf16-mixed', got int 17"),
     (['--config', DIGITS, 'checkpoint.mode=maximum'],
-     o.format('checkpoint.mode=maximum') + 'checkpoint.mode: building ModelCheckpoint failed: MisconfigurationException: '
-     '`mode` can be min, max but got maximum',
+     o.format('checkpoint.mode=maximum') + 'checkpoint.mode: building ModelCheckpoint failed: '
+     'MisconfigurationException: `mode` can be min, max but got maximum',
      o.format('checkpoint.mode=maximum') + "checkpoint.mode: expected one of 'min', 'max', got str 'maximum'"),
     (['--config', DIGITS, 'oops'], "override 'oops': expected key.path=value, e.g. trainer_params.max_epochs=3"),
     (['--config', DIGITS, '=3'], "override '=3': expected key.path=value, e.g. trainer_params.max_epochs=3"),
@@ -123,7 +125,8 @@ CASES = [
                                             'to move the old folder aside (nothing is deleted)'),
     (['--config', DIGITS, '--gpu', '0'], '--gpu 0: no CUDA device is available on this machine; leave out --gpu or '
                                          'pass --gpu cpu to train on the CPU'),
-    (['--config', DIGITS, '--gpu', '1,x'], "--gpu '1,x': expected distinct CUDA device indices such as 0 or 1,2, or 'cpu'"),
+    (['--config', DIGITS, '--gpu', '1,x'], "--gpu '1,x': expected distinct CUDA device indices such as 0 or 1,2, or "
+                                           "'cpu'"),
     ([], '--config is required (or --resume an experiment folder); e.g. --config configs/digits.yaml'),
 ]
 
@@ -181,7 +184,8 @@ section_names = st.sampled_from(['seed', 'data_module', 'train_wrapper', 'traine
                                  'batch_size', 'interval', 'warmup', 'monitor', 'devices'])
 names = st.sampled_from(['base', 'default', 'mlp', 'digits', 'ce', 'Adam', 'StepLR', 'ReduceLROnPlateau',
                          'Accuracy', 'gan'])
-plain_keys = st.integers(-1, 2) | st.booleans() | st.none() | st.floats(allow_nan=False)  # YAML keys need not be strings
+# YAML keys need not be strings
+plain_keys = st.integers(-1, 2) | st.booleans() | st.none() | st.floats(allow_nan=False)
 json_like = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=8) | names,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(section_names | st.text(max_size=6) | plain_keys,

@@ -185,7 +185,8 @@ def test_a_lightning_data_module_in_a_users_file_trains_with_ddp(tmp_path: Path)
     shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns('save', 'load', '.git', '__pycache__', 'tests'))
     source = inspect.getsource(DigitsLightningData)
     (copy / 'datasets' / 'digits_lightning.py').write_text(
-        'import pytorch_lightning as pl\nfrom torch.utils.data import DataLoader\n\nfrom utils import DATA_MODULES\n\n\n'
+        'import pytorch_lightning as pl\nfrom torch.utils.data import DataLoader\n\n'
+        'from utils import DATA_MODULES\n\n\n'
         f"@DATA_MODULES.register('digits_lightning')\n{source}")
     (copy / 'models' / 'wrappers' / 'usual.py').write_text(
         'import pytorch_lightning as pl\nimport torch\nfrom torch import nn\nfrom torch.nn import functional as F\n\n'
@@ -207,10 +208,12 @@ def test_a_lightning_data_module_in_a_users_file_trains_with_ddp(tmp_path: Path)
 MISTAKES = {
     'syntax': ("from models import register\n\n\n@register('broken')\nclass Broken(\n    pass\n",
                "mine.py:5: SyntaxError: '(' was never closed"),
-    'import': ('import torch\nimport no_such_package\n', "mine.py:2: ModuleNotFoundError: No module named 'no_such_package'"),
-    'duplicate': ("from torch import nn\nfrom my_models import register\n\n\n@register('mlp')\nclass MyMLP(nn.Module):\n"
-                  "    pass\n", "model 'mlp' is registered twice: {folder}/mine.py:5 (my_models.mine.MyMLP) and "
-                                "{folder}/mlp.py:4 (my_models.mlp.MLP)"),
+    'import': ('import torch\nimport no_such_package\n',
+               "mine.py:2: ModuleNotFoundError: No module named 'no_such_package'"),
+    'duplicate': ("from torch import nn\nfrom my_models import register\n\n\n@register('mlp')\n"
+                  "class MyMLP(nn.Module):\n    pass\n",
+                  "model 'mlp' is registered twice: {folder}/mine.py:5 (my_models.mine.MyMLP) and "
+                  "{folder}/mlp.py:4 (my_models.mlp.MLP)"),
 }
 
 
@@ -368,7 +371,8 @@ def test_diabetes_regression_reaches_r2_above_the_bar(save_root: Path) -> None:
 def test_a_torchvision_model_by_name_trains_on_grey_digits(save_root: Path, capsys: pytest.CaptureFixture) -> None:
     from conftest import DIGITS, run_py
     from utils import MODELS, list_registered
-    assert {'torchvision.resnet18', 'torchvision.mobilenet_v3_small'} <= set(list_registered(['models'])[8:].split(', '))
+    assert ({'torchvision.resnet18', 'torchvision.mobilenet_v3_small'}
+            <= set(list_registered(['models'])[8:].split(', ')))
     # The first convolution takes one channel; the 8x8 digits are resized to 32x32 first.
     model = ('train_wrapper.args.model_spec={name: torchvision.resnet18, '
              'args: {num_classes: 10, in_channels: 1, input_size: 32}}')
@@ -394,7 +398,8 @@ def test_a_torchx_config_is_told_what_lightyaml_calls_things(save_root: Path, tm
     # torchx's own example config: its data module is named after the data set, its loss `mnist_ce`.
     config = tmp_path / 'torchx.yaml'
     config.write_text('data_module: {name: mnist, args: {root_dir: ./load/mnist, batch_size: 32}}\n'
-                      'train_wrapper:\n  name: base\n  args:\n    model_spec: {name: resnet18, args: {num_classes: 10}}\n'
+                      'train_wrapper:\n  name: base\n  args:\n'
+                      '    model_spec: {name: resnet18, args: {num_classes: 10}}\n'
                       '    loss_spec: {name: mnist_ce}\n    optim_spec: {name: Adam, args: {lr: 1.e-4}}\n'
                       'trainer_params: {max_epochs: 100}\ncheckpoint: {every_n_epochs: 1}\nseed: 42\n')
     assert run_pl(save_root, '--config', str(config)) == 2

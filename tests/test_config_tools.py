@@ -219,8 +219,8 @@ def test_train_py_runs_only_the_ema_callback(save_root: Path, capsys: pytest.Cap
     override = 'callbacks=[{name: ema, args: {decay: 2}}, {name: EarlyStopping}]'
     assert run_py(save_root, '--config', DIGITS, override) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"error: override '{override}': callbacks.0.args.decay: building callback 'ema' failed: ValueError: decay must be "
-        'between 0 and 1, got 2',
+        f"error: override '{override}': callbacks.0.args.decay: building callback 'ema' failed: ValueError: "
+        'decay must be between 0 and 1, got 2',
         f"error: override '{override}': callbacks.1: train.py runs only the 'ema' callback, not 'EarlyStopping'; "
         'use train_pl.py for Lightning callbacks']
     assert not save_root.exists()

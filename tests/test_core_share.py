@@ -174,7 +174,8 @@ def test_a_training_shares_the_cores_with_another_run_until_it_ends(entry: str, 
     OTHER['run'] = listed(b'other')
     assert RUNNERS[entry](save_root, '--config', DIGITS, '--name', 'probe',
                           'train_wrapper.args.model_spec.name=thread_probe', 'train_wrapper.args.model_spec.args={}',
-                          'trainer_params.max_epochs=1', f'trainer_params.deterministic={str(deterministic).lower()}') == 0
+                          'trainer_params.max_epochs=1',
+                          f'trainer_params.deterministic={str(deterministic).lower()}') == 0
     steps = len(SEEN) - 1   # the first: the preflight's training batch, before training starts
     assert SEEN[0] == 4 and steps == 40   # 1,257 training digits in batches of 32
     if deterministic:   # results must not depend on what else runs: the count never changes

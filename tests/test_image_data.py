@@ -66,7 +66,8 @@ def test_the_folder_loader_uses_workers_and_torchvisions_labels(digit_pngs: Path
     data = DataModule(train={'name': 'labelled_images', 'args': {'root': str(digit_pngs / 'val'), 'channels': 1}},
                       batch_size=64, num_workers=2)
     loader = data.train_dataloader()
-    assert loader.num_workers == 2 and loader.persistent_workers and data.classes == ImageFolder(digit_pngs / 'val').classes
+    assert (loader.num_workers == 2 and loader.persistent_workers
+            and data.classes == ImageFolder(digit_pngs / 'val').classes)
     reference = ImageFolder(digit_pngs / 'val')
     dataset = data.dataset('train')
     assert [Path(f).name for f in dataset.files] == [Path(p).name for p, _ in reference.samples]
@@ -191,7 +192,8 @@ def write_fake_cifar(root: Path, per_batch: int = 8) -> Path:
 
 
 @pytest.mark.parametrize('runner', ['train.py', 'train_pl.py'])
-def test_the_cifar10_config_trains_on_files_in_torchvisions_format(runner: str, tmp_path: Path, save_root: Path) -> None:
+def test_the_cifar10_config_trains_on_files_in_torchvisions_format(runner: str, tmp_path: Path,
+                                                                   save_root: Path) -> None:
     root = write_fake_cifar(tmp_path / 'cifar10')
     shrink = [f'data_module.args.{split}.args.root={root}' for split in ('train', 'val', 'test')]
     shrink += ['data_module.args.device=null', 'trainer_params.accelerator=cpu', 'trainer_params.max_epochs=1',
@@ -261,7 +263,8 @@ def test_several_validation_sets_are_logged_and_monitored_alike_in_both_entry_po
         assert 'val/acc' not in rows[0] and not any(k.endswith('dataloader_idx_0') for k in rows[0])
         flipped = [float(r['val/flipped/acc']) for r in rows]
         assert [float(m[2]) for m in lines] == pytest.approx(flipped, abs=1e-4)
-        assert float(rows[-1]['val/clean/acc']) > 0.9 > float(rows[-1]['val/flipped/acc'])   # mirrored digits are harder
+        # Mirrored digits are harder.
+        assert float(rows[-1]['val/clean/acc']) > 0.9 > float(rows[-1]['val/flipped/acc'])
         best = yaml.safe_load((exp / 'result.yaml').read_text())['best']
         assert best['monitor'] == 'val/flipped/acc' and best['value'] == pytest.approx(max(flipped), abs=1e-6)
         logs[name] = torch.load(exp / 'ckpt' / 'last.ckpt', weights_only=True)
@@ -276,5 +279,6 @@ def test_a_bad_named_validation_set_is_one_line(save_root: Path, capsys: pytest.
     override = 'data_module.args.val={clean: {name: digts}}'
     assert run_pl(save_root, '--config', DIGITS, override) == 2
     assert capsys.readouterr().err.startswith(
-        f"error: override '{override}': data_module.args.val.clean.name: unknown dataset 'digts' (did you mean 'digits'")
+        f"error: override '{override}': data_module.args.val.clean.name: unknown dataset 'digts' "
+        "(did you mean 'digits'")
     assert not save_root.exists()

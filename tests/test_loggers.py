@@ -149,10 +149,12 @@ def test_mlflow_server_gets_config_and_curves_and_one_run_across_resume_and_surv
                 stop_server(server)
     monkeypatch.setitem(CALLBACKS._classes, 'stop_server', StopServer)
     capfd.readouterr()
-    assert run_pl(save_root, '--resume', str(exp), 'trainer_params.max_epochs=5', 'callbacks=[{name: stop_server}]') == 0
+    assert run_pl(save_root, '--resume', str(exp), 'trainer_params.max_epochs=5',
+                  'callbacks=[{name: stop_server}]') == 0
     err = capfd.readouterr().err
     warnings = [line for line in err.splitlines() if line.startswith('warning: logger')]
-    assert len(warnings) == 1 and warnings[0].startswith('warning: logger loggers.0 (MLFlowLogger) failed ('), err[-3000:]
+    assert (len(warnings) == 1
+            and warnings[0].startswith('warning: logger loggers.0 (MLFlowLogger) failed (')), err[-3000:]
     assert 'training goes on' in warnings[0]
     assert len(val_acc(exp)) == 5 and [int(r['epoch']) for r in csv_rows(exp) if r['val/acc']] == [0, 1, 2, 3, 4]
     log = (exp / 'log.txt').read_text().splitlines()
@@ -225,7 +227,8 @@ def test_wandb_is_offline_without_a_key_and_writes_inside_the_folder(script: str
     first, = (exp / 'wandb').glob(f'offline-run-*-{run_id}')
     record, config, acc = wandb_offline_run(first)
     assert (record.run_id, record.display_name, record.project) == (run_id, 'wb', 'lightyaml')
-    assert config['seed'] == 0 and config['train_wrapper']['args']['optim_spec'] == {'name': 'Adam', 'args': {'lr': 0.003}}
+    assert (config['seed'] == 0
+            and config['train_wrapper']['args']['optim_spec'] == {'name': 'Adam', 'args': {'lr': 0.003}})
     assert acc == pytest.approx(val_acc(exp))
     if script == 'train_pl.py':   # a resume logs to the same W&B run id (`wandb sync` joins the two folders)
         assert run(save_root, '--resume', str(exp), 'trainer_params.max_epochs=3') == 0
@@ -353,7 +356,8 @@ def test_a_lightning_module_writes_images_histograms_and_figures_to_tb(save_root
                 return
             import matplotlib.pyplot as plt
             writer = self.logger.experiment
-            writer.add_image('user/first_weights', self.model.net[0].weight[:8, :64].reshape(1, 8, 64), self.global_step)
+            writer.add_image('user/first_weights', self.model.net[0].weight[:8, :64].reshape(1, 8, 64),
+                             self.global_step)
             writer.add_histogram('user/weights', self.model.net[0].weight.detach(), self.global_step)
             fig = plt.figure()
             plt.plot(torch.arange(5).tolist())

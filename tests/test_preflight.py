@@ -176,9 +176,10 @@ def test_a_dataset_that_raises_in_epoch_3_stops_with_one_line_and_resume_continu
                           'trainer_params.max_epochs=4') == 1
     err = capsys.readouterr().err
     assert 'Traceback' not in err
-    assert err.splitlines()[-1] + '\n' == (f"error: run stopped: data_module.args.train: RuntimeError: reading the sample files failed; the "
-                   f'last good checkpoint {exp}/ckpt/last.ckpt (epoch 2) is kept; continue with --resume {exp} '
-                   f'(--debug shows the traceback)\n')
+    assert err.splitlines()[-1] + '\n' == (
+        f"error: run stopped: data_module.args.train: RuntimeError: reading the sample files failed; the "
+        f'last good checkpoint {exp}/ckpt/last.ckpt (epoch 2) is kept; continue with --resume {exp} '
+        f'(--debug shows the traceback)\n')
     assert torch.load(exp / 'ckpt' / 'last.ckpt', weights_only=True)['epoch'] == 1
     assert not (exp / 'result.yaml').exists()
     assert RUNNERS[entry](save_root, '--resume', str(exp), 'data_module.args.train.args.fail_at_epoch=0') == 0

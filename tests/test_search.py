@@ -85,7 +85,8 @@ def test_a_grid_search_completes_prunes_and_fails_trials_and_continues_only_the_
     assert (exp / 'ckpt' / 'last.ckpt').is_file()
     for lr in (3e-3, 1e-6):   # dropout 1.5 cannot be built: failed, and the search went on
         failed = rows[(lr, 1.5)]
-        assert failed['state'] == 'FAIL' and 'model_spec.args.dropout: building' in failed['note'] and 'dropout probability' in failed['note']
+        assert (failed['state'] == 'FAIL' and 'model_spec.args.dropout: building' in failed['note']
+                and 'dropout probability' in failed['note'])
     markdown = (folder / 'summary.md').read_text()
     assert markdown.startswith("4 trials of study 'g' (maximize val/acc); best: trial ")
     assert '| trial | state | val/acc | lr | dropout | folder | note |' in markdown
@@ -153,7 +154,8 @@ params:
         f"error: {search}: pruner.args.n_warmup_step: MedianPruner does not take 'n_warmup_step' (did you mean "
         f"'n_warmup_steps'?)"]
     # A value out of a model's range is caught before the search starts (every range end is checked).
-    typo = write(tmp_path / 'typo.yaml', 'n_trials: 2\nparams: {train_wrapper.args.optim_spec.args.lrr: {float: [0.1, 1]}}')
+    typo = write(tmp_path / 'typo.yaml',
+                 'n_trials: 2\nparams: {train_wrapper.args.optim_spec.args.lrr: {float: [0.1, 1]}}')
     assert run_py(save_root, '--config', DIGITS, '--search', typo) == 2
     assert "train_wrapper.args.optim_spec.args.lrr: optimizer 'Adam' does not take 'lrr'" in capsys.readouterr().err
     assert not save_root.exists()

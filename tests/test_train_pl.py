@@ -81,7 +81,8 @@ def test_best_checkpoint_alone_rebuilds_the_wrapper(digits_run: tuple[Path, dict
     best = next(p for p in (exp / 'ckpt').iterdir() if p.name != 'last.ckpt')
     state = torch.load(best, map_location='cpu', weights_only=True)
     wrapper = BaseWrapper.load_from_checkpoint(best, map_location='cpu', weights_only=True)
-    score = state['callbacks'][next(k for k in state['callbacks'] if k.startswith('ModelCheckpoint'))]['best_model_score']
+    key = next(k for k in state['callbacks'] if k.startswith('ModelCheckpoint'))
+    score = state['callbacks'][key]['best_model_score']
     assert evaluate(wrapper) == pytest.approx(float(score), abs=1e-6)
     assert list(wrapper.state_dict()) == list(state['state_dict'])
 

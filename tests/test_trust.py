@@ -49,7 +49,8 @@ YAML_CASES = {
     'reference bomb (lists)': (f'extends: {{digits}}\n{REFERENCE_BOMB}', ': references copy more than 100,000 values'),
     'reference bomb (strings)': (f'extends: {{digits}}\n{STRING_BOMB}', ': references copy more than 100,000 values'),
     'nested 10,000 lists': ('seed: ' + '[' * 10_000 + ']' * 10_000 + '\n', 'nested more than 64 levels deep'),
-    'nested 100 mappings': ('a:\n' + ''.join(' ' * i + f'k{i}:\n' for i in range(1, 100)), 'nested more than 64 levels'),
+    'nested 100 mappings': ('a:\n' + ''.join(' ' * i + f'k{i}:\n' for i in range(1, 100)),
+                            'nested more than 64 levels'),
     'recursive alias': ('extends: {digits}\ncallbacks: &c [*c]\n', 'an alias refers to a value that contains it'),
     'list as a key': ('? [a, b]\n: 1\n', 'invalid YAML: a key must be a plain value, not a list'),
     'mapping as a key': ('{? {a: 1}: 2}\n', 'invalid YAML: a key must be a plain value, not a dict'),
@@ -60,7 +61,8 @@ YAML_CASES = {
     'control character': ('seed: 0\x1f\n', 'invalid YAML: unacceptable character #x001f: special characters are'),
     'two documents': ('extends: {digits}\n---\nseed: 1\n', 'invalid YAML: expected a single document'),
     '3 MB file': ('seed: 0\n' + '#' * 3_000_000 + '\n', '3,000,009 bytes is too big for a config file'),
-    'Latin-1 text': ('seed: 0 # caf\xe9\n'.encode('latin-1'), 'not UTF-8 text (byte 0xe9 at offset 13); save it as UTF-8'),
+    'Latin-1 text': ('seed: 0 # caf\xe9\n'.encode('latin-1'),
+                     'not UTF-8 text (byte 0xe9 at offset 13); save it as UTF-8'),
     'extends a binary file': ('extends: [{digits}, weights.bin]\n', 'a binary file, not a YAML config'),
     'extends a Latin-1 file': ('extends: [{digits}, latin.yaml]\n', 'not UTF-8 text (byte 0xe9 at offset 17)'),
 }
@@ -94,7 +96,8 @@ def test_an_override_nested_too_deep_is_one_clean_error(entry: str, save_root: P
 
 ALIASED = DIGITS_TEXT.replace('    val: {name: digits, args: {split: val}}', '    val: *train').replace(
     '    train: {name: digits, args: {split: train}}', '    train: &train {name: digits, args: {split: train}}')
-MERGED = DIGITS_TEXT.replace('    val: {name: digits, args: {split: val}}', '    val: {<<: *train, args: {split: val}}').replace(
+MERGED = DIGITS_TEXT.replace(
+    '    val: {name: digits, args: {split: val}}', '    val: {<<: *train, args: {split: val}}').replace(
     '    train: {name: digits, args: {split: train}}', '    train: &train {name: digits, args: {split: train}}')
 
 
@@ -150,7 +153,8 @@ FAILED_RESUMES = {
     'another model': (['train_wrapper.args.model_spec.name=lenet5', 'train_wrapper.args.model_spec.args={}'],
                       'the config builds a different model: missing in the checkpoint: model.features.0.weight'),
     'weights-only checkpoint': ([], 'holds weights only (no epoch, global_step, optimizer_states, lr_schedulers, '
-                                    'callbacks), so it cannot continue a run; start a new run from it with --init-from'),
+                                    'callbacks), so it cannot continue a run; start a new run from it with '
+                                    '--init-from'),
 }
 
 
@@ -306,7 +310,8 @@ PATH_CASES = {
                           f"checkpoint.filename: '{{tmp}}/abs' {FILENAME_RULE}"),
     'filename a/../..': (['checkpoint.filename=a/../../b'], "error: override 'checkpoint.filename=a/../../b': "
                          f"checkpoint.filename: 'a/../../b' {FILENAME_RULE}"),
-    'save root is a file': (['--save-root', '{tmp}/a-file'], 'error: --save-root: {tmp}/a-file is a file, not a folder'),
+    'save root is a file': (['--save-root', '{tmp}/a-file'],
+                            'error: --save-root: {tmp}/a-file is a file, not a folder'),
     'save root below a file': (['--save-root', '{tmp}/a-file/save'],
                                'error: --save-root: {tmp}/a-file is a file, not a folder'),
     'save root /proc': (['--save-root', '/proc', '--name', 'lightyaml-trust'],
