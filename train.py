@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from lightyaml.launch.cli import answer, exit_status, parse_command_line
-from lightyaml.process import pause_gc_for_start_up, set_thread_defaults, skip_collections_at_exit
+from lightyaml.launch.console import survive_closed_consoles
+from lightyaml.process import pause_gc_for_start_up, set_cache_defaults, set_thread_defaults, skip_collections_at_exit
 
 if __name__ == '__main__' and {'--print-config', '--list'} & set(sys.argv):
     # These need only the config files and the registries' names: answer before importing torch.
@@ -40,7 +41,9 @@ if __name__ == '__main__' and {'--print-config', '--list'} & set(sys.argv):
         print(answer(plan))
     sys.exit(status.code)
 
+survive_closed_consoles()   # a closed pipe or terminal never stops a run (lightyaml/launch/console.py)
 set_thread_defaults()   # before anything imports torch, which reads them once: see lightyaml/process.py
+set_cache_defaults()   # matplotlib's cache where HOME is unset or unwritable (another user, a container)
 if __name__ == '__main__':
     pause_gc_for_start_up()   # until training starts: a third of the import time (lightyaml/process.py)
 
@@ -205,6 +208,8 @@ def requested_processes(params: TrainerParams, gpu: Optional[str]) -> tuple[str,
         raise ConfigError(f"trainer_params.accelerator: {params.accelerator!r} but no CUDA device is available; "
                           f"use accelerator: cpu")
     devices = params.devices
+    if isinstance(devices, str) and ',' in devices:   # '0,1': device indices, as Lightning reads them
+        devices = [int(i) for i in devices.split(',') if i]
     count = len(devices) if isinstance(devices, list) else 1 if devices == 'auto' else int(devices)
     if isinstance(devices, list) and wants_cuda:
         select_cuda_devices(devices)
@@ -330,7 +335,9 @@ def train(run: Run) -> dict[str, float]:
     with run.exp.writing():
         validate(run.cfg)
         params = TrainerParams(**(run.cfg.get('trainer_params') or {}))
-        device_type, nproc = requested_processes(params, run.gpu)
+        # As train_pl.py builds its Trainer: whatever the device values make fail is one line naming them.
+        device_type, nproc = build('the devices', 'trainer_params', run.cfg,
+                                   lambda: requested_processes(params, run.gpu))
         if nproc > 1 and 'WORLD_SIZE' not in os.environ:
             if run.exp.locked:   # this launcher writes nothing itself; its rank 0 does, under this lock
                 os.environ[HELD_BY_LAUNCHER] = str(run.exp.path.resolve())
@@ -433,7 +440,7 @@ def start(t: Training, trackers: TrackedRuns, cores: CoreShare) -> Training:
     `ema` callback), and create or continue the experiment folder (rank 0)."""
     run = t.run
     if run.resume:   # a checkpoint of another model fails here, before the folder is touched
-        check_resumable(t.task, run.resume)
+        check_resumable(t.task, run.resume, cfg=run.cfg)
         t.resumed = restore(run.resume, t.task, t.optimizers, t.process.device)
     ema_args = ema_params(run.cfg)
     t.ema = EMA(ema_target(t.task), ema_args) if ema_args is not None else None   # averages task.model

@@ -28,9 +28,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from lightyaml.process import pause_gc_for_start_up, set_thread_defaults, skip_collections_at_exit
+from lightyaml.launch.console import survive_closed_consoles
+from lightyaml.process import pause_gc_for_start_up, set_cache_defaults, set_thread_defaults, skip_collections_at_exit
 
+survive_closed_consoles()   # a closed pipe or terminal never stops a run (lightyaml/launch/console.py)
 set_thread_defaults()   # before anything imports torch, which reads them once: see lightyaml/process.py
+set_cache_defaults()   # matplotlib's cache where HOME is unset or unwritable (another user, a container)
 if __name__ == '__main__':
     pause_gc_for_start_up()   # until training starts: a third of the import time (lightyaml/process.py)
 
@@ -164,7 +167,7 @@ def build_wrapper(run: Run) -> Any:
     if run.init_from is not None:   # fine-tuning: the weights only; optimizer, schedule and counters start fresh
         load_weights(wrapper, run.init_from)
     if run.resume is not None:   # a checkpoint of another model fails here, before the folder is touched
-        check_resumable(wrapper, run.resume)
+        check_resumable(wrapper, run.resume, cfg=run.cfg)
     return wrapper
 
 

@@ -1,13 +1,16 @@
 """The process a run lives in: thread defaults, garbage collection around start-up and exit,
 glibc's memory policy, and the global rank as launchers set it.
 
-Lowest layer, torch-free: the entry points call `set_thread_defaults` before anything imports torch.
+Lowest layer, torch-free: the entry points call `set_thread_defaults` before anything imports torch,
+and `set_cache_defaults` before anything imports matplotlib.
 """
 from __future__ import annotations
 
 import ctypes
 import gc
 import os
+import stat
+import tempfile
 from collections.abc import MutableMapping
 from typing import Optional
 
@@ -35,6 +38,40 @@ def set_thread_defaults(environ: MutableMapping[str, str] = os.environ,
         chosen['OMP_NUM_THREADS'] = str(max(1, (cores or 1) // int(processes)))
     environ.update(chosen)
     return chosen
+
+
+def set_cache_defaults(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
+    """Where HOME is unset or not writable (another user's account, a container's arbitrary uid),
+    matplotlib warns on stderr and rebuilds its font cache in a new temporary folder at every run:
+    give it one private folder of this user's in the temp dir instead. What the user set is kept;
+    nothing is set if that folder is not ours alone. Returns what was set."""
+    if environ.get('MPLCONFIGDIR'):
+        return {}
+    home = environ['HOME'] if 'HOME' in environ else os.path.expanduser('~')   # as matplotlib finds it
+    home = home if os.path.isabs(home) else '/nonexistent'   # '~': a uid with no account
+    if all(_writable(environ.get(xdg) or os.path.join(home, default))
+           for xdg, default in (('XDG_CONFIG_HOME', '.config'), ('XDG_CACHE_HOME', '.cache'))):
+        return {}
+    private = os.path.join(tempfile.gettempdir(), f'lightyaml-{os.getuid()}')
+    folder = os.path.join(private, 'matplotlib')
+    try:
+        os.makedirs(private, mode=0o700, exist_ok=True)
+        mine = os.lstat(private)   # not a link, nor a folder someone else made for us
+        if not stat.S_ISDIR(mine.st_mode) or mine.st_uid != os.getuid() or mine.st_mode & 0o077:
+            return {}
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    except OSError:
+        return {}
+    environ['MPLCONFIGDIR'] = folder
+    return {'MPLCONFIGDIR': folder}
+
+
+def _writable(folder: str) -> bool:
+    """Whether `folder` is, or can be made, a writable folder (by its first existing parent)."""
+    folder = os.path.abspath(folder)
+    while not os.path.lexists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
 
 
 def pause_gc_for_start_up() -> None:

@@ -148,8 +148,8 @@ def weights_only(exp: Path) -> str:
 # (arguments after `--resume EXP`, the text the error line holds)
 FAILED_RESUMES = {
     'changed shapes': (['train_wrapper.args.model_spec.args.hidden=[32]'],
-                       'the config builds a different model: shapes differ (checkpoint vs model): '
-                       'model.net.0.weight (512, 64) vs (32, 64)'),
+                       "override 'train_wrapper.args.model_spec.args.hidden=[32]' changes the shape of "
+                       'model.net.0.weight (512x64 in the checkpoint, 32x64 now); a resumed run keeps its shapes'),
     'another model': (['train_wrapper.args.model_spec.name=lenet5', 'train_wrapper.args.model_spec.args={}'],
                       'the config builds a different model: missing in the checkpoint: model.features.0.weight'),
     'weights-only checkpoint': ([], 'holds weights only (no epoch, global_step, optimizer_states, lr_schedulers, '

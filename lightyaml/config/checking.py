@@ -371,6 +371,10 @@ def check_scheduler_spec(spec: Any, key: str, cfg: Config, problems: list[str]) 
         return
     if spec.get('interval', 'epoch') not in ('epoch', 'step'):
         problems.append(cfg.error(f'{key}.interval', f"expected 'epoch' or 'step', got {spec['interval']!r}"))
+    frequency = spec.get('frequency', 1)   # both loops step it when the count is a multiple of it
+    if not isinstance(frequency, int) or isinstance(frequency, bool) or frequency < 1:
+        problems.append(cfg.error(f'{key}.frequency', f'expected an integer >= 1 (step every N intervals), '
+                                                      f'got {frequency!r}'))
     if spec.get('name') == 'ReduceLROnPlateau':
         if not spec.get('monitor'):
             problems.append(cfg.error(f'{key}.monitor',

@@ -89,7 +89,10 @@ def _cached_names(registry: Registry) -> list[str]:
         version = importlib.metadata.version(module.partition('.')[0])
     except importlib.metadata.PackageNotFoundError:
         return registry.names()
-    cache_dir = Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'lightyaml'
+    try:
+        cache_dir = Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'lightyaml'
+    except RuntimeError:   # HOME unset and a uid with no account (a container's --user): list without the cache
+        return registry.names()
     cache = cache_dir / (f'{type(registry).__name__}-{module}-{version}-'
                          f'py{sys.version_info[0]}.{sys.version_info[1]}.json')
     try:

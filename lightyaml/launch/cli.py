@@ -9,10 +9,11 @@ import dataclasses
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, NoReturn, Optional
 
 from lightyaml.config.listing import list_registered
 from lightyaml.config.loading import dump_with_origins, load_config
+from lightyaml.config.secrets import mask_text
 from lightyaml.errors import (
     PROJECT_ROOT,
     ConfigError,
@@ -74,13 +75,13 @@ def exit_status(plan: Plan) -> Iterator[ExitStatus]:
     except ConfigError as e:
         if plan.args.debug:
             raise
-        for problem in e.problems:
-            print(f'error: {problem}', file=sys.stderr)
+        for problem in e.problems:   # a problem may quote an override or a URL that holds a secret
+            print(f'error: {mask_text(problem)}', file=sys.stderr)
         status.code = 2
     except (NonFiniteLossError, ExportCheckError, RunStoppedError) as e:
         if plan.args.debug:
             raise
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {mask_text(str(e))}', file=sys.stderr)
         status.code = 1
 
 
@@ -95,12 +96,23 @@ def answer(plan: Plan) -> str:
     from lightyaml.run.experiment_dir import check_output_file  # only for --plot --out
     from lightyaml.run.results import plot_metrics  # matplotlib: only for --plot
     out = check_output_file(args.out, '--plot', Path(args.plot[0]) / 'curves.png') if args.out else None
+    if args.out and Path(args.out).suffix.lower() != '.png':   # the plotter draws PNG bytes whatever the name
+        raise ConfigError(f"--plot --out {args.out}: the plotter writes png only, not "
+                          f"{Path(args.out).suffix or 'a file without a suffix'} (e.g. --out "
+                          f"{Path(args.out).with_suffix('.png')})")
     return f'wrote {display_path(plot_metrics([Path(p) for p in args.plot], out))}'
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one `error:` line with exit status 2, as every other error is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f'error: {message} (see --help)\n')
 
 
 def make_parser(doc: str) -> argparse.ArgumentParser:
     """The command line both entry points share."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', help='YAML config file')
     parser.add_argument('--name', help='experiment name: the run goes to <save-root>/<name> '
                                        '(default: config file stem)')

@@ -9,6 +9,7 @@ only on a terminal: with output going to a file or a pipe, a run prints one line
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import warnings
@@ -51,3 +52,49 @@ def progress_bar_wanted(setting: Optional[bool], stream: IO[Any]) -> bool:
         return bool(setting)
     isatty = getattr(stream, 'isatty', None)
     return bool(isatty is not None and isatty())
+
+
+class ReaderGone:
+    """sys.stdout or sys.stderr for a run: once the reader is gone (a pipe into `head` closed, a
+    terminal that went away), what is written is dropped instead of raising, so training goes on
+    and log.txt stays complete. The stream's descriptor is pointed at /dev/null then, so writes
+    below Python (and the flush at exit) are dropped too."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self.gone = False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                return self._stream.write(text)
+            except OSError:   # EPIPE, EIO: nobody reads this stream any more
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except OSError:
+                self._drop()
+
+    def _drop(self) -> None:
+        self.gone = True
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+        except (OSError, ValueError, AttributeError):   # no descriptor (a test's captured stream)
+            pass
+
+    def __getattr__(self, name: str) -> Any:   # isatty, fileno, encoding...: the stream's own
+        return getattr(self._stream, name)
+
+
+def survive_closed_consoles() -> None:
+    """Wrap sys.stdout and sys.stderr in ReaderGone (once); call it first thing in an entry point."""
+    for name in ('stdout', 'stderr'):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, ReaderGone):
+            setattr(sys, name, ReaderGone(stream))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from lightyaml.config.loading import Config, config_differences, load_config, resolve_seed
+from lightyaml.config.secrets import check_no_masked_secrets, mask_secrets
 from lightyaml.errors import ConfigError, NothingToDo, display_path
 from lightyaml.launch.cli import Plan
 from lightyaml.launch.trial import ValidationHook, validation_hook
@@ -92,6 +93,7 @@ def _resolve(args: argparse.Namespace) -> Run:
         config_path = Path(args.config)
     try:
         cfg = load_config(config_path, args.overrides)
+        check_no_masked_secrets(cfg)
         resolve_seed(cfg)
         ckpt = find_checkpoint(args.resume, '--resume') if args.resume and not restart else None
         if ckpt is not None:
@@ -117,6 +119,7 @@ def _auto_resume(args: argparse.Namespace, init: Optional[Path]) -> Run:
         raise ConfigError('--auto-resume: give --config (and --name), without --resume or --overwrite')
     exp = _named_folder(args)
     cfg = load_config(args.config, args.overrides)
+    check_no_masked_secrets(cfg)
     saved_path = exp.path / 'config.yaml'
     # A DDP process other than rank 0 may find the folder rank 0 is creating: a new run as well.
     if not exp.path.exists() or (global_rank_from_env() > 0 and not saved_path.is_file()):
@@ -129,7 +132,7 @@ def _auto_resume(args: argparse.Namespace, init: Optional[Path]) -> Run:
         exp.lock('--auto-resume')
     try:
         saved = load_config(saved_path)   # as the run read it: references and escapes resolved
-        differences = config_differences(saved, cfg, ignore_seed=True)
+        differences = config_differences(saved, mask_secrets(cfg), ignore_seed=True)   # saved: secrets `***`
         if differences:
             raise ConfigError(f'--auto-resume: {display_path(exp.path)} was run with another config '
                               f'({"; ".join(differences[:3])}); choose another --name, or --resume it with overrides')
@@ -213,7 +216,7 @@ class Evaluation:
 def resolve_evaluation(plan: Plan) -> Evaluation:
     """For --test/--predict/--export: the experiment, its config (with overrides) and the
     checkpoint; the caller validates the config, then evaluates under `held()`."""
-    from lightyaml.run.checkpoint_files import experiment_checkpoint  # torch: not needed by --print-config
+    from lightyaml.run.checkpoint_files import experiment_checkpoint, read_checkpoint  # torch: not for --print-config
     args = plan.args
     check_single_run_flags(args)
     flag = next(f'--{flag}' for flag in ('test', 'predict', 'export') if getattr(args, flag))
@@ -226,4 +229,6 @@ def resolve_evaluation(plan: Plan) -> Evaluation:
     if args.export and args.out:   # the export makes its folder; its own files are under export/
         check_output_file(args.out, '--export', exp.path / 'export', parent_must_exist=False)
     cfg = load_config(exp.path / 'config.yaml', args.overrides)
-    return Evaluation(args, flag, exp, cfg, experiment_checkpoint(exp, args.ckpt))
+    ckpt = experiment_checkpoint(exp, args.ckpt)
+    read_checkpoint(ckpt, f'{flag} {target}')   # corrupt, refused by weights_only or foreign: one line, now
+    return Evaluation(args, flag, exp, cfg, ckpt)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -27,6 +26,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lightyaml.config.loading import Config, config_differences, dump_yaml, load_config, parse_yaml
+from lightyaml.config.secrets import (
+    check_no_masked_secrets,
+    drop_password,
+    mask_command,
+    mask_secrets,
+    mask_text,
+    mask_url,
+)
 from lightyaml.errors import PROJECT_ROOT, ConfigError
 from lightyaml.launch.cli import Plan
 from lightyaml.launch.search_space import (
@@ -76,13 +83,16 @@ class PlannedSearch:
         url = args.storage or f'sqlite:///{folder}/study.db'
         if args.launcher == 'slurm':
             return _write_slurm_script(self.plan, folder, url, len(slots))
-        folder.mkdir(parents=True, exist_ok=True)
+        if args.storage is None:
+            folder.mkdir(parents=True, exist_ok=True)   # the study's SQLite file lives in it
         study, storage = open_study(self.spec, self.cfg, url, self.base, shared=args.storage is not None)
+        folder.mkdir(parents=True, exist_ok=True)   # with --storage: once its database has answered
         command = [sys.executable, str(PROJECT_ROOT / script), '--config', args.config, '--save-root', str(folder),
                    '--auto-resume', *args.overrides]
         search = Search(study, storage, url, self.spec, folder, command)
-        atomic_write(folder / 'search.yaml', dump_yaml({'command': ' '.join(self.plan.command), 'study': self.base,
-                                                        'storage': _without_password(url), **self.spec.definition()}))
+        atomic_write(folder / 'search.yaml', dump_yaml({'command': ' '.join(mask_command(self.plan.command)),
+                                                        'study': self.base, 'storage': mask_url(url),
+                                                        **mask_secrets(self.spec.definition())}))
         fail_dead_trials(search)
         return _run_workers(search, slots)
 
@@ -97,6 +107,7 @@ def plan_search(plan: Plan) -> PlannedSearch:
     base = args.name or Path(args.config).stem
     check_experiment_name(base)
     cfg = load_config(args.config, args.overrides)
+    check_no_masked_secrets(cfg)   # a saved config.yaml as the search's base
     spec = read_search(args.search, cfg)
     edges = [load_config(args.config, [*args.overrides, *overrides]) for overrides in spec.edge_overrides()]
     return PlannedSearch(plan, base, cfg, spec, edges)
@@ -106,8 +117,13 @@ def _write_slurm_script(plan: Plan, folder: Path, url: str, tasks: int) -> int:
     """--launcher slurm: an array of `tasks` workers of this search, sharing its storage."""
     from lightyaml.launch.slurm import write_array_script  # sbatch and friends: SLURM only
     args = plan.args
-    task = [str(PROJECT_ROOT / plan.script), *_own_flags(plan.argv), '--storage', url, '--workers', '1',
-            *(['--gpu', '0'] if args.gpu and args.gpu != 'cpu' else [])]
+    # The script is a file: it names the storage without its password (the tasks' database client
+    # takes it from its own setting, e.g. PGPASSWORD, which sbatch passes on from the environment).
+    task = [str(PROJECT_ROOT / plan.script), *_own_flags(plan.argv), '--storage', drop_password(url), '--workers',
+            '1', *(['--gpu', '0'] if args.gpu and args.gpu != 'cpu' else [])]
+    if drop_password(url) != url:
+        print(f'note: slurm.sh names --storage {drop_password(url)} without its password; give it to the tasks '
+              f'through the database client\'s own setting (PostgreSQL: PGPASSWORD or ~/.pgpass)')
     if not args.storage and tasks > 1:
         print(f'note: the {tasks} tasks share {url}; SQLite is safe on one machine only: for tasks on '
               f'several nodes give --storage postgresql://...')
@@ -128,10 +144,6 @@ def _own_flags(argv: Sequence[str]) -> list[str]:
     return kept
 
 
-def _without_password(url: str) -> str:
-    return re.sub(r'(://[^:/@]+):[^@]*@', r'\1:***@', url)
-
-
 def open_study(spec: SearchSpec, cfg: Config, url: str, name: str, shared: bool) -> tuple[Any, Any]:
     """Create the study, or load it if it exists and searches the same config and space (else a
     ConfigError: a search is never continued with other settings). With a shared database each
@@ -144,11 +156,11 @@ def open_study(spec: SearchSpec, cfg: Config, url: str, name: str, shared: bool)
         try:
             storage = open_storage(url, heartbeat=True)
             break
-        except Exception:
+        except Exception as e:
             if attempt == 2:
-                raise
+                raise _storage_error(url, shared, e) from None
             time.sleep(1 + attempt)
-    definition = {'config': dict(cfg), **spec.definition()}
+    definition = {'config': mask_secrets(dict(cfg)), **spec.definition()}   # kept in the study's database
     offset = int.from_bytes(os.urandom(2), 'big') if shared else 0
     study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(spec, offset),
                                 pruner=make_pruner(spec.pruner), direction=spec.direction, load_if_exists=True)
@@ -158,9 +170,18 @@ def open_study(spec: SearchSpec, cfg: Config, url: str, name: str, shared: bool)
     else:
         differences = config_differences(saved, _plain(definition))
         if differences:
-            raise ConfigError(f'--search: study {name!r} in {_without_password(url)} searches another config or space '
+            raise ConfigError(f'--search: study {name!r} in {mask_url(url)} searches another config or space '
                               f'({"; ".join(differences[:3])}); choose another --name')
     return study, storage
+
+
+def _storage_error(url: str, shared: bool, error: Exception) -> ConfigError:
+    """A database that cannot be opened (refused, unreachable, no driver, bad password) as one
+    line, its password masked."""
+    cause = getattr(error, 'orig', None) or error   # SQLAlchemy wraps the driver's error
+    detail = mask_text((str(cause).strip().splitlines() or [''])[0])[:300]
+    flag = '--storage' if shared else '--search: the study database'
+    return ConfigError(f'{flag} {mask_url(url)}: cannot open it ({type(cause).__name__}: {detail})')
 
 
 def _plain(data: Any) -> Any:
@@ -312,5 +333,5 @@ def _run_trial(search: Search, trial: Any, slot: tuple[list[str], dict[str, str]
     print(f'search: trial {trial.number} {outcome.name}: {note}', flush=True)
     if exp.is_dir():
         atomic_write(exp / 'trial.yaml', dump_yaml({
-            'study': search.study.study_name, 'storage': _without_password(search.storage_url),
+            'study': search.study.study_name, 'storage': mask_url(search.storage_url),
             'trial': trial.number, 'state': outcome.name, 'value': value, 'note': note, 'overrides': values}))

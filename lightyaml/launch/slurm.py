@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,6 +61,26 @@ def array_script(name: str, folder: Path, commands: Sequence[Sequence[str]], sba
     ])
 
 
+def check_script_values(folder: Path, commands: Sequence[Sequence[str]], sbatch_options: Sequence[str]) -> None:
+    """Refuse what could add a line to the script: the case lines quote every value (shlex), but
+    `#SBATCH` lines and comments are read line by line, and a value is one line everywhere."""
+    for option in sbatch_options:   # `#SBATCH` lines cannot be quoted: no control characters at all
+        bad = next((c for c in option if unicodedata.category(c) == 'Cc'), None)
+        if bad is not None:
+            raise ConfigError(f'--sbatch {option!r}: holds a control character ({bad!r}); an #SBATCH line '
+                              f'is one line of printable text')
+    named = [('--save-root/--name', str(folder.resolve()))] + [('--launcher slurm: the command value', value)
+                                                               for command in commands for value in command]
+    for what, value in named:
+        bad = next((c for c in value if c in '\n\r\0'), None)
+        if bad is not None:
+            raise ConfigError(f'{what} {value!r}: holds {_CHARACTER_NAMES[bad]}, which cannot go into the '
+                              f'generated SLURM script; a value there is one line')
+
+
+_CHARACTER_NAMES = {'\n': 'a newline', '\r': 'a carriage return', '\0': 'a NUL character'}
+
+
 def write_array_script(folder: Path, commands: Sequence[Sequence[str]], args: argparse.Namespace) -> int:
     """Write <folder>/slurm.sh and, with --submit, submit it with sbatch."""
     if args.submit and shutil.which('sbatch') is None:
@@ -69,6 +90,7 @@ def write_array_script(folder: Path, commands: Sequence[Sequence[str]], args: ar
             raise ConfigError(f'--sbatch {option!r}: expected OPTION=VALUE without dashes, e.g. time=4:00:00')
     gpu = bool(args.gpu) and args.gpu != 'cpu'
     commands = [[*c, '--gpu', '0'] if gpu and '--gpu' not in c else list(c) for c in commands]
+    check_script_values(folder, commands, args.sbatch)
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / 'slurm.sh'
     script.write_text(array_script(folder.name, folder.resolve(), commands, args.sbatch, gpu))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from lightyaml.config.loading import Config, config_differences, dump_yaml, load_config, parse_yaml
+from lightyaml.config.secrets import check_no_masked_secrets, mask_command, mask_secrets
 from lightyaml.errors import PROJECT_ROOT, ConfigError, display_path
 from lightyaml.launch.cli import Plan
 from lightyaml.launch.devices import parse_gpu_flag
@@ -101,7 +102,8 @@ def check_same_config(exp: Path, cfg: Mapping) -> Optional[str]:
     saved = exp / 'config.yaml'
     if not saved.is_file():
         return None if not exp.exists() else f'{display_path(exp)} exists without a config.yaml'
-    differences = config_differences(load_config(saved), cfg, ignore_seed=True)
+    # config.yaml holds secrets as `***`: compare with the config masked the same way
+    differences = config_differences(load_config(saved), mask_secrets(cfg), ignore_seed=True)
     return f'{display_path(exp)} was run with another config ({"; ".join(differences[:3])})' if differences else None
 
 
@@ -147,7 +149,7 @@ class Sweep:
             from lightyaml.launch.slurm import write_array_script  # shutil.which('sbatch') and friends: SLURM only
             return write_array_script(sweep_dir, [c[1:] for c in commands], args)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(sweep_dir / 'sweep.yaml', dump_yaml({'command': ' '.join(self.plan.command),
+        atomic_write(sweep_dir / 'sweep.yaml', dump_yaml({'command': ' '.join(mask_command(self.plan.command)),
                                                            'experiments': self.names}))
         free = worker_slots(args.gpu, args.workers)
 
@@ -179,6 +181,8 @@ def plan_sweep(plan: Plan) -> Sweep:
     short = short_keys([c.partition('=')[0] for c in grid[0]])
     names = [combo_name(base, combo, short) for combo in grid]
     configs = [load_config(args.config, [*args.overrides, *combo]) for combo in grid]
+    for cfg in configs:
+        check_no_masked_secrets(cfg)   # a saved config.yaml as the sweep's base
     problems = [p for p in (check_same_config(Path(args.save_root) / n, c) for n, c in zip(names, configs)) if p]
     if problems:
         raise ConfigError(*(f'--sweep: {p}; choose another --name' for p in problems))

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch.nn.parameter import is_lazy
 
-from lightyaml.config.loading import parse_yaml
+from lightyaml.config.loading import Config, config_differences, parse_yaml
 from lightyaml.errors import ConfigError, display_path
+from lightyaml.run.disk_space import as_full_disk, is_torch_writer_failure
 from lightyaml.run.experiment_dir import ExperimentDir
 
 
@@ -49,11 +50,27 @@ def read_checkpoint(path: Path, flag: str) -> dict:
     try:
         state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     except Exception as e:
-        raise ConfigError(f'{flag}: cannot read the checkpoint {display_path(path)} '
-                          f'({type(e).__name__}: {str(e).splitlines()[0][:120]})') from None
+        raise ConfigError(f'{flag}: cannot read the checkpoint {display_path(path)} ({_unreadable(e)})') from None
     if not isinstance(state, dict) or 'state_dict' not in state:
         raise ConfigError(f'{flag}: {display_path(path)} is not a lightyaml/Lightning checkpoint (no state_dict)')
+    weights = state['state_dict']
+    foreign = next(((k, v) for k, v in weights.items() if not isinstance(v, torch.Tensor)), None) if isinstance(
+        weights, Mapping) else ('state_dict', weights)
+    if foreign is not None:   # strings or numbers where weights belong: nothing could load them
+        raise ConfigError(f'{flag}: {display_path(path)} is not a lightyaml/Lightning checkpoint (its state_dict holds '
+                          f'a {type(foreign[1]).__name__} at {foreign[0]!r}, not a tensor)')
     return state
+
+
+def _unreadable(error: Exception) -> str:
+    """Why torch.load failed, in a few words: a pickled object weights_only refuses (torch's own
+    message is a paragraph of advice to load it anyway), or a truncated or foreign file."""
+    refused = re.search(r'Unsupported global: GLOBAL (\S+)', str(error))
+    if refused:
+        return (f'it holds a pickled Python object, {refused[1]}, that loading with weights_only=True refuses; '
+                f'a checkpoint holds tensors and plain values only')
+    detail = f'{type(error).__name__}: {(str(error).strip().splitlines() or [""])[0][:120]}'
+    return f'truncated, corrupt or not a torch file: {detail}'
 
 
 def find_checkpoint(target: str, flag: str) -> Path:
@@ -95,17 +112,51 @@ def load_weights(module: Any, path: Path, flag: str = '--init-from') -> None:
 _TRAINING_STATE = ('epoch', 'global_step', 'optimizer_states', 'lr_schedulers', 'callbacks')
 
 
-def check_resumable(module: Any, path: Path, flag: str = '--resume') -> None:
+def check_resumable(module: Any, path: Path, flag: str = '--resume', cfg: Optional[Config] = None) -> None:
     """Before anything is written: the checkpoint holds a whole training state (not only weights)
-    for exactly this model's parameters and shapes; otherwise one line saying what differs."""
+    for exactly this model's parameters and shapes; otherwise one line saying what differs (with
+    `cfg`, the override that changed a shape)."""
     state = read_checkpoint(path, f'{flag} {display_path(path)}')
     missing = [k for k in _TRAINING_STATE if k not in state]
     if missing:
         raise ConfigError(f"{flag} {display_path(path)}: holds weights only (no {', '.join(missing)}), so it cannot "
                           f"continue a run; start a new run from it with --init-from {display_path(path)}")
-    problems = _weight_mismatches(state['state_dict'], module.state_dict())
+    own = module.state_dict()
+    problems = _weight_mismatches(state['state_dict'], own)
+    reshaped = [k for k, v in own.items() if k in state['state_dict'] and not is_lazy(v)
+                and state['state_dict'][k].shape != v.shape]
+    changes = _changed_since(state.get('hyper_parameters'), cfg) if reshaped and cfg is not None else []
+    if changes:
+        key, then, now = reshaped[0], state['state_dict'][reshaped[0]].shape, own[reshaped[0]].shape
+        raise ConfigError(f"{flag} {display_path(path)}: {' and '.join(changes)} changes the shape of {key} "
+                          f"({_dims(then)} in the checkpoint, {_dims(now)} now); a resumed run keeps its shapes: "
+                          f"start a new run with the change instead (--config "
+                          f"{display_path(path.parent.parent / 'config.yaml')} --name NEW_NAME ...)")
     if problems:
         raise ConfigError(f'{flag} {display_path(path)}: the config builds a different model: ' + '; '.join(problems))
+
+
+def _dims(shape: torch.Size) -> str:
+    return 'x'.join(map(str, shape)) or 'a scalar'
+
+
+def _changed_since(hparams: Any, cfg: Config) -> list[str]:
+    """What now gives the wrapper other arguments than the checkpoint's saved `hyper_parameters`:
+    the overrides behind them (through a reference too), else the keys with both values."""
+    args = (cfg.get('train_wrapper') or {}).get('args') or {}
+    if not isinstance(hparams, Mapping) or not isinstance(args, Mapping):
+        return []
+    found: list[str] = []
+    for line in config_differences(hparams, args):
+        if line.endswith(', (absent) now'):   # a default the wrapper saved and the config leaves out
+            continue
+        key = 'train_wrapper.args.' + line.partition(': ')[0]
+        reference = re.fullmatch(r'\$\{([^}]+)\}', cfg.references.get(key, ''))
+        origin = cfg.where(reference[1] if reference else key)
+        change = origin if origin.startswith('override') else f'{key} ({line.partition(": ")[2]})'
+        if change not in found:
+            found.append(change)
+    return found
 
 
 def training_done(path: Path) -> tuple[int, int]:
@@ -127,6 +178,11 @@ def atomic_torch_save(state: Any, path: Path) -> None:
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
+    except RuntimeError as e:
+        tmp.unlink(missing_ok=True)
+        if is_torch_writer_failure(e):   # a short write: say that the disk (or quota) is full, and where
+            raise as_full_disk(e, path) from e
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

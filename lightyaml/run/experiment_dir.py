@@ -10,7 +10,6 @@ import datetime
 import itertools
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,8 +17,11 @@ from typing import Optional
 
 from lightyaml.config.loading import dump_yaml, parse_yaml
 from lightyaml.config.references import escape_references
+from lightyaml.config.secrets import mask_command, mask_secrets
 from lightyaml.errors import PROJECT_ROOT, ConfigError, NonFiniteLossError, display_path
 from lightyaml.process import global_rank_from_env
+from lightyaml.run import source_copy
+from lightyaml.run.disk_space import full_disk_cause
 from lightyaml.run.folder_lock import FolderBusy, is_locked, lock_folder, unlock_folder
 
 _NAME_RULE = 'letters, digits, and . _ - = (no path separators, no "..")'
@@ -32,6 +34,9 @@ def check_experiment_name(name: str, flag: str = '--name') -> None:
     if (not name or name in ('.', '..') or '..' in name or os.path.isabs(name)
             or re.search(r'[/\\]', name) or not re.fullmatch(r'[\w.\-=]+', name)):
         raise ConfigError(f'{flag} {name!r}: an experiment name may only use {_NAME_RULE}')
+    if name.startswith('-'):   # `--resume -x`, `ls save/-x`, `rm save/-x*` would read it as a flag
+        raise ConfigError(f"{flag} {name!r}: an experiment name may not start with '-' (it reads as a flag); "
+                          f"e.g. {flag} {name.lstrip('-') or 'run'}")
     if len(name.encode()) > MAX_NAME_BYTES:
         raise ConfigError(f'{flag} {name[:40]}...: an experiment name may have at most {MAX_NAME_BYTES} '
                           f'characters, not {len(name.encode())}')
@@ -43,7 +48,10 @@ def is_experiment_folder(path: Path) -> bool:
 
 
 def os_error(path: Path, e: OSError, doing: str = 'writing the experiment folder') -> ConfigError:
-    """A file-system error as one line naming the path."""
+    """A file-system error as one line naming the path (a full disk: the file system and its space left)."""
+    full_disk = full_disk_cause(e, path)
+    if full_disk:
+        return ConfigError(f'{full_disk} ({doing})')
     return ConfigError(f'{display_path(Path(e.filename) if e.filename else path)}: {e.strerror or e} ({doing})')
 
 
@@ -67,9 +75,6 @@ def check_output_file(out: str | os.PathLike, flag: str, own: Path, parent_must_
                                   f'{display_path(folder)}; write somewhere else')
     return path
 
-_SOURCE_SKIP_DIRS = {'save', 'load', '.git', '__pycache__', '.pytest_cache', '.hypothesis', 'venv', '.venv',
-                     'env', '.tox', '.mypy_cache', '.ruff_cache', 'node_modules', 'lightning_logs'}
-
 
 class ExperimentDir:
     """`save/<name>/`: config.yaml, src/, git.txt, git.diff, log.txt, metrics.csv, tb/, ckpt/,
@@ -81,6 +86,7 @@ class ExperimentDir:
         self.log_file = self.path / 'log.txt'
         self.started = False   # set by start(): trackers and TensorBoard wait for it (rank 0 only)
         self._lock: Optional[int] = None   # the descriptor holding the folder's lock, while we write
+        self._source_skipped: Optional[str] = None   # logged after the command line by start()
 
     def lock(self, flag: str, new: bool = False) -> None:
         """Become the folder's one writer until `release` (or the end of the process); refused
@@ -164,7 +170,7 @@ class ExperimentDir:
             self.lock('--name', new=True)
             self.ckpt_dir.mkdir()
             self.write_config(config, command)
-            self.copy_source()
+            self._source_skipped = self.copy_source()
             self.record_git()
         except OSError as e:
             raise os_error(self.path, e) from None
@@ -180,16 +186,18 @@ class ExperimentDir:
                 self.write_config(config, command)
                 if not (self.ckpt_dir / 'last.ckpt').exists():   # stopped before its first checkpoint
                     self._set_aside_partial_metrics()
-                    self.log(f'restarted from the start (no checkpoint was written): {" ".join(command)}')
+                    self.log(f'restarted from the start (no checkpoint was written): {" ".join(mask_command(command))}')
                 else:
-                    self.log(f'resumed: {" ".join(command)}')
+                    self.log(f'resumed: {" ".join(mask_command(command))}')
             except OSError as e:
                 raise os_error(self.path, e) from None
         else:
             moved = self.create(config, command, overwrite=overwrite)
             if moved is not None:
                 print(f'moved the old {display_path(self.path)} to {display_path(moved)}')
-            self.log(f'command: {" ".join(command)}')
+            self.log(f'command: {" ".join(mask_command(command))}')
+            if self._source_skipped:
+                self.log(self._source_skipped)
         self.started = True
 
     def _set_aside_partial_metrics(self) -> None:
@@ -220,33 +228,28 @@ class ExperimentDir:
 
     def write_config(self, config: Mapping, command: Sequence[str]) -> None:
         """config.yaml: the merged config with its references resolved (the values the run used),
-        headed by every command that ran it (as comments, so the file still loads as a config)."""
+        headed by every command that ran it (as comments, so the file still loads as a config).
+        Secrets are written `***` (lightyaml/config/secrets.py): a rerun or resume asks for them again."""
         path = self.path / 'config.yaml'
         old = path.read_text().splitlines() if path.exists() else []
         header = list(itertools.takewhile(lambda line: line.startswith('#'), old))
-        header.append(f'# {datetime.datetime.now().isoformat(timespec="seconds")}: {" ".join(command)}')
-        atomic_write(path, '\n'.join(header) + '\n' + dump_yaml(escape_references(dict(config))))
+        header.append(f'# {datetime.datetime.now().isoformat(timespec="seconds")}: {" ".join(mask_command(command))}')
+        atomic_write(path, '\n'.join(header) + '\n' + dump_yaml(escape_references(mask_secrets(dict(config)))))
 
-    def copy_source(self, root: Path = PROJECT_ROOT) -> None:
-        """Copy the project's Python files and configs into src/ (not data, runs, git or caches)."""
+    def copy_source(self, root: Path = PROJECT_ROOT) -> Optional[str]:
+        """Copy the project into src/ as lightyaml/run/source_copy.py decides (what git would commit,
+        no secrets, no big files); returns the log.txt line naming what it skipped, or None."""
         # Never the save root or any experiment folder: with `--save-root .` the run would copy itself.
         skip = {self.path.resolve(), self.path.resolve().parent}
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if d not in _SOURCE_SKIP_DIRS and not d.startswith('.')
-                           and not (Path(dirpath, d) / 'pyvenv.cfg').exists()
-                           and Path(dirpath, d).resolve() not in skip and not is_experiment_folder(Path(dirpath, d))]
-            for filename in filenames:
-                if filename.endswith(('.py', '.yaml', '.yml', '.txt', '.md')):
-                    source = Path(dirpath, filename)
-                    target = self.path / 'src' / source.relative_to(root)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(source, target)
+        skipped = source_copy.copy_source(
+            root, self.path / 'src', keep_folder=lambda d: d.resolve() not in skip and not is_experiment_folder(d))
+        return source_copy.skipped_line(skipped)
 
     def record_git(self, root: Path = PROJECT_ROOT) -> None:
         """git.txt (commit and status) and git.diff (uncommitted changes), inside a git checkout."""
         def git(*args: str) -> Optional[str]:
             try:
-                done = subprocess.run(['git', *args], cwd=root, capture_output=True, text=True, timeout=30)
+                done = subprocess.run([*source_copy.GIT, *args], cwd=root, capture_output=True, text=True, timeout=30)
             except (OSError, subprocess.TimeoutExpired):
                 return None
             return done.stdout if done.returncode == 0 else None

@@ -11,6 +11,7 @@ from pathlib import Path
 from lightyaml.config.checking import blame, first_line
 from lightyaml.config.loading import Config
 from lightyaml.errors import ConfigError, NonFiniteLossError, RunStoppedError, display_path
+from lightyaml.run.disk_space import as_full_disk, full_disk_cause, is_torch_writer_failure
 from lightyaml.run.experiment_dir import ExperimentDir
 
 
@@ -28,7 +29,13 @@ def stopped_run(exp: ExperimentDir, cfg: Config) -> Iterator[None]:
 
 def stop_message(error: Exception, exp: ExperimentDir, cfg: Config) -> str:
     """`run stopped: <cause>; the last good checkpoint ... is kept; continue with --resume ...`."""
-    if isinstance(error, OSError) and error.errno is not None:
+    if is_torch_writer_failure(error):   # torch's writer, outside atomic_torch_save: the file is not known
+        error = as_full_disk(error, exp.path)
+        error.filename = None
+    full_disk = full_disk_cause(error, exp.path) if isinstance(error, OSError) else None
+    if full_disk:
+        cause = full_disk
+    elif isinstance(error, OSError) and error.errno is not None:
         where = f': {display_path(Path(os.fsdecode(error.filename)))}' if error.filename else ''
         cause = f'{error.strerror or error}{where} ({errno.errorcode.get(error.errno, error.errno)})'
     else:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
 from lightyaml.config.loading import dump_yaml, parse_yaml
+from lightyaml.config.secrets import mask_secrets, mask_text
 from lightyaml.errors import display_path
 from lightyaml.run.experiment_dir import ExperimentDir, atomic_write
 
@@ -79,7 +80,7 @@ def record_run(exp: ExperimentDir, key: str, entry: Mapping) -> None:
     """Keep one tracker's run in trackers.yaml, for the next resume."""
     runs = read_runs(exp)
     runs[key] = dict(entry)
-    atomic_write(exp.path / RUNS_FILE, dump_yaml(runs))
+    atomic_write(exp.path / RUNS_FILE, dump_yaml(mask_secrets(runs)))
 
 
 def init_parameters(cls: type) -> list[str]:
@@ -104,7 +105,7 @@ class TrackerGuard:
             return fn(*args, **kwargs)
         except Exception as e:
             self.off = True
-            detail = (str(e).strip().splitlines() or [''])[0][:300]
+            detail = mask_text((str(e).strip().splitlines() or [''])[0])[:300]   # it may quote the tracker's URL
             message = (f'warning: logger {self.label} failed ({type(e).__name__}: {detail}); it gets no more calls '
                        f'in this run, training goes on, {display_path(self.exp.path)}/metrics.csv, tb/ and log.txt '
                        f'keep every metric')
@@ -146,7 +147,7 @@ class TrackedRun:
         args = tracker_args(self.name, self._args, accepted, self.exp, previous)
         logger = self._cls(**args)
         if not previous:   # a continued run has the config already (MLflow refuses changed params)
-            logger.log_hyperparams(self._config)
+            logger.log_hyperparams(mask_secrets(self._config))   # the tracker stores it: no secrets
         entry = {'name': self.name, 'group': previous.get('group') or os.environ.get(GROUP_ENV)}
         key = resume_argument(self.name, accepted)
         if key is not None:

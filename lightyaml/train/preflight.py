@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any, Optional
@@ -52,7 +53,29 @@ def check_loop_values(cfg: Config) -> list[str]:
         value = (cfg.get(section) or {}).get(name) if isinstance(cfg.get(section) or {}, Mapping) else None
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not rule(value):
             problems.append(cfg.error(key, f'expected {wanted}, got {value!r}'))
+    params = cfg.get('trainer_params')
+    devices = params.get('devices', 'auto') if isinstance(params, Mapping) else 'auto'
+    if not valid_devices(devices):
+        problems.append(cfg.error('trainer_params.devices', f"expected 'auto', a number of devices >= 1 (-1: "
+                                                            f"all), or a list of device indices such as [0, 1], "
+                                                            f"got {devices!r}"))
     return problems
+
+
+def valid_devices(devices: Any) -> bool:
+    """Whether `trainer_params.devices` has a form both entry points read (Lightning's): 'auto', a
+    count (an int or its string; -1: all), or device indices (a list, or a string '0,1')."""
+    if isinstance(devices, str):
+        devices = devices.strip()
+        if devices == 'auto' or re.fullmatch(r'-1|[1-9]\d*', devices):
+            return True
+        return bool(re.fullmatch(r'\d+(,\d+)*,?', devices))
+    if isinstance(devices, bool):
+        return False
+    if isinstance(devices, int):
+        return devices >= 1 or devices == -1
+    return (isinstance(devices, (list, tuple)) and len(devices) > 0
+            and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in devices))
 
 
 @contextlib.contextmanager
