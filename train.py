@@ -69,13 +69,24 @@ from lightyaml.run.checkpoint_files import (
     seed_everything,
     set_rng_state,
 )
-from lightyaml.run.core_share import CoreShare
 from lightyaml.run.folder_lock import HELD_BY_LAUNCHER
 from lightyaml.run.metrics_files import MetricsWriter, format_epoch_line, model_summary
-from lightyaml.run.results import finish_run, predict_spec, record_test, split_loader, write_predictions
+from lightyaml.run.results import (
+    finish_run,
+    predict_loader,
+    prediction_columns,
+    record_test,
+    run_classifies,
+    served_stage,
+    split_loader,
+    write_own_curves,
+    write_predictions,
+)
 from lightyaml.run.sample_grid import write_prediction_grid
 from lightyaml.run.stopped import stopped_run
-from lightyaml.run.trackers import TrackedRuns, make_tracked_runs
+from lightyaml.run.stopping import StoppedBySignal, StopSignals
+from lightyaml.run.threads import decide_threads
+from lightyaml.run.trackers import TrackedRuns, check_trackers_reachable, make_tracked_runs
 from lightyaml.train.ema import EMA, STATE_KEY, EMAParams, ema_target, ema_weights
 from lightyaml.train.lazy import materialize
 from lightyaml.train.optim import step_schedulers
@@ -162,6 +173,7 @@ def validate(cfg: Config) -> None:
     problems += check_loop_values(cfg)
     if problems:
         raise ConfigError(*problems)
+    check_trackers_reachable(cfg)   # a tracker server that does not answer: one line, before anything is created
 
 
 def ema_params(cfg: Config) -> Optional[EMAParams]:
@@ -222,7 +234,11 @@ def launch_processes(nproc: int, argv: Sequence[str]) -> None:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch  # only to launch several processes
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend='c10d', rdzv_endpoint='localhost:0', max_restarts=0, monitor_interval=0.5)
-    elastic_launch(config, sys.executable)(os.path.abspath(__file__), *argv)
+    from torch.distributed.elastic.multiprocessing.api import SignalException  # with the launcher above
+    try:
+        elastic_launch(config, sys.executable)(os.path.abspath(__file__), *argv)
+    except SignalException as e:   # it passed the signal on; rank 0 kept last.ckpt and wrote the line
+        raise StoppedBySignal(128 + int(e.sigval)) from None
 
 
 @dataclass
@@ -349,7 +365,7 @@ def train(run: Run) -> dict[str, float]:
         process = setup_process(device_type)
         trackers = make_tracked_runs(run.cfg.get('loggers') or [], TRACKERS.get, run.exp, run.cfg,
                                      run.resume is not None)
-        cores = CoreShare(process.device.type == 'cpu', processes=int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
+        decide_threads(run.cfg, int(os.environ.get('LOCAL_WORLD_SIZE', '1')))   # once, recorded in config.yaml
         status = 'failed'
         try:
             with stopped_run(run.exp, run.cfg):   # an error once under way: one line, the checkpoint to resume from
@@ -358,11 +374,11 @@ def train(run: Run) -> dict[str, float]:
                     if process.master:
                         print(training.first_steps.report())
                     return {}
-                metrics = loop(start(training, trackers, cores))
+                with training.stop.installed():   # SIGTERM, SIGINT, SIGHUP: stop at the next batch
+                    metrics = loop(start(training, trackers))
             status = 'success'
             return metrics
         finally:
-            cores.stop()
             trackers.finish(status)
             if process.world_size > 1:
                 torch.distributed.destroy_process_group()
@@ -384,10 +400,12 @@ class Training:
     resumed: Resumed = field(default_factory=Resumed)
     ema: Optional[EMA] = None
     trackers: Optional[TrackedRuns] = None
-    cores: Optional[CoreShare] = None
     writer: Optional[MetricsWriter] = None      # rank 0 only, as top_k
     top_k: Optional[TopK] = None
     start_time: float = 0.0
+    # the first stop signal, if any; under SLURM SIGUSR1 also stops, and requeues the job
+    stop: StopSignals = field(default_factory=lambda: StopSignals(requeue='SLURM_JOB_ID' in os.environ))
+    stopping: bool = False                      # every process agreed to stop at this batch
 
     @property
     def max_epochs(self) -> int:
@@ -435,7 +453,7 @@ def set_up(run: Run, params: TrainerParams, process: Process) -> Training:
     return Training(run, params, process, task, optimizers, step_module, autocast, train_set, val_sets, first_steps)
 
 
-def start(t: Training, trackers: TrackedRuns, cores: CoreShare) -> Training:
+def start(t: Training, trackers: TrackedRuns) -> Training:
     """Continue from the checkpoint on --resume, start the moving average of the weights (the
     `ema` callback), and create or continue the experiment folder (rank 0)."""
     run = t.run
@@ -446,7 +464,7 @@ def start(t: Training, trackers: TrackedRuns, cores: CoreShare) -> Training:
     t.ema = EMA(ema_target(t.task), ema_args) if ema_args is not None else None   # averages task.model
     if t.ema is not None and t.resumed.ema:
         t.ema.load_state_dict(t.resumed.ema)
-    t.trackers, t.cores = trackers, cores
+    t.trackers = trackers
     if t.process.master:
         run.exp.start(run.cfg, run.command, resume=run.resume is not None or run.restart, overwrite=run.overwrite)
         trackers.start()   # their runs begin now, not inside the first epoch's time
@@ -465,12 +483,13 @@ def loop(t: Training) -> dict[str, float]:
     """Epochs until max_epochs or max_steps (or a search's pruner) stop it; the last epoch's metrics."""
     keep_freed_memory()
     resume_gc()   # paused for start-up when run as a script
-    t.cores.start()   # shared with other runs on this machine (lightyaml/run/core_share.py)
     epoch, step, metrics = t.resumed.start_epoch, t.resumed.step, {}
     max_epochs, max_steps = t.max_epochs, t.params.max_steps
     while (max_epochs < 0 or epoch < max_epochs) and (max_steps < 0 or step < max_steps):
         epoch_start = time.perf_counter()
         step = train_epoch(t, epoch, step)
+        if t.stopping:
+            stop_for_signal(t, epoch, step)
         metrics, validated = end_epoch(t, epoch, step, epoch_start)
         epoch += 1
         # A search's pruner may stop the run here (not after its last epoch: it has run in full);
@@ -480,10 +499,11 @@ def loop(t: Training) -> dict[str, float]:
                                 device=t.process.device)
             if all_reduce_sum(stop).item():
                 break
-    t.cores.stop()
     if t.process.master:
         t.writer.close()
         finish_run(t.run.exp, metrics, t.top_k.params.monitor, *t.top_k.best())
+    if t.process.world_size > 1:   # all leave together: gloo aborts a process that tears down while another works
+        torch.distributed.barrier()
     return metrics
 
 
@@ -502,7 +522,6 @@ def train_epoch(t: Training, epoch: int, step: int) -> int:
     for batch_idx, batch in batches:
         if batch_idx >= n_train:
             break
-        t.cores.step()
         batch = to_device(batch, t.process.device)
         accumulating = (batch_idx + 1) % params.accumulate_grad_batches != 0 and batch_idx + 1 < n_train
         # no_sync: with DDP, gradients are only exchanged on the batch that steps the optimizer
@@ -521,9 +540,35 @@ def train_epoch(t: Training, epoch: int, step: int) -> int:
         if (step + 1) % params.log_every_n_steps == 0:   # the only host syncs within an epoch
             log_step(t, epoch, step, terms, batches)
         step += 1
-        if 0 < params.max_steps <= step:
+        if 0 < params.max_steps <= step or signalled(t):
             break
     return step
+
+
+def signalled(t: Training) -> bool:
+    """Whether a stop signal came; rank 0 decides, every process follows (a sync per step only
+    with several processes)."""
+    if t.process.world_size > 1:
+        stop = torch.tensor(float(t.process.master and t.stop.signum is not None), device=t.process.device)
+        t.stopping = bool(all_reduce_sum(stop).item())
+    else:
+        t.stopping = t.stop.signum is not None
+    return t.stopping
+
+
+def stop_for_signal(t: Training, epoch: int, step: int) -> None:
+    """Rank 0 keeps last.ckpt as of this step (a resume runs the interrupted epoch again from its
+    start, the step count going on), then the one line; every process exits with 128 + the signal."""
+    if t.process.master:
+        t.writer.close()
+        write_own_curves(t.run.exp)
+        save_training(t, t.run.exp.ckpt_dir / 'last.ckpt', (epoch - 1, step),
+                      t.resumed.elapsed + time.perf_counter() - t.start_time)
+    signum = torch.tensor(float(t.stop.signum or 0), device=t.process.device)
+    if t.process.world_size > 1:   # the other processes exit with rank 0's signal
+        torch.distributed.broadcast(signum, src=0)
+        t.stop.signum = int(signum.item())
+    raise t.stop.stop(t.run.exp, t.run.command, (epoch + 1, step), t.process.master)
 
 
 def optimizer_step(t: Training, step: int) -> None:
@@ -588,15 +633,20 @@ def write_epoch(t: Training, epoch: int, step: int, metrics: Mapping[str, float]
     t.writer.log({k: v for k, v in metrics.items() if k != 'step'}, step - 1)
     t.trackers.log_metrics({k: v for k, v in metrics.items() if k != 'step'}, step - 1)
     t.writer.flush()
-    hparams = t.run.cfg['train_wrapper'].get('args', {})
 
     def save(path: Path) -> None:
-        save_checkpoint(path, t.task, t.optimizers, (epoch, step), hparams,
-                        {'BaseLogger': {'elapsed': elapsed}, 'TopK': t.top_k.state_dict(),
-                         **({STATE_KEY: t.ema.state_dict()} if t.ema else {})})
+        save_training(t, path, (epoch, step), elapsed)
     t.top_k.update({**metrics, 'step': step}, save)   # named by steps done, as ModelCheckpoint names them
     if t.top_k.params.save_last:
         save(t.run.exp.ckpt_dir / 'last.ckpt')
+
+
+def save_training(t: Training, path: Path, counters: tuple[int, int], elapsed: float) -> None:
+    """A checkpoint of the training state: weights, optimizer, `counters` (epoch, step), the time
+    spent, the top-k and EMA states."""
+    save_checkpoint(path, t.task, t.optimizers, counters, t.run.cfg['train_wrapper'].get('args', {}),
+                    {'BaseLogger': {'elapsed': elapsed}, 'TopK': t.top_k.state_dict(),
+                     **({STATE_KEY: t.ema.state_dict()} if t.ema else {})})
 
 
 def load_task(cfg: Config, ckpt: Path, use_ema: Optional[bool]) -> tuple[Any, bool]:
@@ -626,16 +676,20 @@ def evaluate_checkpoint(target: Evaluation) -> None:
     autocast, _ = autocast_and_scaler(params.precision, device)
     resume_gc()   # paused for start-up when run as a script
     if args.test:
-        loader = split_loader(data, 'test', f'--test {args.test}')
+        flag = f'--test {args.test}'
+        served_stage(data, 'test', cfg, flag)
+        loader = split_loader(data, 'test', flag)
         record_test(exp, ckpt, evaluate(task, loader, len(loader), 'test', device, autocast), ema=averaged)
         return
-    data.specs['predict'] = predict_spec(args.data, cfg)
-    loader = split_loader(data, 'predict', f'--predict {args.predict}' + (f' --data {args.data}' if args.data else ''))
+    flag = f'--predict {args.predict}' + (f' --data {args.data}' if args.data else '')
+    loader, dataset = predict_loader(data, cfg, args.data, flag)
     task.eval()
     with torch.no_grad(), autocast:
-        outputs = [task(to_device(batch, device)).cpu() for batch in loader]
-    write_predictions(Path(args.out) if args.out else exp.path / 'predictions.csv', torch.cat(outputs),
-                      data.dataset('predict'), exp.read_classes())
+        outputs = [out.cpu() if isinstance(out := task(to_device(batch, device)), torch.Tensor) else out
+                   for batch in loader]
+    classes = exp.read_classes()
+    write_predictions(Path(args.out) if args.out else exp.path / 'predictions.csv', prediction_columns(outputs, flag),
+                      dataset, classes, run_classifies(cfg, classes))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

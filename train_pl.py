@@ -37,7 +37,7 @@ set_cache_defaults()   # matplotlib's cache where HOME is unset or unwritable (a
 if __name__ == '__main__':
     pause_gc_for_start_up()   # until training starts: a third of the import time (lightyaml/process.py)
 
-from lightyaml.config.checking import build, check_kwargs, check_sections, check_spec, check_spec_list
+from lightyaml.config.checking import attempt, build, check_kwargs, check_sections, check_spec, check_spec_list
 from lightyaml.config.loading import Config
 from lightyaml.errors import ConfigError
 from lightyaml.launch.cli import answer, exit_status, parse_command_line
@@ -48,8 +48,21 @@ from lightyaml.launch.search import plan_search
 from lightyaml.launch.sweep import plan_sweep
 from lightyaml.process import resume_gc
 from lightyaml.registry import CALLBACKS, DATA_MODULES, LOGGERS, WRAPPERS
-from lightyaml.run.results import finish_run, predict_spec, record_test, split_loader, write_predictions
+from lightyaml.run.results import (
+    finish_run,
+    predict_loader,
+    prediction_columns,
+    record_test,
+    refuse_data_flag,
+    run_classifies,
+    served_stage,
+    split_loader,
+    write_own_curves,
+    write_predictions,
+)
 from lightyaml.run.stopped import stopped_run
+from lightyaml.run.stopping import StopSignals
+from lightyaml.run.trackers import check_trackers_reachable
 
 # Lightning, and the callbacks that import it, are imported inside the functions that use them:
 # once the console is quiet (lightyaml/launch/console.py), and never for --list or --print-config.
@@ -104,6 +117,7 @@ def validate(cfg: Config) -> None:
     problems += check_loop_values(cfg)
     if problems:
         raise ConfigError(*problems)
+    check_trackers_reachable(cfg)   # a tracker server that does not answer: one line, before anything is created
 
 
 def device_params(trainer_params: Mapping, gpu: Optional[str], nodes: Optional[int]) -> dict:
@@ -129,6 +143,8 @@ def train(run: Run) -> dict[str, float]:
     metrics. The experiment folder's lock is released when it ends, however it ends."""
     import pytorch_lightning as pl  # Lightning: see the note above `main`
 
+    from callbacks.signal_stop import SignalStop, slurm_requeues  # Lightning: see the note above `main`
+    from lightyaml.run.threads import decide_threads  # torch: see the note above `main`
     from lightyaml.train.lightning import lightning_data, lightning_first_steps  # Lightning: see the note above `main`
     cfg = run.cfg
     with run.exp.writing():
@@ -137,7 +153,11 @@ def train(run: Run) -> dict[str, float]:
         data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
         wrapper = build_wrapper(run)
         checkpoint = make_checkpoint(run)
-        trainer, params = make_trainer(run, data, [checkpoint, *make_callbacks(run)])
+        stop = StopSignals()   # SIGTERM, SIGINT, SIGHUP during fit: stop at the next batch, last.ckpt kept
+        signal_stop = SignalStop(stop, run.exp, run.command)
+        trainer, params = make_trainer(run, data, [checkpoint, signal_stop, *make_callbacks(run)])
+        stop.requeue = slurm_requeues(trainer)   # SIGUSR1 ours too: Lightning's handler is then never put in
+        decide_threads(cfg, trainer.num_devices)   # once, before any step; recorded in config.yaml
         # Under torchrun or SLURM every process is already part of the job, and a throwaway Trainer
         # would join it: the preflight runs in single processes and in the one that launches DDP.
         launched = 'LOCAL_RANK' in os.environ or 'WORLD_SIZE' in os.environ
@@ -148,10 +168,17 @@ def train(run: Run) -> dict[str, float]:
         if run.dry_run:
             print(first_steps.report() if first_steps else 'dry run: skipped in a launched process')
             return {}
-        with warnings.catch_warnings(), stopped_run(run.exp, cfg):
+        with warnings.catch_warnings(), stopped_run(run.exp, cfg), stop.installed():
             if run.resume is not None:   # continuing in place: ckpt/ holds the run's checkpoints, as it should
                 warnings.filterwarnings('ignore', message=r'Checkpoint directory .* exists and is not empty')
-            trainer.fit(wrapper, datamodule=lightning_data(data), ckpt_path=run.resume, weights_only=True)
+            try:
+                trainer.fit(wrapper, datamodule=lightning_data(data), ckpt_path=run.resume, weights_only=True)
+            except SystemExit:   # Lightning's SIGTERMException: SignalStop kept last.ckpt and wrote the line
+                if signal_stop.stopped is None:
+                    raise
+                if trainer.is_global_zero:   # the loggers are closed now: the curves up to the stop
+                    write_own_curves(run.exp)
+                raise signal_stop.stopped from None
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if trainer.is_global_zero and not trainer.interrupted:
             best_score = None if checkpoint.best_model_score is None else float(checkpoint.best_model_score)
@@ -232,24 +259,17 @@ def make_trainer(run: Run, data: Any, callbacks: list[Any]) -> tuple[Any, dict]:
 
 def evaluate(target: Evaluation) -> None:
     """What --test, --predict or --export does with the checkpoint `resolve_evaluation` found."""
-    # Lightning and torch: see the note above `main`.
-    import pytorch_lightning as pl
-    import torch
-
-    from lightyaml.run.checkpoint_files import read_checkpoint
-    from lightyaml.train.ema import ema_target, ema_weights
-    args, exp, cfg, ckpt = target.args, target.exp, target.cfg, target.ckpt
-    name = cfg['train_wrapper']['name']
-    wrapper = build(f'training wrapper {name!r} from {ckpt.name}', 'train_wrapper', cfg, lambda: WRAPPERS.get(
-        name).load_from_checkpoint(ckpt, map_location='cpu', weights_only=True))
-    averaged = ema_weights(read_checkpoint(ckpt, f'--ckpt {args.ckpt}'), args.ema, ckpt)
-    if averaged is not None:   # the `ema` callback's average, as validation used it
-        ema_target(wrapper).load_state_dict(averaged)
+    import pytorch_lightning as pl  # Lightning: see the note above `main`
+    args, exp, cfg = target.args, target.exp, target.cfg
+    wrapper, averaged = rebuilt_wrapper(target)
     if args.export:
+        import torch  # torch: see the note above `main`
+
         from lightyaml.run.export import export_experiment  # onnx and friends: only for --export
         if not isinstance(getattr(wrapper, 'model', None), torch.nn.Module):
-            raise ConfigError(f"--export: training wrapper {name!r} has no single `model` to export")
-        export_experiment(exp, cfg, wrapper.model, (ckpt, averaged is not None), args.format, args.out)
+            raise ConfigError(f"--export: training wrapper {cfg['train_wrapper']['name']!r} has no single `model` "
+                              f"to export")
+        export_experiment(exp, cfg, wrapper.model, (target.ckpt, averaged), args.format, args.out)
         return
     data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
     same_device = {k: v for k, v in (cfg.get('trainer_params') or {}).items() if k in ('accelerator', 'precision')}
@@ -257,30 +277,97 @@ def evaluate(target: Evaluation) -> None:
                          enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
     resume_gc()   # paused for start-up when run as a script
     if args.test:
-        if isinstance(data, pl.LightningDataModule):
-            results = trainer.test(wrapper, datamodule=data, verbose=False)
-        else:
-            loader = split_loader(data, 'test', f'--test {args.test}')
-            results = trainer.test(wrapper, dataloaders=loader, verbose=False)
-        if not results:
-            raise ConfigError(f'--test {args.test}: the test split gave no batches')
-        record_test(exp, ckpt, results[0], ema=averaged is not None)
-        return
+        run_test(target, trainer, wrapper, data, averaged)
+    else:
+        run_predict(target, trainer, wrapper, data)
+
+
+def rebuilt_wrapper(target: Evaluation) -> tuple[Any, bool]:
+    """The training wrapper as training built it, from the run's config.yaml (`train_wrapper.args`,
+    overrides applied), whether or not it saved its hyperparameters, with the checkpoint's weights
+    loaded as Lightning's load_from_checkpoint loads them (its `configure_model` and
+    `on_load_checkpoint` hooks first, then the state_dict, strictly); then the `ema` callback's
+    average where validation used it. Returns the wrapper and whether it holds the EMA weights."""
+    # torch: see the note above `main`
+    from lightyaml.run.checkpoint_files import load_weights, read_checkpoint
+    from lightyaml.train.ema import ema_target, ema_weights
+    cfg, ckpt, flag = target.cfg, target.ckpt, f'--ckpt {target.args.ckpt}'
+    name = cfg['train_wrapper']['name']
+    wrapper = build(f'the training wrapper {name!r}', 'train_wrapper', cfg, lambda: WRAPPERS.make(cfg['train_wrapper']))
+    state = read_checkpoint(ckpt, flag)
+
+    def hooks() -> None:
+        if callable(getattr(wrapper, 'configure_model', None)):
+            wrapper.configure_model()   # a module that builds its layers there (idempotent, as Lightning asks)
+        if callable(getattr(wrapper, 'on_load_checkpoint', None)):
+            wrapper.on_load_checkpoint(state)   # it may rename or add keys of the state_dict
+    build(f'the training wrapper {name!r} for {ckpt.name}', 'train_wrapper', cfg, hooks)
+    load_weights(wrapper, ckpt, target.flag, state)
+    averaged = ema_weights(state, target.args.ema, ckpt)
+    if averaged is not None:   # the `ema` callback's average, as validation used it
+        ema_target(wrapper).load_state_dict(averaged)
+    return wrapper, averaged is not None
+
+
+def run_test(target: Evaluation, trainer: Any, wrapper: Any, data: Any, averaged: bool) -> None:
+    """--test: the test metrics of the checkpoint, printed and kept in test.yaml and log.txt."""
+    # Lightning: see the note above `main`
+    import pytorch_lightning as pl
+    from pytorch_lightning.utilities.model_helpers import is_overridden
+    args, cfg = target.args, target.cfg
+    flag = f'--test {args.test}'
+    if not is_overridden('test_step', wrapper, pl.LightningModule):
+        raise ConfigError(f"{flag}: training wrapper {cfg['train_wrapper']['name']!r} ({type(wrapper).__name__}) "
+                          f"has no test_step(); add one that logs the test metrics (self.log('test/acc', ...))")
+    if isinstance(data, pl.LightningDataModule):
+        served_stage(data, 'test', cfg, flag, lambda method: is_overridden(method, data, pl.LightningDataModule))
+        results = attempt('testing', 'train_wrapper', cfg, lambda: trainer.test(wrapper, datamodule=data,
+                                                                                verbose=False))
+    else:
+        served_stage(data, 'test', cfg, flag)
+        loader = split_loader(data, 'test', flag)
+        results = attempt('testing', 'train_wrapper', cfg, lambda: trainer.test(wrapper, dataloaders=loader,
+                                                                                verbose=False))
+    if not results:
+        raise ConfigError(f'{flag}: the test split gave no batches')
+    record_test(target.exp, target.ckpt, results[0], ema=averaged)
+
+
+def run_predict(target: Evaluation, trainer: Any, wrapper: Any, data: Any) -> None:
+    """--predict: predictions.csv (or --out) from the data module's predict_dataloader(), its
+    fallback (see `served_stage`), or for the default data module --data or its test split."""
+    # Lightning: see the note above `main`
+    import pytorch_lightning as pl
+    from pytorch_lightning.utilities.model_helpers import is_overridden
+    args, exp, cfg = target.args, target.exp, target.cfg
+    flag = f'--predict {args.predict}' + (f' --data {args.data}' if args.data else '')
     out = Path(args.out) if args.out else exp.path / 'predictions.csv'
+    dataset = None
     if isinstance(data, pl.LightningDataModule):   # its own predict_dataloader decides what is predicted
-        if args.data is not None:
-            raise ConfigError(f"--data: data module {cfg['data_module']['name']!r} is a LightningDataModule; "
-                              f"its predict_dataloader() gives the data (leave out --data)")
-        outputs = trainer.predict(wrapper, datamodule=data)
-        write_predictions(out, torch.cat(outputs), None)
+        refuse_data_flag(data, cfg, args.data)
+        stage = served_stage(data, 'predict', cfg, flag,
+                             lambda method: is_overridden(method, data, pl.LightningDataModule))
+        lightning_data_for(data, stage)
+        outputs = attempt('predicting', 'train_wrapper', cfg, lambda: trainer.predict(wrapper, datamodule=data))
+    else:
+        loader, dataset = predict_loader(data, cfg, args.data, flag)
+        outputs = attempt('predicting', 'train_wrapper', cfg, lambda: trainer.predict(wrapper, dataloaders=loader))
+    classes = exp.read_classes()
+    write_predictions(out, prediction_columns(outputs or [], flag), dataset, classes, run_classifies(cfg, classes))
+
+
+def lightning_data_for(data: Any, stage: str) -> None:
+    """A LightningDataModule whose `stage` loader ('test' or 'val') serves --predict: what
+    Lightning asks of it for predicting (setup('predict'), predict_dataloader()) goes to that
+    loader, set up as for testing or fitting."""
+    if stage == 'predict':
         return
-    if not hasattr(data, 'specs'):
-        raise ConfigError('--predict: works with the default data module (data_module.name: default) '
-                          'or a LightningDataModule')
-    data.specs['predict'] = predict_spec(args.data, cfg)
-    loader = split_loader(data, 'predict', f'--predict {args.predict}' + (f' --data {args.data}' if args.data else ''))
-    outputs = trainer.predict(wrapper, dataloaders=loader)
-    write_predictions(out, torch.cat(outputs), data.dataset('predict'), exp.read_classes())
+    setup, loader = data.setup, getattr(data, f'{stage}_dataloader')
+    own_stage = 'test' if stage == 'test' else 'fit'   # 'fit' sets up the validation set in Lightning's examples
+
+    def predict_setup(stage: str) -> None:
+        setup(own_stage if stage == 'predict' else stage)
+    data.setup, data.predict_dataloader = predict_setup, loader
 
 
 if __name__ == '__main__':

@@ -21,7 +21,6 @@ from lightyaml.errors import (
                               display_path,
 )
 from lightyaml.process import (
-                              SHARE_CORES,
                               global_rank_from_env,
                               keep_freed_memory,
                               pause_gc_for_start_up,
@@ -69,7 +68,6 @@ __all__ = [
                               'PROJECT_ROOT',
                               'REGISTRIES',
                               'SCHEDULERS',
-                              'SHARE_CORES',
                               'TRACKERS',
                               'TRANSFORMS',
                               'WRAPPERS',

@@ -28,7 +28,7 @@ class BaseLogger(pl.Callback):
 
     def __init__(self, exp: ExperimentDir, config: Mapping, command: Sequence[str], resume: bool = False,
                  overwrite: bool = False) -> None:
-        self.exp, self._config, self._command = exp, dict(config), list(command)
+        self.exp, self._config, self._command = exp, config, list(command)   # the run's: threads are added later
         self._resume, self._overwrite = resume, overwrite
         self._ready = False
         self._elapsed_before = 0.0  # training seconds of earlier sessions of this run

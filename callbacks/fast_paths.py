@@ -5,10 +5,8 @@ import os
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from lightyaml.run.core_share import CoreShare
 from utils import keep_freed_memory, resume_gc
 
 # Hooks Lightning calls once or more per training batch. Each call of a hook costs 1-4 us (a
@@ -22,8 +20,7 @@ NVML_CHECK = 'PYTORCH_NVML_BASED_CUDA_CHECK'
 
 class FastPaths(pl.Callback):
     """Two costs Lightning adds to every step, removed where that changes nothing else, and what
-    train.py does too once training starts: `keep_freed_memory`, `resume_gc` and, on the CPU, the
-    cores shared with other runs (lightyaml/run/core_share.py).
+    train.py does too once training starts: `keep_freed_memory` and `resume_gc`.
 
     1. Lightning calls every batch hook of every callback and of the LightningModule, and skips
        a hook that is not callable. A hook still inherited unchanged from `pl.Callback` or
@@ -40,7 +37,6 @@ class FastPaths(pl.Callback):
     def __init__(self) -> None:
         self._nvml_check: str | None = None
         self._skipped: list[tuple[Any, str]] = []
-        self._cores = CoreShare(enabled=False)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         objects = [(pl_module, pl.LightningModule)] + [(c, pl.Callback) for c in trainer.callbacks]
@@ -54,20 +50,10 @@ class FastPaths(pl.Callback):
         self._nvml_check = os.environ.pop(NVML_CHECK, None)
         keep_freed_memory()
         resume_gc()   # paused for start-up when train_pl.py runs as a script
-        self._cores = CoreShare(isinstance(trainer.accelerator, CPUAccelerator), processes=trainer.num_devices)
-        self._cores.start()
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
-        self._cores.step()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._cores.stop()
         if self._nvml_check is not None:
             os.environ[NVML_CHECK] = self._nvml_check
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._cores.stop()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         for obj, hook in self._skipped:

@@ -14,28 +14,25 @@ import tempfile
 from collections.abc import MutableMapping
 from typing import Optional
 
-SHARE_CORES = 'LIGHTYAML_SHARE_CORES'   # '0': training keeps its thread count (lightyaml/run/core_share.py)
+
+def machine_cores() -> int:
+    """The cores this process may run on (its affinity: a SLURM job's or a container's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
 
 def set_thread_defaults(environ: MutableMapping[str, str] = os.environ,
                         cpu_count: Optional[int] = None) -> dict[str, str]:
     """Thread settings torch reads once, at import: the entry points call this first. What the
     user set is kept; OpenMP's wait policy too (PASSIVE made a small MLP 4-5x slower alone).
-
-    - Several processes on one machine (LOCAL_WORLD_SIZE: torchrun, train.py's launcher) split
-      its cores, OMP_NUM_THREADS = cores // processes, unless OMP_NUM_THREADS or MKL_NUM_THREADS
-      is set (torchrun sets 1 unless you do). Lightning's DDP launcher makes the same split.
-    - Runs share the cores while they train (lightyaml/run/core_share.py) unless the user chose the
-      thread count: LIGHTYAML_SHARE_CORES=0 then, decided by the first process and inherited by
-      those it starts (whose OMP_NUM_THREADS the launchers set). Returns what was set."""
+    Several processes on one machine (LOCAL_WORLD_SIZE: torchrun, train.py's launcher) split its
+    cores, OMP_NUM_THREADS = cores // processes, unless OMP_NUM_THREADS or MKL_NUM_THREADS is set
+    (torchrun sets 1 unless you do). Lightning's DDP launcher makes the same split. The run's count
+    is then fixed and recorded by lightyaml/run/threads.py. Returns what was set."""
     chosen = {}
     user_threads = any(environ.get(var) for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'))
-    if SHARE_CORES not in environ:
-        chosen[SHARE_CORES] = '0' if user_threads else '1'
     processes = environ.get('LOCAL_WORLD_SIZE', '')
     if processes.isdigit() and int(processes) > 1 and not user_threads:
-        cores = cpu_count or (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count())
-        chosen['OMP_NUM_THREADS'] = str(max(1, (cores or 1) // int(processes)))
+        chosen['OMP_NUM_THREADS'] = str(max(1, (cpu_count or machine_cores()) // int(processes)))
     environ.update(chosen)
     return chosen
 

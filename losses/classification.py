@@ -14,6 +14,8 @@ from losses import register
 class CrossEntropy(nn.Module):
     """Cross-entropy of logits `pred` against `batch[target_key]` (class indices)."""
 
+    classifies = True   # --predict writes each sample's class and probability (lightyaml/run/results.py)
+
     def __init__(self, target_key: str = 'label', label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.target_key, self.label_smoothing = target_key, label_smoothing

@@ -3,6 +3,7 @@ in-process on the real configs, shrunk for speed; compare folders; evaluate a mo
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -55,25 +56,33 @@ def registering(*entries: tuple[Any, str, type]) -> Iterator[None]:
 
 
 def run_pl(save_root: Path, *args: str) -> int:
-    """`python train_pl.py ARGS --save-root SAVE_ROOT`, in-process; returns the exit status once
-    the run's curves.png (drawn by a background process) is written too."""
+    """`python train_pl.py ARGS --save-root SAVE_ROOT`, in-process; returns the exit status."""
     import train_pl
-    from lightyaml.run.results import wait_for_plots
-    try:
+    with own_threads():
         return train_pl.main([*args, '--save-root', str(save_root), *QUIET])
-    finally:
-        wait_for_plots()
 
 
 def run_py(save_root: Path, *args: str) -> int:
-    """`python train.py ARGS --save-root SAVE_ROOT`, in-process; returns the exit status once
-    the run's curves.png is written too."""
+    """`python train.py ARGS --save-root SAVE_ROOT`, in-process; returns the exit status."""
     import train
-    from lightyaml.run.results import wait_for_plots
-    try:
+    with own_threads():
         return train.main([*args, '--save-root', str(save_root), *QUIET])
+
+
+@contextlib.contextmanager
+def own_threads() -> Iterator[None]:
+    """The test process's thread count and OMP_NUM_THREADS back after an in-process run (a run
+    fixes its own: lightyaml/run/threads.py), so one test's run does not set the next one's."""
+    import torch
+    threads, omp = torch.get_num_threads(), os.environ.get('OMP_NUM_THREADS')
+    try:
+        yield
     finally:
-        wait_for_plots()
+        torch.set_num_threads(threads)
+        if omp is None:
+            os.environ.pop('OMP_NUM_THREADS', None)
+        else:
+            os.environ['OMP_NUM_THREADS'] = omp
 
 
 # Both entry points by script name, for tests parametrized over them.
@@ -95,3 +104,25 @@ def evaluate(wrapper: torch.nn.Module, split: str = 'val') -> float:
     with torch.no_grad():
         pred = wrapper.model(data.tensors).argmax(1)
     return (pred == data.tensors['label']).float().mean().item()
+
+
+@contextlib.contextmanager
+def server_that_hangs_up() -> Iterator[int]:
+    """A port on 127.0.0.1 that takes connections and closes each at once, as a tracker server that
+    is up but failing: a run's start-up check finds it there, and every request it makes fails."""
+    import socket
+    import threading
+    listener = socket.create_server(('127.0.0.1', 0))
+
+    def hang_up() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:   # closed: the block ended
+                return
+            connection.close()
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()

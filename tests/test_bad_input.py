@@ -37,11 +37,11 @@ CASES = [
     (['--config', '{tmp}/cycle.yaml'], '{tmp}/cycle.yaml: extends: circular: {tmp}/cycle.yaml -> {tmp}/cycle.yaml'),
     (['--config', '{tmp}/orphan.yaml'], '{tmp}/missing.yaml: config file not found'),
     (['--config', '{tmp}/nowrapper.yaml'], "{tmp}/nowrapper.yaml: missing section 'train_wrapper'"),
-    (['--config', '{tmp}/number.yaml'], '{tmp}/number.yaml: 0: unknown section; sections: seed, data_module, '
-                                        'train_wrapper, trainer_params, checkpoint, callbacks, loggers'),
+    (['--config', '{tmp}/number.yaml'], '{tmp}/number.yaml: 0: unknown section; sections: seed, threads, data_module, '
+                                        'train_wrapper, trainer_params, checkpoint, callbacks, loggers, predict'),
     (['--config', DIGITS, 'trainer_paramz.max_epochs=1'],
      o.format('trainer_paramz.max_epochs=1') + "trainer_paramz: unknown section (did you mean 'trainer_params'?); "
-     'sections: seed, data_module, train_wrapper, trainer_params, checkpoint, callbacks, loggers'),
+     'sections: seed, threads, data_module, train_wrapper, trainer_params, checkpoint, callbacks, loggers, predict'),
     (['--config', DIGITS, 'train_wrapper.args.model_spec.name=mlpp'],
      o.format('train_wrapper.args.model_spec.name=mlpp') + 'train_wrapper.args.model_spec.name: unknown model '
      "'mlpp' (did you mean 'mlp'?); registered: {models}"),

@@ -53,19 +53,22 @@ def test_two_runs_at_once_and_the_quickstart_run_alone_with_their_targets() -> N
     lines = done.stdout.splitlines()
     rows = [[cell.strip() for cell in line.strip('|').split('|')] for line in lines if line.startswith('|')]
     assert rows[0] == ['workload', 'variant', 'alone ms/step', '1 thread alone', 'two at once ms/step (each copy)',
-                       'x alone (each copy)', 'bound: 1 thread / alone', 'steps side by side']
+                       'x alone (each copy)', 'x 1 thread alone (each copy)', 'steps side by side']
     assert [row[:2] for row in rows[2:5]] == [['mlp', 'floor'], ['mlp', 'train.py'], ['mlp', 'train_pl.py']]
-    for row in rows[2:5]:   # the bound is the 1-thread column over the alone column (each rounded to 0.01)
-        alone, one_thread, bound = (float(row[i]) for i in (2, 3, 6))
-        low, high = (one_thread - 0.005) / (alone + 0.005), (one_thread + 0.005) / (alone - 0.005)
-        assert low - 0.005 <= bound <= high + 0.005, row
+    for row in rows[2:5]:   # each copy's step over one thread alone (every figure rounded to 0.01)
+        one_thread = float(row[3])
+        if row[7] == '0':   # on a busy machine tiny copies may not train at the same time: nothing to compare
+            assert 'nan' in row[4], row
+            continue
+        for pair, ratio in zip((float(x) for x in row[4].split(',')), (float(x) for x in row[6].split(','))):
+            low, high = (pair - 0.005) / (one_thread + 0.005), (pair + 0.005) / (one_thread - 0.005)
+            assert low - 0.005 <= ratio <= high + 0.005, row
     assert rows[5] == ['part', 'median s', 'min s', 'max s']
     parts = [row[0] for row in rows[7:]]
-    assert parts[:7] == ['command to exit (the command)', 'last epoch line to exit (the command)',
-                         'curves.png on disk after exit (the command)', 'imports (instrumented)',
-                         'start-up to first step (instrumented)', 'training (instrumented)',
+    assert parts[:6] == ['command to exit (the command)', 'last epoch line to exit (the command)',
+                         'imports (instrumented)', 'start-up to first step (instrumented)', 'training (instrumented)',
                          'last epoch line to exit (instrumented)']
-    assert parts[7:] == ['--list', '--print-config'] and all(float(row[1]) >= 0 for row in rows[7:])
+    assert parts[6:] == ['--list', '--print-config'] and all(float(row[1]) >= 0 for row in rows[7:])
     targets = [line.split(':')[0] for line in lines if line.startswith('- ')]
     assert targets == ['- train.py beside itself, mlp', '- train_pl.py beside itself, mlp', '- command to exit',
                        '- start-up to first step', '- last epoch line to exit', '- --list', '- --print-config']

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conftest import DIGITS, QUIET, ROOT, RUNNERS, run_pl, run_py
+from conftest import DIGITS, QUIET, ROOT, RUNNERS, run_pl, run_py, server_that_hangs_up
 from lightyaml.config.loading import parse_yaml
 
 EPOCHS2 = 'trainer_params.max_epochs=2'
@@ -268,14 +268,35 @@ def test_a_tracker_that_fails_costs_one_warning_and_nothing_else(save_root: Path
     assert log.count('warning: logger loggers.0 (flaky) failed') == 1 and 'epoch 3/3' in log
 
 
-def test_train_py_with_its_tracker_server_gone_trains_on(save_root: Path, capfd: pytest.CaptureFixture) -> None:
+def test_train_py_with_its_tracker_server_failing_trains_on(save_root: Path, capfd: pytest.CaptureFixture) -> None:
     pytest.importorskip('mlflow')
-    dead = f'http://127.0.0.1:{free_port()}'
-    assert run_py(save_root, '--config', DIGITS, '--name', 'gone', EPOCHS2,
-                  f'loggers=[{{name: MLFlowLogger, args: {{tracking_uri: "{dead}"}}}}]') == 0
+    with server_that_hangs_up() as port:   # there at start, then every request fails
+        assert run_py(save_root, '--config', DIGITS, '--name', 'gone', EPOCHS2,
+                      f'loggers=[{{name: MLFlowLogger, args: {{tracking_uri: "http://127.0.0.1:{port}"}}}}]') == 0
     warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith('warning: logger')]
     assert len(warnings) == 1 and warnings[0].startswith('warning: logger loggers.0 (MLFlowLogger) failed (')
     assert len(val_acc(save_root / 'gone')) == 2 and not (save_root / 'gone' / 'trackers.yaml').exists()
+
+
+@pytest.mark.parametrize('entry', ['train.py', 'train_pl.py'])
+@pytest.mark.parametrize('where', ['config', 'environment'])
+def test_a_tracker_server_that_does_not_answer_is_one_line_and_creates_nothing(
+        entry: str, where: str, save_root: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
+    pytest.importorskip('mlflow')
+    dead = f'http://dan:s3cret-pw@127.0.0.1:{free_port()}'
+    masked = dead.replace('s3cret-pw', '***')
+    if where == 'environment':
+        monkeypatch.setenv('MLFLOW_TRACKING_URI', dead)
+    args = f'{{tracking_uri: "{dead}"}}' if where == 'config' else '{}'
+    run = run_py if entry == 'train.py' else run_pl
+    assert run(save_root, '--config', DIGITS, EPOCHS2, f'loggers=[{{name: MLFlowLogger, args: {args}}}]') == 2
+    err = capfd.readouterr().err
+    key = (f"error: override 'loggers=[{{name: MLFlowLogger, args: {{tracking_uri: \"{masked}\"}}}}]': "
+           f"loggers.0.args.tracking_uri: ") if where == 'config' else (
+        'error: MLFLOW_TRACKING_URI (for loggers.0): ')
+    assert err.startswith(f'{key}cannot reach {masked} (ConnectionRefusedError: '), err
+    assert err.endswith('start the server, fix the URL or leave the tracker out\n') and err.count('\n') == 1, err
+    assert 's3cret-pw' not in err and not save_root.exists()
 
 
 @pytest.mark.parametrize('script, override, message', [

@@ -41,7 +41,7 @@ def trials_of(folder: Path) -> list[dict]:
 
 def kept_files(folder: Path) -> dict[str, bytes]:
     """`snapshot` less the files a run or search rewrites by design: its summary and plots, the
-    study, and curves.png (drawn in the background after a run ends, so it may land later)."""
+    study, and curves.png (redrawn whole as each run ends)."""
     rewritten = ('summary', 'history.png', 'importance.png', 'search.yaml', 'study.db')
     return {k: v for k, v in snapshot(folder).items() if not k.startswith(rewritten) and not k.endswith('curves.png')}
 
@@ -301,8 +301,7 @@ def test_worker_slots_split_the_cores_or_take_one_gpu_each() -> None:
     from lightyaml.launch.sweep import worker_slots
     cores = len(os.sched_getaffinity(0))
     assert worker_slots(None, 2) == [([], {'OMP_NUM_THREADS': str(max(1, cores // 2)),
-                                           'MKL_NUM_THREADS': str(max(1, cores // 2)),
-                                           'LIGHTYAML_SHARE_CORES': '0'})] * 2   # the split is kept all along
+                                           'MKL_NUM_THREADS': str(max(1, cores // 2))})] * 2   # the split is kept
     assert worker_slots(None, None) == [([], {})]
     assert worker_slots('0,1', None) == [(['--gpu', '0'], {}), (['--gpu', '1'], {})]
 

@@ -11,12 +11,13 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
 import pytest
 
-from conftest import DIGITS, QUIET, ROOT, RUNNERS, registering, snapshot
+from conftest import DIGITS, QUIET, ROOT, RUNNERS, registering, server_that_hangs_up, snapshot
 from lightyaml.config.secrets import mask_command, mask_secrets, mask_url
 from lightyaml.errors import ConfigError
 from lightyaml.launch.slurm import array_script, check_script_values
@@ -78,6 +79,13 @@ def dead_trackers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv('MLFLOW_ALLOW_FILE_STORE', 'true')
 
 
+@pytest.fixture
+def failing_server() -> Iterator[int]:
+    """The port of a tracker server that is up (the start-up check passes) but fails every request."""
+    with server_that_hangs_up() as port:
+        yield port
+
+
 def digits_with_token() -> type:
     """The digits dataset behind a (fake) download token, as a dataset on a private hub takes one."""
     from datasets.digits import Digits
@@ -91,12 +99,12 @@ def digits_with_token() -> type:
 
 @pytest.mark.parametrize('entry', RUNNERS)
 def test_a_run_writes_its_secrets_nowhere_and_a_resume_asks_for_them_again(
-        entry: str, save_root: Path, tmp_path: Path, dead_trackers: None, monkeypatch: pytest.MonkeyPatch,
-        capfd: pytest.CaptureFixture) -> None:
+        entry: str, save_root: Path, tmp_path: Path, dead_trackers: None, failing_server: int,
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
     pytest.importorskip('mlflow')
     from utils import DATASETS
     token, password, env_password = fresh_secret('token'), fresh_secret('pw'), fresh_secret('envpw')
-    dead = f'127.0.0.1:{free_port()}'
+    dead = f'127.0.0.1:{failing_server}'
     monkeypatch.setenv('MLFLOW_TRACKING_URI', f'http://carol:{env_password}@{dead}')   # loggers.2 takes it
     store = tmp_path / 'mlruns'   # loggers.0: a tracker that works and stores the config it is sent
     loggers = (f'loggers=[{{name: MLFlowLogger, args: {{tracking_uri: "file:{store}"}}}}, '
@@ -157,7 +165,7 @@ def test_a_refused_storage_is_one_line_with_the_password_masked_and_creates_noth
     assert not save_root.exists()
 
 
-def test_a_search_writes_no_secret_in_its_files(save_root: Path, tmp_path: Path) -> None:
+def test_a_search_writes_no_secret_in_its_files(save_root: Path, tmp_path: Path, failing_server: int) -> None:
     """search.yaml, the study's database, each trial's folder and log: the tracker's password is `***`."""
     pytest.importorskip('optuna')
     pytest.importorskip('mlflow')
@@ -165,7 +173,7 @@ def test_a_search_writes_no_secret_in_its_files(save_root: Path, tmp_path: Path)
     search = tmp_path / 'search.yaml'
     search.write_text('n_trials: 1\nmetric: val/acc\ndirection: maximize\nsampler: {name: random, args: {seed: 0}}\n'
                       'params:\n  train_wrapper.args.optim_spec.args.lr: {float: [1e-3, 3e-3]}\n')
-    tracker = f'loggers=[{{name: MLFlowLogger, args: {{tracking_uri: "http://dan:{password}@127.0.0.1:{free_port()}"}}}}]'
+    tracker = f'loggers=[{{name: MLFlowLogger, args: {{tracking_uri: "http://dan:{password}@127.0.0.1:{failing_server}"}}}}]'
     env = {k: v for k, v in os.environ.items() if not k.startswith(('MLFLOW_', 'LIGHTYAML_'))}
     done = subprocess.run([sys.executable, str(ROOT / 'train.py'), '--config', DIGITS, '--name', 'private',
                            '--search', str(search), '--save-root', str(save_root), *QUIET, EPOCHS1, tracker],

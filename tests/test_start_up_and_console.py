@@ -1,6 +1,6 @@
 """What a run costs around its training and what it prints: thread defaults set before torch starts
 its thread pool, garbage collection paused for start-up, `--list` without torch or Lightning,
-curves.png drawn by a detached process, and a console without advertisements or progress-bar
+curves.png there at exit, and a console without advertisements or progress-bar
 redraws when output goes to a file. No timing is asserted (bench/run.py --only quickstart,contention)."""
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ seen = {{}}
 class Spy(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == 'torch' and not seen:
-            names = ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS', 'LIGHTYAML_SHARE_CORES')
+            names = ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS')
             seen.update({{k: os.environ.get(k) for k in names}})
 sys.meta_path.insert(0, Spy())
 sys.path.insert(0, {root!r})
@@ -31,8 +30,7 @@ import {module}
 import torch
 print(json.dumps({{'at_torch_import': seen, 'threads': torch.get_num_threads()}}))
 '''
-OMP = ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME', 'LOCAL_WORLD_SIZE',
-       'LIGHTYAML_SHARE_CORES')
+OMP = ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME', 'LOCAL_WORLD_SIZE')
 
 
 def import_with_env(module: str, **env: str) -> dict:
@@ -45,35 +43,34 @@ def import_with_env(module: str, **env: str) -> dict:
 
 
 @pytest.mark.parametrize('module', ['train', 'train_pl'])
-def test_a_clean_environment_keeps_openmps_wait_policy_and_shares_the_cores(module: str) -> None:
+def test_a_clean_environment_keeps_openmps_wait_policy_and_thread_count(module: str) -> None:
     seen = import_with_env(module)
-    assert seen['at_torch_import'] == {'OMP_WAIT_POLICY': None, 'OMP_NUM_THREADS': None, 'LIGHTYAML_SHARE_CORES': '1'}
+    assert seen['at_torch_import'] == {'OMP_WAIT_POLICY': None, 'OMP_NUM_THREADS': None}
 
 
-def test_what_the_user_set_is_kept_and_their_thread_count_is_not_shared() -> None:
+def test_what_the_user_set_is_kept() -> None:
     seen = import_with_env('train_pl', OMP_WAIT_POLICY='PASSIVE', OMP_NUM_THREADS='1', LOCAL_WORLD_SIZE='2')
-    assert seen == {'at_torch_import': {'OMP_WAIT_POLICY': 'PASSIVE', 'OMP_NUM_THREADS': '1',
-                                        'LIGHTYAML_SHARE_CORES': '0'}, 'threads': 1}
+    assert seen == {'at_torch_import': {'OMP_WAIT_POLICY': 'PASSIVE', 'OMP_NUM_THREADS': '1'}, 'threads': 1}
 
 
 def test_processes_on_one_machine_split_its_cores() -> None:
     cores = len(os.sched_getaffinity(0))
     seen = import_with_env('train', LOCAL_WORLD_SIZE='2')   # as torchrun and train.py's launcher set it
-    assert seen == {'at_torch_import': {'OMP_WAIT_POLICY': None, 'OMP_NUM_THREADS': str(max(1, cores // 2)),
-                                        'LIGHTYAML_SHARE_CORES': '1'}, 'threads': max(1, cores // 2)}
+    assert seen == {'at_torch_import': {'OMP_WAIT_POLICY': None, 'OMP_NUM_THREADS': str(max(1, cores // 2))},
+                    'threads': max(1, cores // 2)}
 
 
 def test_the_thread_defaults_rule_by_rule() -> None:
-    assert set_thread_defaults({}, cpu_count=8) == {'LIGHTYAML_SHARE_CORES': '1'}
+    assert set_thread_defaults({}, cpu_count=8) == {}
     environ = {'LOCAL_WORLD_SIZE': '2'}
-    assert set_thread_defaults(environ, cpu_count=8) == {'LIGHTYAML_SHARE_CORES': '1', 'OMP_NUM_THREADS': '4'}
-    assert environ == {'LOCAL_WORLD_SIZE': '2', 'LIGHTYAML_SHARE_CORES': '1', 'OMP_NUM_THREADS': '4'}
+    assert set_thread_defaults(environ, cpu_count=8) == {'OMP_NUM_THREADS': '4'}
+    assert environ == {'LOCAL_WORLD_SIZE': '2', 'OMP_NUM_THREADS': '4'}
     # A process the first one started (Lightning's DDP set OMP_NUM_THREADS) keeps its decision.
     assert set_thread_defaults(environ, cpu_count=8) == {}
     assert set_thread_defaults({'LOCAL_WORLD_SIZE': '3'}, cpu_count=2)['OMP_NUM_THREADS'] == '1'
-    assert set_thread_defaults({'LOCAL_WORLD_SIZE': '2', 'MKL_NUM_THREADS': '2'}, 8) == {'LIGHTYAML_SHARE_CORES': '0'}
-    assert set_thread_defaults({'OMP_NUM_THREADS': '3', 'LIGHTYAML_SHARE_CORES': '1'}, 8) == {}
-    assert set_thread_defaults({'KMP_BLOCKTIME': '0', 'OMP_WAIT_POLICY': 'ACTIVE'}, 8) == {'LIGHTYAML_SHARE_CORES': '1'}
+    assert set_thread_defaults({'LOCAL_WORLD_SIZE': '2', 'MKL_NUM_THREADS': '2'}, 8) == {}
+    assert set_thread_defaults({'OMP_NUM_THREADS': '3', 'LOCAL_WORLD_SIZE': '2'}, 8) == {}
+    assert set_thread_defaults({'KMP_BLOCKTIME': '0', 'OMP_WAIT_POLICY': 'ACTIVE'}, 8) == {}
 
 
 def test_garbage_collection_pauses_only_for_a_script_and_resumes_frozen() -> None:
@@ -100,24 +97,6 @@ def test_list_imports_neither_torch_nor_lightning_and_lists_what_importing_finds
     assert done.stdout.startswith('datasets: ') and 'digits' in done.stdout and 'base, gan' in done.stdout
 
 
-def test_curves_are_drawn_in_the_background_into_the_run_even_when_it_is_moved(tmp_path: Path) -> None:
-    from lightyaml.run.results import draw_curves_in_background, plot_metrics
-    metrics = 'epoch,step,train/loss,val/loss,val/acc\n0,9,1.5,1.2,0.6\n1,19,0.9,0.8,0.8\n'
-    exp = tmp_path / 'run'
-    exp.mkdir()
-    (exp / 'metrics.csv').write_text(metrics)
-    plotter = draw_curves_in_background(exp)
-    exp.rename(tmp_path / 'moved')   # as --overwrite moves a run aside
-    (tmp_path / 'run').mkdir()       # and starts the new one in its place
-    assert plotter.wait(120) == 0
-    assert sorted(p.name for p in (tmp_path / 'moved').iterdir()) == ['curves.png', 'metrics.csv']
-    assert list((tmp_path / 'run').iterdir()) == []
-    (tmp_path / 'sync' / 'run').mkdir(parents=True)   # the same name, so the same legend
-    (tmp_path / 'sync' / 'run' / 'metrics.csv').write_text(metrics)
-    expected = plot_metrics([tmp_path / 'sync' / 'run'])   # what the run itself used to draw
-    assert (tmp_path / 'moved' / 'curves.png').read_bytes() == expected.read_bytes()
-
-
 def run_script(entry: str, save_root: Path, *extra: str) -> subprocess.CompletedProcess:
     """`python ENTRY --config digits.yaml` with its output captured (a pipe, not a terminal)."""
     clean = {k: v for k, v in os.environ.items() if k not in ('PYTHONWARNINGS', 'COLUMNS')}
@@ -134,10 +113,7 @@ def test_output_to_a_pipe_is_a_line_per_epoch_without_tips_or_deprecations(entry
     epochs = [line.split()[1] for line in output if line.startswith('epoch ')]
     assert epochs == ['1/3', '2/3', '3/3'] and len(output) <= 3 + 4, output   # + GPU/TPU lines and the end
     assert not [line for line in output if 'Tip' in line or 'eprecat' in line or 'Warning' in line], output
-    curves = save_root / 'digits' / 'curves.png'   # drawn by a detached process: it comes a moment later
-    deadline = time.time() + 120
-    while not curves.exists() and time.time() < deadline:
-        time.sleep(0.1)
+    curves = save_root / 'digits' / 'curves.png'   # drawn before the command exits
     assert curves.read_bytes().startswith(b'\x89PNG\r\n\x1a\n')
 
 
@@ -152,11 +128,9 @@ def test_a_bar_asked_for_numbers_epochs_from_one_as_the_log_does(entry: str, sav
                                                                    capfd: pytest.CaptureFixture) -> None:
     import train
     import train_pl
-    from lightyaml.run.results import wait_for_plots
     main = train_pl.main if entry == 'train_pl.py' else train.main
     assert main(['--config', DIGITS, '--save-root', str(save_root), 'trainer_params.max_epochs=2',
                  'trainer_params.limit_train_batches=3', 'trainer_params.enable_progress_bar=true']) == 0
-    wait_for_plots()
     out = capfd.readouterr()
     bar = out.out if entry == 'train_pl.py' else out.err   # Lightning's bar draws on stdout, tqdm on stderr
     assert 'epoch 1/2: ' in bar and 'epoch 2/2: ' in bar   # tqdm writes the description, then ': '

@@ -21,11 +21,9 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     import train_pl
     from lightyaml.launch.cli import parse_command_line
     from lightyaml.launch.resolve import resolve_run
-    from lightyaml.run.results import wait_for_plots
     run = resolve_run(parse_command_line('train_pl.py', '', ['--config', DIGITS, '--save-root', str(save_root)]))
     run.command = ('python', 'train_pl.py', '--config', DIGITS)   # as typed, without the test's --save-root
     metrics = train_pl.train(run)
-    wait_for_plots()   # curves.png is drawn in the background
     return run.exp.path, metrics
 
 
@@ -42,7 +40,8 @@ def test_experiment_folder_holds_everything_to_understand_and_rerun(digits_run: 
     # config.yaml: the merged config (loadable as a config again), headed by the command.
     text = (exp / 'config.yaml').read_text()
     assert re.match(r'# \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d: python train_pl.py --config \S+digits.yaml\n', text)
-    assert dict(load_config(exp / 'config.yaml')) == {**load_config(DIGITS), 'seed': 0}
+    threads = torch.get_num_threads()   # decided before training and recorded (lightyaml/run/threads.py)
+    assert dict(load_config(exp / 'config.yaml')) == {**load_config(DIGITS), 'seed': 0, 'threads': threads}
     # src/: the code and configs, not data, runs or git.
     assert (exp / 'src' / 'train_pl.py').read_text() == (ROOT / 'train_pl.py').read_text()
     assert (exp / 'src' / 'models' / 'mlp.py').exists() and (exp / 'src' / 'configs' / 'digits.yaml').exists()

@@ -17,7 +17,9 @@ from lightyaml.config.loading import Config
 from lightyaml.errors import ConfigError, ModuleFileError, did_you_mean
 from lightyaml.registry import DATA_MODULES, DATASETS, REGISTRIES, SCHEDULERS, TRANSFORMS, Registry, SpecMarker
 
-TOP_LEVEL_SECTIONS = ('seed', 'data_module', 'train_wrapper', 'trainer_params', 'checkpoint', 'callbacks', 'loggers')
+TOP_LEVEL_SECTIONS = ('seed', 'threads', 'data_module', 'train_wrapper', 'trainer_params', 'checkpoint', 'callbacks',
+                      'loggers', 'predict')
+PREDICT_KEYS = ('classify',)   # the `predict` section: what --predict writes (lightyaml/run/results.py)
 REQUIRED_SECTIONS = ('data_module', 'train_wrapper')
 MAX_SEED = 2**32 - 1   # NumPy's limit; Lightning would silently draw another seed above it
 
@@ -219,6 +221,9 @@ def check_sections(cfg: Config, allowed: Sequence[str] = TOP_LEVEL_SECTIONS) -> 
     seed = cfg.get('seed')
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED):
         problems.append(cfg.error('seed', f'expected an integer from 0 to {MAX_SEED}, got {seed!r}'))
+    threads = cfg.get('threads')
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        problems.append(cfg.error('threads', f'expected a whole number of CPU threads from 1, got {threads!r}'))
     if 'data_module' in cfg:
         name = cfg['data_module'].get('name') if isinstance(cfg['data_module'], Mapping) else None
         if isinstance(name, str) and name not in DATA_MODULES.names() and name in DATASETS.names():
@@ -235,7 +240,28 @@ def check_sections(cfg: Config, allowed: Sequence[str] = TOP_LEVEL_SECTIONS) -> 
         problem = checkpoint_filename_problem(cfg['checkpoint'].get('filename'))
         if problem:
             problems.append(cfg.error('checkpoint.filename', problem))
+    check_predict_section(cfg, problems)
     return problems
+
+
+def check_predict_section(cfg: Config, problems: list[str]) -> None:
+    """`predict: {classify: true}`: whether predictions.csv gives classes and probabilities (true) or
+    the output values (false); left out, --predict decides from the config (lightyaml/run/results.py)."""
+    section = cfg.get('predict')
+    if section is None:
+        return
+    if not isinstance(section, Mapping):
+        problems.append(cfg.error('predict', f'expected a mapping such as {{classify: true}}, got '
+                                             f'{type(section).__name__} {section!r}'))
+        return
+    for key, value in section.items():
+        if key not in PREDICT_KEYS:
+            problems.append(cfg.error(f'predict.{key}', f'the predict section has no key {key!r}'
+                                                        f'{did_you_mean(str(key), PREDICT_KEYS)}; keys: '
+                                                        f"{', '.join(PREDICT_KEYS)}"))
+        elif value is not None and not isinstance(value, bool):
+            problems.append(cfg.error(f'predict.{key}', f'expected true (classes and probabilities) or false '
+                                                        f'(the output values), got {value!r}'))
 
 
 def checkpoint_filename_problem(filename: Any) -> Optional[str]:

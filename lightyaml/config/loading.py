@@ -281,6 +281,9 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     return Config(resolved, origins, references)
 
 
+DECIDED_AT_START = ('seed', 'threads')   # drawn or chosen when a run starts if the config leaves them unset
+
+
 def resolve_seed(cfg: dict) -> Any:
     """The config's seed; if it has none, one drawn now. Rank 0 exports it so the processes
     Lightning's DDP launcher starts (which inherit the environment) use the same one."""
@@ -328,19 +331,19 @@ def dump_with_origins(cfg: Config) -> str:
     return '\n'.join(f'{text.ljust(width)}# {where}' for text, where in rows)
 
 
-def config_differences(old: Any, new: Any, ignore_seed: bool = False, prefix: str = '') -> list[str]:
+def config_differences(old: Any, new: Any, ignore_decided: bool = False, prefix: str = '') -> list[str]:
     """Where two configs differ, as `key.path: OLD then, NEW now` lines (values compared after a
-    YAML round trip, so `1e-3` and `0.001` are equal). `ignore_seed`: a seed left unset now
-    matches whatever seed was drawn then."""
+    YAML round trip, so `1e-3` and `0.001` are equal). `ignore_decided`: a seed or thread count left
+    unset now matches whatever the run decided then."""
     if not prefix:
         old, new = (yaml.safe_load(dump_yaml(dict(v) if isinstance(v, Mapping) else v)) for v in (old, new))
     if isinstance(old, Mapping) and isinstance(new, Mapping):
         found = []
         for key in [*old, *(k for k in new if k not in old)]:
-            if ignore_seed and not prefix and key == 'seed' and new.get('seed') is None:
+            if ignore_decided and not prefix and key in DECIDED_AT_START and new.get(key) is None:
                 continue
             path = f'{prefix}.{key}' if prefix else str(key)
-            found += config_differences(old.get(key, '(absent)'), new.get(key, '(absent)'), ignore_seed, path)
+            found += config_differences(old.get(key, '(absent)'), new.get(key, '(absent)'), ignore_decided, path)
         return found
     return [] if old == new else [f'{prefix}: {_brief(old)} then, {_brief(new)} now']
 

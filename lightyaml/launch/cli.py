@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from lightyaml.errors import (
     display_path,
 )
 from lightyaml.launch.console import quiet_console
+from lightyaml.run.stopping import StoppedBySignal
 
 Action = Literal['answer', 'sweep', 'search', 'evaluate', 'train']
 
@@ -72,6 +74,10 @@ def exit_status(plan: Plan) -> Iterator[ExitStatus]:
         yield status
     except NothingToDo as e:
         print(e)
+    except StoppedBySignal as e:   # its line is written (lightyaml/run/stopping.py)
+        status.code = e.code
+    except KeyboardInterrupt:   # Ctrl-C before training started: nothing to keep, no traceback
+        status.code = 128 + signal.SIGINT
     except ConfigError as e:
         if plan.args.debug:
             raise
@@ -94,7 +100,7 @@ def answer(plan: Plan) -> str:
     if args.print_config:
         return dump_with_origins(load_config(config_to_print(args), args.overrides))
     from lightyaml.run.experiment_dir import check_output_file  # only for --plot --out
-    from lightyaml.run.results import plot_metrics  # matplotlib: only for --plot
+    from lightyaml.run.results import plot_metrics  # Pillow: only for --plot
     out = check_output_file(args.out, '--plot', Path(args.plot[0]) / 'curves.png') if args.out else None
     if args.out and Path(args.out).suffix.lower() != '.png':   # the plotter draws PNG bytes whatever the name
         raise ConfigError(f"--plot --out {args.out}: the plotter writes png only, not "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
@@ -71,7 +72,7 @@ def _resolve(args: argparse.Namespace) -> Run:
                           'one from its weights)')
     if args.init_from:
         init = find_checkpoint(args.init_from, '--init-from')
-    if args.auto_resume:
+    if args.auto_resume or requeued_by_slurm(args):
         return _auto_resume(args, init)
     rank_zero = global_rank_from_env() == 0
     restart = False
@@ -104,6 +105,12 @@ def _resolve(args: argparse.Namespace) -> Run:
     return Run(cfg, exp, ckpt, init, restart=restart)
 
 
+def requeued_by_slurm(args: argparse.Namespace) -> bool:
+    """A SLURM job run again after a requeue (Lightning's on SIGUSR1, `scontrol requeue`, a
+    preemption) runs its command again: a --config run continues its folder, as --auto-resume does."""
+    return int(os.environ.get('SLURM_RESTART_COUNT') or 0) > 0 and bool(args.config) and not args.resume
+
+
 def _named_folder(args: argparse.Namespace) -> ExperimentDir:
     name = args.name or Path(args.config).stem
     if args.tag:
@@ -113,9 +120,9 @@ def _named_folder(args: argparse.Namespace) -> ExperimentDir:
 
 
 def _auto_resume(args: argparse.Namespace, init: Optional[Path]) -> Run:
-    """--auto-resume: continue the named folder (its checkpoint, or from the start in place when it
+    """--auto-resume (or a SLURM requeue): continue the named folder (its checkpoint, or from the start in place when it
     has none) if its config.yaml is the config asked for, start it if it does not exist."""
-    if not args.config or args.resume or args.overwrite:
+    if not args.config or args.resume or (args.overwrite and args.auto_resume):   # a requeue: its own folder
         raise ConfigError('--auto-resume: give --config (and --name), without --resume or --overwrite')
     exp = _named_folder(args)
     cfg = load_config(args.config, args.overrides)
@@ -132,11 +139,11 @@ def _auto_resume(args: argparse.Namespace, init: Optional[Path]) -> Run:
         exp.lock('--auto-resume')
     try:
         saved = load_config(saved_path)   # as the run read it: references and escapes resolved
-        differences = config_differences(saved, mask_secrets(cfg), ignore_seed=True)   # saved: secrets `***`
+        differences = config_differences(saved, mask_secrets(cfg), ignore_decided=True)   # saved: secrets `***`
         if differences:
             raise ConfigError(f'--auto-resume: {display_path(exp.path)} was run with another config '
                               f'({"; ".join(differences[:3])}); choose another --name, or --resume it with overrides')
-        cfg['seed'] = saved.get('seed')   # the seed drawn when it started
+        cfg['seed'], cfg['threads'] = saved.get('seed'), saved.get('threads')   # as decided when it started
         resolve_seed(cfg)
         if (exp.path / 'result.yaml').is_file():
             exp.release()

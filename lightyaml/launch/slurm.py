@@ -54,6 +54,8 @@ def array_script(name: str, folder: Path, commands: Sequence[Sequence[str]], sba
         '  exit 0',
         '}',
         'trap requeue USR1',
+        '# TERM (scancel, the end of the time limit): pass it on; the run keeps last.ckpt and exits 143.',
+        'trap \'kill -TERM "$child" 2>/dev/null; wait "$child"; exit $?\' TERM',
         '"${command[@]}" &   # in the background, so that the trap runs as soon as USR1 arrives',
         'child=$!',
         'wait "$child"',

@@ -26,7 +26,7 @@ from lightyaml.config.secrets import check_no_masked_secrets, mask_command, mask
 from lightyaml.errors import PROJECT_ROOT, ConfigError, display_path
 from lightyaml.launch.cli import Plan
 from lightyaml.launch.devices import parse_gpu_flag
-from lightyaml.process import SHARE_CORES
+from lightyaml.process import machine_cores
 from lightyaml.run.experiment_dir import atomic_write, check_experiment_name
 from lightyaml.run.trackers import GROUP_ENV
 
@@ -103,7 +103,7 @@ def check_same_config(exp: Path, cfg: Mapping) -> Optional[str]:
     if not saved.is_file():
         return None if not exp.exists() else f'{display_path(exp)} exists without a config.yaml'
     # config.yaml holds secrets as `***`: compare with the config masked the same way
-    differences = config_differences(load_config(saved), mask_secrets(cfg), ignore_seed=True)
+    differences = config_differences(load_config(saved), mask_secrets(cfg), ignore_decided=True)
     return f'{display_path(exp)} was run with another config ({"; ".join(differences[:3])})' if differences else None
 
 
@@ -120,10 +120,8 @@ def worker_slots(gpu: Optional[str], workers: Optional[int]) -> list[tuple[list[
         raise ConfigError(f'--workers {workers}: expected 1 or more')
     if workers == 1:
         return [([], {})]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-    threads = str(max(1, cores // workers))
-    return [(['--gpu', gpu] if gpu else [], {'OMP_NUM_THREADS': threads, 'MKL_NUM_THREADS': threads,
-                                               SHARE_CORES: '0'})] * workers
+    threads = str(max(1, machine_cores() // workers))
+    return [(['--gpu', gpu] if gpu else [], {'OMP_NUM_THREADS': threads, 'MKL_NUM_THREADS': threads})] * workers
 
 
 @dataclasses.dataclass

@@ -98,9 +98,10 @@ def _weight_mismatches(weights: Mapping[str, Any], own: Mapping[str, Any]) -> li
     return problems
 
 
-def load_weights(module: Any, path: Path, flag: str = '--init-from') -> None:
-    """Load only the weights of a checkpoint into `module`; every mismatch is listed in one line."""
-    weights = read_checkpoint(path, f'{flag} {display_path(path)}')['state_dict']
+def load_weights(module: Any, path: Path, flag: str = '--init-from', state: Optional[Mapping] = None) -> None:
+    """Load only the weights of a checkpoint (or of `state`, the checkpoint as read already) into
+    `module`; every mismatch is listed in one line."""
+    weights = (state if state is not None else read_checkpoint(path, f'{flag} {display_path(path)}'))['state_dict']
     own = module.state_dict()
     problems = _weight_mismatches(weights, own)
     if problems:
@@ -125,7 +126,8 @@ def check_resumable(module: Any, path: Path, flag: str = '--resume', cfg: Option
     problems = _weight_mismatches(state['state_dict'], own)
     reshaped = [k for k, v in own.items() if k in state['state_dict'] and not is_lazy(v)
                 and state['state_dict'][k].shape != v.shape]
-    changes = _changed_since(state.get('hyper_parameters'), cfg) if reshaped and cfg is not None else []
+    saved = (state.get('hyper_parameters') or _recorded_args(path)) if reshaped and cfg is not None else None
+    changes = _changed_since(saved, cfg) if saved is not None else []
     if changes:
         key, then, now = reshaped[0], state['state_dict'][reshaped[0]].shape, own[reshaped[0]].shape
         raise ConfigError(f"{flag} {display_path(path)}: {' and '.join(changes)} changes the shape of {key} "
@@ -138,6 +140,16 @@ def check_resumable(module: Any, path: Path, flag: str = '--resume', cfg: Option
 
 def _dims(shape: torch.Size) -> str:
     return 'x'.join(map(str, shape)) or 'a scalar'
+
+
+def _recorded_args(path: Path) -> Any:
+    """The wrapper arguments a run's config.yaml records, for a checkpoint in its ckpt/ whose module
+    saved no hyperparameters (None without that file)."""
+    config = path.parent.parent / 'config.yaml'
+    if not config.is_file():
+        return None
+    recorded = parse_yaml(config.read_text(), display_path(config)) or {}
+    return (recorded.get('train_wrapper') or {}).get('args') if isinstance(recorded, Mapping) else None
 
 
 def _changed_since(hparams: Any, cfg: Config) -> list[str]:

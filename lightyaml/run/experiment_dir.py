@@ -285,8 +285,12 @@ class ExperimentDir:
             f.write(line.rstrip('\n') + '\n')
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write `path` through a temporary file beside it and a rename: readers see old or new."""
+def atomic_write(path: Path, text: str | bytes) -> None:
+    """Write `path` (text, or bytes such as a PNG) through a temporary file beside it and a rename:
+    readers see old or new."""
     tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(text)
+    if isinstance(text, bytes):
+        tmp.write_bytes(text)
+    else:
+        tmp.write_text(text)
     os.replace(tmp, path)

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import inspect
 import os
+import socket
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
-from lightyaml.config.loading import dump_yaml, parse_yaml
-from lightyaml.config.secrets import mask_secrets, mask_text
-from lightyaml.errors import display_path
+from lightyaml.config.loading import Config, dump_yaml, parse_yaml
+from lightyaml.config.secrets import mask_secrets, mask_text, mask_url
+from lightyaml.errors import ConfigError, display_path
 from lightyaml.run.experiment_dir import ExperimentDir, atomic_write
 
 # Set by a sweep (lightyaml/launch/sweep.py) for each of its runs: the trackers' group / experiment name.
@@ -32,6 +34,47 @@ def resume_argument(name: str, accepted: Sequence[str]) -> Optional[str]:
     if name == 'MLFlowLogger':
         return 'run_id'
     return 'version' if 'version' in accepted else None
+
+
+def check_trackers_reachable(cfg: Config, timeout: float = 5.0) -> None:
+    """Before anything is created: every tracker server the config's `loggers` would talk to
+    (MLflow's http(s) `tracking_uri` or MLFLOW_TRACKING_URI, W&B online) answers a connection, or
+    one line naming the key (or variable) and the URL, its password masked."""
+    problems = []
+    for i, spec in enumerate(cfg.get('loggers') or []):
+        args = spec.get('args') or {}
+        if spec.get('name') == 'MLFlowLogger' and args.get('tracking_uri'):
+            problem = unreachable(args['tracking_uri'], timeout)
+            problems += [cfg.error(f'loggers.{i}.args.tracking_uri', problem)] if problem else []
+        elif spec.get('name') == 'MLFlowLogger':
+            problem = unreachable(os.environ.get('MLFLOW_TRACKING_URI', ''), timeout)
+            problems += [f'MLFLOW_TRACKING_URI (for loggers.{i}): {problem}'] if problem else []
+        elif spec.get('name') == 'WandbLogger' and wandb_online(args):
+            problem = unreachable(os.environ.get('WANDB_BASE_URL', 'https://api.wandb.ai'), timeout)
+            problems += [cfg.error(f'loggers.{i}', f'W&B online: {problem}')] if problem else []
+    if problems:
+        raise ConfigError(*problems)
+
+
+def wandb_online(args: Mapping) -> bool:
+    """Whether W&B would log to its server: an API key and no offline or disabled mode."""
+    modes = {args.get('mode'), os.environ.get('WANDB_MODE')}
+    return bool(os.environ.get('WANDB_API_KEY')) and not args.get('offline') and not {'offline', 'disabled'} & modes
+
+
+def unreachable(url: str, timeout: float) -> Optional[str]:
+    """Why the server of an http(s) `url` does not answer a connection, or None (and None for a
+    local store: file:, sqlite, a path)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ('http', 'https') or not parts.hostname:
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == 'https' else 80)
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        return (f'cannot reach {mask_url(url)} ({type(e).__name__}: {mask_text(str(e))}); '
+                f'start the server, fix the URL or leave the tracker out')
+    return None
 
 
 def tracker_args(name: str, args: Mapping, accepted: Sequence[str], exp: ExperimentDir,
