@@ -1,8 +1,9 @@
 """Registries: one generic `Registry`, and every extension point of the template, one line each.
 
 A package's `register`/`make` are these objects' methods; a registry imports its package's
-files the first time it is asked for a name. Imports only lightyaml/errors.py and
-built_specs.py; Lightning-free and torch-free at import.
+files the first time it is asked for a name. Those files may import Lightning by either of its
+package names (lightyaml/lightning_names.py, installed here). Imports only lightyaml/errors.py,
+built_specs.py and lightning_names.py; Lightning-free and torch-free at import.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from typing import Any, Optional
 
 from lightyaml.built_specs import built
 from lightyaml.errors import ConfigError, DuplicateNameError, ModuleFileError, did_you_mean, display_path
+from lightyaml.lightning_names import install
+
+install()   # `import lightning` / `lightning.pytorch` in a user's file: the pytorch_lightning lightyaml runs
 
 
 class Registry:
