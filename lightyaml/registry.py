@@ -3,7 +3,7 @@
 A package's `register`/`make` are these objects' methods; a registry imports its package's
 files the first time it is asked for a name. Those files may import Lightning by either of its
 package names (lightyaml/lightning_names.py, installed here). Imports only lightyaml/errors.py,
-built_specs.py and lightning_names.py; Lightning-free and torch-free at import.
+built_specs.py, lightning_names.py and object_args.py; Lightning-free and torch-free at import.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from typing import Any, Optional
 from lightyaml.built_specs import built
 from lightyaml.errors import ConfigError, DuplicateNameError, ModuleFileError, did_you_mean, display_path
 from lightyaml.lightning_names import install
+from lightyaml.object_args import built_objects
 
 install()   # `import lightning` / `lightning.pytorch` in a user's file: the pytorch_lightning lightyaml runs
 
@@ -80,10 +81,16 @@ class Registry:
         return self._classes[name]
 
     def make(self, spec: Mapping, args: Optional[Mapping] = None) -> Any:
-        """Build `{name, args}`; `args` given here override the spec's. The spec is not changed."""
+        """Build `{name, args}`; `args` given here override the spec's. The spec is not changed. A
+        spec given for an argument that takes an object (`net: nn.Module`, `optimizer:
+        OptimizerCallable`) is built first (lightyaml/object_args.py)."""
         kwargs = copy.deepcopy(dict(spec.get('args') or {}))
         kwargs.update(args or {})
-        return built(self.kind, spec, lambda: self.get(spec['name'])(**kwargs))   # lightyaml/built_specs.py
+
+        def construct() -> Any:
+            cls = self.get(spec['name'])
+            return cls(**built_objects(cls, kwargs, REGISTRIES))
+        return built(self.kind, spec, construct)   # lightyaml/built_specs.py
 
 
 class ClassNamespace(Registry):

@@ -3,11 +3,13 @@ in-process on the real configs, shrunk for speed; compare folders; evaluate a mo
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -53,6 +55,16 @@ def registering(*entries: tuple[Any, str, type]) -> Iterator[None]:
     finally:
         for registry, name, _ in entries:
             registry._classes.pop(name, None)
+
+
+def imported(path: Path, source: str) -> ModuleType:
+    """`source` written to `path` and imported from there, as a registry imports a user's file
+    (code from elsewhere is kept as text in the tests, so its imports are its own)."""
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_pl(save_root: Path, *args: str) -> int:

@@ -9,12 +9,10 @@ Lightning's own examples; only the `@register` lines (added for the DDP copy) ar
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 import subprocess
 import sys
-import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pytest
 import pytorch_lightning as pl
 import yaml
 
-from conftest import QUIET, ROOT, registering, run_pl
+from conftest import QUIET, ROOT, imported, registering, run_pl
 from utils import CALLBACKS, DATA_MODULES, LOGGERS, WRAPPERS
 
 DATA = '''\
@@ -136,15 +134,6 @@ FILES = {'datasets/lit_digits.py': (DATA, 'from utils import DATA_MODULES',
                                      {'EpochsSeen': 'CALLBACKS.register', 'JsonLinesLogger': 'LOGGERS.register'})}
 NAMES = {'DigitsDataModule': 'lit_digits', 'LitClassifier': 'lit_classifier', 'EpochsSeen': 'epochs_seen',
          'JsonLinesLogger': 'jsonl'}
-
-
-def imported(path: Path, source: str) -> types.ModuleType:
-    """`source` written to `path` and imported from there, as the registry imports a user's file."""
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

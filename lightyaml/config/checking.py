@@ -15,6 +15,7 @@ from typing import Any, Optional
 from lightyaml.built_specs import spec_of
 from lightyaml.config.loading import Config
 from lightyaml.errors import ConfigError, ModuleFileError, did_you_mean
+from lightyaml.object_args import PARTIAL, Takes, registry_with, signature_hints, takes
 from lightyaml.registry import DATA_MODULES, DATASETS, REGISTRIES, SCHEDULERS, TRANSFORMS, Registry, SpecMarker
 
 TOP_LEVEL_SECTIONS = ('seed', 'threads', 'data_module', 'train_wrapper', 'trainer_params', 'checkpoint', 'callbacks',
@@ -79,16 +80,6 @@ def _describe(annotation: Any) -> str:
     return getattr(annotation, '__name__', str(annotation).replace('typing.', ''))
 
 
-def _signature_hints(target: Any) -> tuple[inspect.Signature, dict[str, Any]]:
-    signature = inspect.signature(target)
-    init = target.__init__ if inspect.isclass(target) else target
-    try:
-        hints = typing.get_type_hints(init, include_extras=True)
-    except Exception:  # unresolvable forward references: fall back to the raw annotations
-        hints = {name: p.annotation for name, p in signature.parameters.items()}
-    return signature, hints
-
-
 def check_kwargs(target: Any, kwargs: Mapping, key: str, cfg: Config, problems: list[str],
                  what: str, refused: Mapping[str, str] = {}, required: bool = False) -> None:
     """Check `kwargs` against `target`'s signature: unknown names, wrong types, nested specs, and
@@ -97,7 +88,7 @@ def check_kwargs(target: Any, kwargs: Mapping, key: str, cfg: Config, problems: 
     if not isinstance(kwargs, Mapping):
         problems.append(cfg.error(key, f'expected a mapping of {what} arguments, got {type(kwargs).__name__}'))
         return
-    signature, hints = _signature_hints(target)
+    signature, hints = signature_hints(target)
     params = signature.parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
@@ -119,7 +110,12 @@ def check_kwargs(target: Any, kwargs: Mapping, key: str, cfg: Config, problems: 
 
 
 def check_value(value: Any, annotation: Any, key: str, cfg: Config, problems: list[str]) -> None:
-    """Check one value against its annotation, following `Spec[...]` into nested specs."""
+    """Check one value against its annotation, following `Spec[...]` into nested specs, and specs
+    given for arguments that take objects or factories (lightyaml/object_args.py)."""
+    how = takes(annotation, value)
+    if how is not None:
+        check_object_spec(how, value, key, cfg, problems)
+        return
     named = _named_specs(annotation)
     if named is not None and isinstance(value, Mapping) and 'name' not in value:
         if not value:
@@ -171,27 +167,8 @@ def check_spec(registry: Registry, spec: Any, key: str, cfg: Config, problems: l
                required: bool = False) -> None:
     """Check a `{name, args}` spec: known name, accepted and well-typed (and, if `required`, all
     required) arguments."""
-    if not isinstance(spec, Mapping):
-        problems.append(cfg.error(key, f'expected {_a(registry.kind)} spec {{name: ..., args: {{...}}}}, '
-                                       f'got {type(spec).__name__} {spec!r}'))
-        return
-    allowed = ('name', 'args') + getattr(registry, 'extra_keys', ())
-    for extra in spec:
-        if extra not in allowed:
-            problems.append(cfg.error(f'{key}.{extra}', f'a {registry.kind} spec has no key {extra!r}'
-                                                        f'{did_you_mean(extra, allowed)}; keys: {", ".join(allowed)}'))
-    if 'name' not in spec:
-        problems.append(cfg.error(key, f'missing name: which {registry.kind}? one of {", ".join(registry.names())}'))
-        return
-    if not isinstance(spec['name'], str):
-        problems.append(cfg.error(f'{key}.name', f"expected the name of a {registry.kind}, got {spec['name']!r}"))
-        return
-    try:
-        cls = registry.get(spec['name'])
-    except ModuleFileError:
-        raise
-    except ConfigError as e:
-        problems.append(cfg.error(f'{key}.name', str(e)))
+    cls = _spec_class(registry, spec, key, cfg, problems, ('name', 'args') + getattr(registry, 'extra_keys', ()))
+    if cls is None:
         return
     args = spec.get('args') or {}
     nested = getattr(registry, 'spec_lists', ())   # e.g. RandomChoice's transforms: specs, checked by its rule
@@ -201,6 +178,49 @@ def check_spec(registry: Registry, spec: Any, key: str, cfg: Config, problems: l
     rule = KIND_RULES.get(registry.kind)
     if rule is not None:
         rule(spec, key, cfg, problems)
+
+
+def _spec_class(registry: Registry, spec: Any, key: str, cfg: Config, problems: list[str],
+                allowed: tuple[str, ...]) -> Any:
+    """The class a spec names, or None with the problems of its shape, keys and name recorded."""
+    if not isinstance(spec, Mapping):
+        problems.append(cfg.error(key, f'expected {_a(registry.kind)} spec {{name: ..., args: {{...}}}}, '
+                                       f'got {type(spec).__name__} {spec!r}'))
+        return None
+    for extra in spec:
+        if extra not in allowed:
+            problems.append(cfg.error(f'{key}.{extra}', f'a {registry.kind} spec has no key {extra!r}'
+                                                        f'{did_you_mean(extra, allowed)}; keys: {", ".join(allowed)}'))
+    if 'name' not in spec:
+        problems.append(cfg.error(key, f'missing name: which {registry.kind}? one of {", ".join(registry.names())}'))
+        return None
+    if not isinstance(spec['name'], str):
+        problems.append(cfg.error(f'{key}.name', f"expected the name of a {registry.kind}, got {spec['name']!r}"))
+        return None
+    try:
+        return registry.get(spec['name'])
+    except ModuleFileError:
+        raise
+    except ConfigError as e:
+        problems.append(cfg.error(f'{key}.name', str(e)))
+        return None
+
+
+def check_object_spec(how: Takes, value: Mapping, key: str, cfg: Config, problems: list[str]) -> None:
+    """Check a spec given for an argument that takes an object (all its required arguments) or a
+    factory (the class with these args bound: its name and arguments only; a scheduler's
+    `monitor` is then the module's own business)."""
+    if PARTIAL in value and not isinstance(value[PARTIAL], bool):
+        problems.append(cfg.error(f'{key}.{PARTIAL}', f'expected true (a factory: the class with these args '
+                                                      f'bound) or false (the object), got {value[PARTIAL]!r}'))
+    registry = registry_with(how, value['name'], REGISTRIES)
+    spec = {k: v for k, v in value.items() if k != PARTIAL}
+    if not how.factory:
+        check_spec(registry, spec, key, cfg, problems, required=True)
+        return
+    cls = _spec_class(registry, spec, key, cfg, problems, ('name', 'args'))
+    if cls is not None:
+        check_kwargs(cls, spec.get('args') or {}, f'{key}.args', cfg, problems, f"{registry.kind} {spec['name']!r}")
 
 
 def check_spec_list(registry: Registry, cfg: Config, section: str, problems: list[str]) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.nn.parameter import is_lazy
 
+from lightyaml.built_specs import spec_of
 from lightyaml.config.loading import Config, config_differences, parse_yaml
 from lightyaml.errors import ConfigError, display_path
 from lightyaml.run.disk_space import as_full_disk, is_torch_writer_failure
@@ -198,6 +199,26 @@ def atomic_torch_save(state: Any, path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def loadable_hyperparameters(value: Any) -> Any:
+    """A checkpoint's `hyper_parameters` made of what a `weights_only` load reads back: an object or
+    factory built from a spec (a module's `net`, its `optimizer` partial) becomes that spec, a class
+    or function its dotted name, any other object `<its class>`; numbers, strings, tensors and
+    containers of them stay. The run's config.yaml, not these, rebuilds the module."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    if isinstance(value, Mapping):
+        return {k: loadable_hyperparameters(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [loadable_hyperparameters(v) for v in value]
+        return tuple(items) if type(value) is tuple else items
+    found = spec_of(value)
+    if found is not None:
+        return dict(found[1])
+    if isinstance(value, type) or callable(value) and hasattr(value, '__qualname__'):
+        return f'{value.__module__}.{value.__qualname__}'
+    return f'<{type(value).__module__}.{type(value).__qualname__}>'
 
 
 def seed_everything(seed: int) -> None:

@@ -31,7 +31,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from lightyaml.config.checking import attempt
 from lightyaml.config.loading import Config
 from lightyaml.errors import NonFiniteLossError
-from lightyaml.run.checkpoint_files import atomic_torch_save
+from lightyaml.run.checkpoint_files import atomic_torch_save, loadable_hyperparameters
 from lightyaml.run.experiment_dir import ExperimentDir
 from lightyaml.run.metrics_files import MetricsWriter
 from lightyaml.train.optim import UnloggedMonitor
@@ -39,13 +39,16 @@ from lightyaml.train.preflight import FirstSteps, check_monitors, copy_module, i
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """TorchCheckpointIO whose writes are a kill-safe `<dest>.tmp` + rename in the destination folder."""
+    """TorchCheckpointIO whose writes are a kill-safe `<dest>.tmp` + rename in the destination folder,
+    with hyperparameters a `weights_only` load reads back."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
                         storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:
             raise TypeError(f'{type(self).__name__} takes no storage_options')
-        atomic_torch_save(checkpoint, Path(path))
+        hparams = {key: loadable_hyperparameters(checkpoint[key])   # a module's `net`, `optimizer`: their specs
+                   for key in ('hyper_parameters', 'datamodule_hyper_parameters') if key in checkpoint}
+        atomic_torch_save({**checkpoint, **hparams}, Path(path))
 
 
 class Deferred:
