@@ -429,7 +429,7 @@ def set_up(run: Run, params: TrainerParams, process: Process) -> Training:
     data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
     task = build_task(cfg)
     if run.init_from is not None:   # fine-tuning: the weights only; optimizer, schedule and counters start fresh
-        load_weights(task, run.init_from)
+        load_weights(task, run.init_from, prefixes=cfg.get('init_from'))
     task.to(device)
     train_loader = build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
     val_loaders = data.val_dataloader() or []   # one loader, or one per named validation set

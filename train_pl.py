@@ -192,7 +192,7 @@ def build_wrapper(run: Run) -> Any:
     from lightyaml.run.checkpoint_files import check_resumable, load_weights  # torch
     wrapper = build('the training wrapper', 'train_wrapper', run.cfg, lambda: WRAPPERS.make(run.cfg['train_wrapper']))
     if run.init_from is not None:   # fine-tuning: the weights only; optimizer, schedule and counters start fresh
-        load_weights(wrapper, run.init_from)
+        load_weights(wrapper, run.init_from, prefixes=run.cfg.get('init_from'))
     if run.resume is not None:   # a checkpoint of another model fails here, before the folder is touched
         check_resumable(wrapper, run.resume, cfg=run.cfg)
     return wrapper

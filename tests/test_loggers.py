@@ -232,7 +232,8 @@ def test_wandb_is_offline_without_a_key_and_writes_inside_the_folder(script: str
     assert acc == pytest.approx(val_acc(exp))
     if script == 'train_pl.py':   # a resume logs to the same W&B run id (`wandb sync` joins the two folders)
         assert run(save_root, '--resume', str(exp), 'trainer_params.max_epochs=3') == 0
-        second, = set((exp / 'wandb').glob(f'offline-run-*-{run_id}')) - {first}
+        # Started within the same second as the first, W&B names the folder `...-{run_id}-1`.
+        second, = set((exp / 'wandb').glob(f'offline-run-*-{run_id}*')) - {first}
         assert wandb_offline_run(second)[2] == pytest.approx(val_acc(exp)[2:])
 
 

@@ -48,19 +48,43 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 def read_checkpoint(path: Path, flag: str) -> dict:
     """A checkpoint's contents (tensors memory-mapped, `weights_only=True`); a missing, corrupt or
     foreign file is a ConfigError naming the flag."""
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    except Exception as e:
-        raise ConfigError(f'{flag}: cannot read the checkpoint {display_path(path)} ({_unreadable(e)})') from None
+    state = _loaded(path, flag)
     if not isinstance(state, dict) or 'state_dict' not in state:
         raise ConfigError(f'{flag}: {display_path(path)} is not a lightyaml/Lightning checkpoint (no state_dict)')
-    weights = state['state_dict']
+    _refuse_non_tensors(state['state_dict'], 'its state_dict', path, flag)
+    return state
+
+
+# Where files from elsewhere keep their weights, beside a plain `torch.save(model.state_dict())`.
+WEIGHTS_KEYS = ('state_dict', 'model')
+
+
+def read_weights(path: Path, flag: str) -> Mapping[str, torch.Tensor]:
+    """The weights in a file for --init-from: a Lightning or lightyaml checkpoint's `state_dict`, a
+    `{'state_dict': ...}` or `{'model': ...}` file's, or a plain `torch.save(model.state_dict())`."""
+    state = _loaded(path, flag)
+    key = next((k for k in WEIGHTS_KEYS if isinstance(state, Mapping) and isinstance(state.get(k), Mapping)), None)
+    weights = state[key] if key is not None else state
+    if not isinstance(weights, Mapping) or not weights:
+        raise ConfigError(f'{flag}: {display_path(path)} holds no weights (a state_dict, a {{state_dict: ...}} file '
+                          f'or a Lightning checkpoint), but a {type(weights).__name__}')
+    _refuse_non_tensors(weights, f'its {key}' if key else 'it', path, flag)
+    return weights
+
+
+def _loaded(path: Path, flag: str) -> Any:
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception as e:
+        raise ConfigError(f'{flag}: cannot read the checkpoint {display_path(path)} ({_unreadable(e)})') from None
+
+
+def _refuse_non_tensors(weights: Any, what: str, path: Path, flag: str) -> None:
     foreign = next(((k, v) for k, v in weights.items() if not isinstance(v, torch.Tensor)), None) if isinstance(
         weights, Mapping) else ('state_dict', weights)
     if foreign is not None:   # strings or numbers where weights belong: nothing could load them
-        raise ConfigError(f'{flag}: {display_path(path)} is not a lightyaml/Lightning checkpoint (its state_dict holds '
+        raise ConfigError(f'{flag}: {display_path(path)} is not a lightyaml/Lightning checkpoint ({what} holds '
                           f'a {type(foreign[1]).__name__} at {foreign[0]!r}, not a tensor)')
-    return state
 
 
 def _unreadable(error: Exception) -> str:
@@ -75,7 +99,8 @@ def _unreadable(error: Exception) -> str:
 
 
 def find_checkpoint(target: str, flag: str) -> Path:
-    """A .ckpt file as given, or an experiment folder's ckpt/last.ckpt; checked to be readable."""
+    """A .ckpt file as given, or an experiment folder's ckpt/last.ckpt; checked to be readable (for
+    --init-from, a file of weights from elsewhere too)."""
     path = Path(target)
     if path.is_dir():
         path = ExperimentDir(path).ckpt_dir / 'last.ckpt'
@@ -83,7 +108,7 @@ def find_checkpoint(target: str, flag: str) -> Path:
             raise ConfigError(f'{flag} {target}: no checkpoint in this folder ({display_path(path)} is missing)')
     elif not path.is_file():
         raise ConfigError(f'{flag} {target}: no such experiment folder or checkpoint file')
-    read_checkpoint(path, f'{flag} {target}')
+    (read_weights if flag == '--init-from' else read_checkpoint)(path, f'{flag} {target}')
     return path
 
 
@@ -99,15 +124,40 @@ def _weight_mismatches(weights: Mapping[str, Any], own: Mapping[str, Any]) -> li
     return problems
 
 
-def load_weights(module: Any, path: Path, flag: str = '--init-from', state: Optional[Mapping] = None) -> None:
-    """Load only the weights of a checkpoint (or of `state`, the checkpoint as read already) into
-    `module`; every mismatch is listed in one line."""
-    weights = (state if state is not None else read_checkpoint(path, f'{flag} {display_path(path)}'))['state_dict']
+def load_weights(module: Any, path: Path, flag: str = '--init-from', state: Optional[Mapping] = None,
+                 prefixes: Optional[Mapping] = None) -> None:
+    """Load only the weights of a file (or of `state`, a checkpoint read already) into `module`,
+    their names mapped by `prefixes` (the config's `init_from`: `strip_prefix`, then `add_prefix`);
+    every mismatch is listed in one line, with the mapping that would match where one does."""
+    weights = state['state_dict'] if state is not None else read_weights(path, f'{flag} {display_path(path)}')
+    strip, add = ((prefixes or {}).get('strip_prefix') or ''), ((prefixes or {}).get('add_prefix') or '')
+    weights = _renamed(weights, strip, add)
     own = module.state_dict()
     problems = _weight_mismatches(weights, own)
     if problems:
-        raise ConfigError(f'{flag} {display_path(path)}: ' + '; '.join(problems))
+        raise ConfigError(f'{flag} {display_path(path)}: ' + '; '.join(problems) + _mapping_hint(weights, own))
     module.load_state_dict({k: weights[k] for k in own})
+
+
+def _renamed(weights: Mapping[str, Any], strip: str, add: str) -> dict[str, Any]:
+    return {add + (k[len(strip):] if strip and k.startswith(strip) else k): v for k, v in weights.items()}
+
+
+def _mapping_hint(weights: Mapping[str, Any], own: Mapping[str, Any]) -> str:
+    """'; init_from: {strip_prefix: net., add_prefix: model.} maps every name' where stripping the
+    file's one first name part and/or adding the model's makes the names match, else ''."""
+    def first_part(keys: Any) -> str:
+        parts = {k.split('.')[0] for k in keys}
+        return f'{parts.pop()}.' if len(parts) == 1 and all('.' in k for k in keys) else ''
+    if weights.keys() == own.keys():
+        return ''   # the names match already: the shapes differ
+    for strip in dict.fromkeys(('', first_part(weights))):
+        for add in dict.fromkeys(('', first_part(own))):
+            if strip != add and _renamed(weights, strip, add).keys() == own.keys():
+                mapping = ', '.join(f'{name}: {value}' for name, value in
+                                    (('strip_prefix', strip), ('add_prefix', add)) if value)
+                return f'; the config key init_from: {{{mapping}}} maps every name'
+    return ''
 
 
 # What a checkpoint needs to continue a run (Lightning's layout), beyond the weights.
