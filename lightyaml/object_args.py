@@ -117,7 +117,7 @@ def _annotated(annotation: Any) -> Optional[Takes]:
 def registry_with(how: Takes, name: str, registries: Mapping[str, Any]) -> Any:
     """The first of `how`'s registries that has `name` (the first of them where none has)."""
     candidates = [registries[k] for k in how.registries]
-    return next((r for r in candidates if name in r.names()), candidates[0])
+    return next((r for r in candidates if r.has(name)), candidates[0])
 
 
 def build_object(how: Takes, spec: Mapping, registries: Mapping[str, Any]) -> Any:

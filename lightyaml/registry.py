@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.util
 import inspect
 import pkgutil
 import traceback
@@ -70,15 +71,31 @@ class Registry:
         self._import_package()
         return sorted(self._classes) + (self.fallback.names() if self.fallback and fallback else [])
 
+    def has(self, name: str) -> bool:
+        """Whether `name` is registered here or in the fallback."""
+        self._import_package()
+        return name in self._classes or bool(self.fallback and self.fallback.has(name))
+
     def get(self, name: str) -> Any:
         """The class registered as `name`; an unknown name is a ConfigError with close matches."""
         self._import_package()
-        if name not in self._classes and self.fallback and name in self.fallback.names():
+        if name not in self._classes and self.fallback and self.fallback.has(name):
             return self.fallback.get(name)
         if name not in self._classes:
             raise ConfigError(f"unknown {self.kind} {name!r}{did_you_mean(name, self.names())}; "
-                              f"registered: {', '.join(self.names()) or '(none)'}")
+                              f"registered: {self._registered()}")
         return self._classes[name]
+
+    def _registered(self) -> str:
+        """The names for an error line: this registry's, then a model zoo's as a count
+        (`torchvision.* (80 models)`) where it has many."""
+        parts, registry = [], self
+        while registry is not None:
+            names = registry.names(fallback=False)
+            many = isinstance(registry, ModelZoo) and len(names) > 20
+            parts += [f'{registry.module}.* ({len(names)} {registry.kind}s, see --list)'] if many else names
+            registry = registry.fallback
+        return ', '.join(parts) or '(none)'
 
     def make(self, spec: Mapping, args: Optional[Mapping] = None) -> Any:
         """Build `{name, args}`; `args` given here override the spec's. The spec is not changed. A
@@ -132,25 +149,36 @@ def _where_it_failed(error: Exception, file: Path) -> str:
     return f'{display_path(file)}: {message}'
 
 
-class TorchvisionModels(Registry):
-    """Every torchvision classification model as `torchvision.<name>` (read-only), built by the
-    adapter class `adapter` names (models/torchvision_models.py: the batch's image in, logits out,
-    `in_channels` and `image_key` as options). torchvision is imported when a name is looked up."""
+class ModelZoo(Registry):
+    """A library's models by name, `<prefix>.<name>` (read-only), each built by the adapter class
+    `adapter` names (models/torchvision_models.py, models/timm_models.py: the batch's image in,
+    logits out). The library is imported when one of its names is looked up, and never for other
+    names; a zoo whose library is not installed has no names."""
 
-    def __init__(self, kind: str, adapter: str) -> None:
-        super().__init__(kind)
-        self.adapter = adapter
+    def __init__(self, kind: str, library: str, adapter: str, fallback: Optional[Registry] = None) -> None:
+        super().__init__(kind, fallback=fallback)
+        self.module, self.adapter = library, adapter   # `module`: whose version --list caches the names by
+
+    def has(self, name: str) -> bool:
+        return (name.startswith(f'{self.module}.') and super().has(name)) or bool(
+            self.fallback and self.fallback.has(name))
 
     def _import_package(self) -> None:
         if self._imported:
             return
         self._imported = True
-        import torchvision  # torchvision: only when its models, transforms or files are used
+        if importlib.util.find_spec(self.module) is None:   # an optional library that is not installed
+            return
         adapter = _import_object(self.adapter)
-        for name in torchvision.models.list_models(module=torchvision.models):
-            self._classes[f'torchvision.{name}'] = adapter.for_builder(name)
+        for name in adapter.architectures():
+            self._classes[f'{self.module}.{name}'] = adapter.for_builder(name)
 
 
+class TorchvisionModels(ModelZoo):
+    """torchvision's classifiers as a zoo (the name forks may use; `ModelZoo` is the general one)."""
+
+    def __init__(self, kind: str, adapter: str, fallback: Optional[Registry] = None) -> None:
+        super().__init__(kind, 'torchvision', adapter, fallback)
 
 
 def _import_object(dotted: str) -> Any:
@@ -169,8 +197,9 @@ def _defined_at(obj: Any) -> str:
 # Every extension point of the template. A package's own `register`/`make` are these objects.
 DATASETS = Registry('dataset', 'datasets')
 DATA_MODULES = Registry('data module', 'datasets')
-MODELS = Registry('model', 'models',                          # + every torchvision classifier, by name
-                  fallback=TorchvisionModels('model', 'models.torchvision_models.TorchvisionClassifier'))
+MODELS = Registry('model', 'models',                          # + torchvision's and timm's classifiers, by name
+                  fallback=TorchvisionModels('model', 'models.torchvision_models.TorchvisionClassifier',
+                                             fallback=ModelZoo('model', 'timm', 'models.timm_models.TimmClassifier')))
 LOSSES = Registry('loss', 'losses')
 WRAPPERS = Registry('training wrapper', 'models.wrappers')    # LightningModules: train_pl.py only
 CALLBACKS = Registry('callback', 'callbacks',                 # Lightning callbacks: train_pl.py only

@@ -1,9 +1,9 @@
 """Every torchvision classification model by name: `{name: torchvision.resnet18, args: {num_classes: 10}}`.
 
-The `torchvision.*` names are not registered one by one: `utils.TorchvisionModels`, the model
-registry's fallback, makes one subclass of `TorchvisionClassifier` per torchvision builder, with
-a signature that joins this adapter's arguments to the builder's and its model class's, so
-configs are checked like any model's (`--list models` shows them all).
+The `torchvision.*` names are not registered one by one: `utils.TorchvisionModels` (a
+`ModelZoo`), the model registry's fallback, makes one subclass of `TorchvisionClassifier` per
+torchvision builder, with a signature that joins this adapter's arguments to the builder's and
+its model class's, so configs are checked like any model's (`--list models` shows them all).
 """
 from __future__ import annotations
 
@@ -53,6 +53,12 @@ class TorchvisionClassifier(nn.Module):
         """A batch this model takes, for the registry-wide model test."""
         first = next(m for m in self.net.modules() if isinstance(m, nn.Conv2d))
         return {self.image_key: torch.rand(n, first.in_channels, 32, 32)}
+
+    @staticmethod
+    def architectures() -> list[str]:
+        """torchvision's classification builders."""
+        import torchvision  # torchvision: only when its models, transforms or files are used
+        return torchvision.models.list_models(module=torchvision.models)
 
     @classmethod
     def for_builder(cls, name: str) -> type:

@@ -154,7 +154,7 @@ def test_bad_input(entry: str, case: tuple, tmp: Path, tmp_path: Path, capsys: p
 
     def fill(text: str) -> str:
         return (text.replace('{tmp}', str(tmp)).replace('{save}', str(save))
-                .replace('{models}', ', '.join(MODELS.names())).replace('{metrics}', ', '.join(METRICS.names()))
+                .replace('{models}', MODELS._registered()).replace('{metrics}', ', '.join(METRICS.names()))
                 .replace('{datasets}', ', '.join(DATASETS.names())))
     args, expected = [fill(a) for a in case[0]], fill(case[2] if entry == 'train.py' and len(case) > 2 else case[1])
     assert RUNNERS[entry](save, *args) == 2

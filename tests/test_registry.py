@@ -42,7 +42,12 @@ def test_registering_a_name_twice_names_both_definitions() -> None:
 def test_unknown_name_lists_close_matches_and_everything_registered() -> None:
     with pytest.raises(ConfigError) as error:
         MODELS.get('mlpp')
-    assert str(error.value) == f"unknown model 'mlpp' (did you mean 'mlp'?); registered: {', '.join(MODELS.names())}"
+    # The model zoos are counted, not listed: torchvision's 80 names, and timm's 1,371 where installed.
+    zoos = [f'{zoo}.* ({count} models, see --list)' for zoo in ('torchvision', 'timm')
+            if (count := sum(n.startswith(f'{zoo}.') for n in MODELS.names()))]
+    assert zoos[0] == 'torchvision.* (80 models, see --list)'
+    assert str(error.value) == (f"unknown model 'mlpp' (did you mean 'mlp'?); registered: "
+                                f"{', '.join(MODELS.names(fallback=False) + zoos)}")
 
 
 def test_spec_check_reports_file_and_key_path() -> None:
@@ -69,4 +74,6 @@ def test_a_new_file_in_models_is_registered_with_no_other_edit(tmp_path: Path) -
     listed = subprocess.run([sys.executable, 'train_pl.py', '--list', 'models'], cwd=copy,
                             capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.strip() == f"models: {', '.join(sorted(MODELS.names() + ['tiny']))}"
+    # The project's own names, sorted, then the model zoos' (torchvision's, then timm's where installed).
+    names = sorted(MODELS.names(fallback=False) + ['tiny']) + MODELS.fallback.names()
+    assert listed.stdout.strip() == f"models: {', '.join(names)}"

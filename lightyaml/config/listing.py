@@ -22,8 +22,8 @@ def listed_names(registry: Registry) -> list[str]:
     """`registry.names()`, read without importing where that gives the same answer: a package's
     `@register('name')` decorators from its source files (a file that registers in any other way is
     imported), a library's names from a cache made by importing it once per installed version."""
-    if registry.package is None:   # a library's classes (ClassNamespace) or torchvision's models
-        return _cached_names(registry)
+    if registry.package is None:   # a library's classes (ClassNamespace) or a model zoo (torchvision, timm)
+        return _cached_names(registry) + (listed_names(registry.fallback) if registry.fallback else [])
     names = None if registry._imported else _names_in_source(registry)
     if names is None:
         return registry.names()
@@ -84,22 +84,23 @@ def _names_in_source(registry: Registry) -> Optional[list[str]]:
 
 
 def _cached_names(registry: Registry) -> list[str]:
-    module = getattr(registry, 'module', 'torchvision')   # whose version the names depend on
+    """The registry's own names (not its fallback's), cached by the version of the library they come from."""
+    module = registry.module   # whose version the names depend on
     try:
         version = importlib.metadata.version(module.partition('.')[0])
     except importlib.metadata.PackageNotFoundError:
-        return registry.names()
+        return registry.names(fallback=False)
     try:
         cache_dir = Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'lightyaml'
     except RuntimeError:   # HOME unset and a uid with no account (a container's --user): list without the cache
-        return registry.names()
+        return registry.names(fallback=False)
     cache = cache_dir / (f'{type(registry).__name__}-{module}-{version}-'
                          f'py{sys.version_info[0]}.{sys.version_info[1]}.json')
     try:
         return json.loads(cache.read_text())
     except (OSError, ValueError):
         pass
-    names = registry.names()
+    names = registry.names(fallback=False)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f'{cache.name}.{os.getpid()}.tmp')
