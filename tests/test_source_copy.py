@@ -1,6 +1,7 @@
 """What a run copies of the project into its src/ (lightyaml/run/source_copy.py): what git tracks plus
-the untracked files git would not ignore (outside git: the same rules from the .gitignore files), never a
-file named like a secret, none over 1 MiB (listed in log.txt), with the modes the user's umask gives."""
+the untracked files git would not ignore (outside git: the same rules from the .gitignore files), but what
+.gitattributes marks export-ignore, never a file named like a secret, none over 1 MiB (listed in log.txt),
+with the modes the user's umask gives."""
 from __future__ import annotations
 
 import os
@@ -79,6 +80,30 @@ def test_outside_git_the_gitignore_files_decide_as_git_would(tmp_path: Path,
         assert set(filter(None, listed)) - {'.git'} == KEPT == set(walk_unignored(project, lambda folder: True))
 
 
+ATTRIBUTES = {'.gitattributes': '# left out of archives\ntests/** export-ignore\n*.ipynb export-ignore\n'
+                                  'keep.ipynb -export-ignore\n\n',
+              'nb/.gitattributes': 'draft* export-ignore\n',
+              'train.py': '', 'tests/test_x.py': '', 'tests/data/a.csv': '', 'nb/a.ipynb': '', 'nb/keep.ipynb': '',
+              'nb/draft.py': '', 'nb/final.py': '', 'other/tests/t.py': ''}
+EXPORTED = {'.gitattributes', 'nb/.gitattributes', 'train.py', 'nb/keep.ipynb', 'nb/final.py', 'other/tests/t.py'}
+
+
+@pytest.mark.skipif(not HAS_GIT, reason='needs git')
+def test_what_gitattributes_marks_export_ignore_is_left_out_as_git_archive_does(tmp_path: Path) -> None:
+    project = tmp_path / 'project'
+    write(project, ATTRIBUTES)
+    outside = copy_source(project, tmp_path / 'outside')   # not a checkout yet: the files decide
+    subprocess.run(['git', 'init', '-q'], cwd=project, check=True)
+    subprocess.run(['git', 'add', '.'], cwd=project, check=True)
+    subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'x'], cwd=project, check=True)
+    inside = copy_source(project, tmp_path / 'inside')
+    archived = subprocess.run(['git', 'archive', 'HEAD'], cwd=project, capture_output=True, check=True).stdout
+    tar = subprocess.run(['tar', '-t'], input=archived, capture_output=True, check=True).stdout.decode().split()
+    assert {name for name in tar if not name.endswith('/')} == EXPORTED   # git's own verdict
+    assert files_below(tmp_path / 'outside') == files_below(tmp_path / 'inside') == EXPORTED
+    assert outside == inside == []   # left out silently, as ignored files are
+
+
 @pytest.mark.parametrize(('name', 'secret'), [
     ('.env', True), ('.env.local', True), ('server.PEM', True), ('tls.key', True), ('id_rsa', True),
     ('id_ed25519.pub', True), ('client_secret.json', True), ('secrets.yaml', True), ('credentials.json', True),
@@ -116,10 +141,12 @@ def test_the_save_root_experiments_data_and_virtualenvs_inside_the_project_are_n
 
 
 @pytest.mark.parametrize('entry', RUNNERS)
-def test_a_run_copies_this_repository_in_under_two_megabytes(entry: str, save_root: Path) -> None:
+def test_a_run_copies_this_repository_in_under_a_megabyte(entry: str, save_root: Path) -> None:
     assert RUNNERS[entry](save_root, '--config', DIGITS, *FAST) == 0
     src = save_root / 'digits' / 'src'
-    assert sum(p.stat().st_size for p in src.rglob('*') if p.is_file()) < 2 << 20   # about 1.1 MiB, tests included
+    assert sum(p.stat().st_size for p in src.rglob('*') if p.is_file()) < 1_000_000
+    # .gitattributes leaves the tests, docs, benchmark and CI script out, as `git archive` would.
+    assert not any((src / folder).exists() for folder in ('tests', 'docs', 'bench', '.ci'))
     assert (src / 'train.py').is_file() and (src / 'lightyaml' / 'registry.py').is_file()
     assert {p.name for p in (src / 'configs').glob('*.yaml')} == {p.name for p in (ROOT / 'configs').glob('*.yaml')}
 

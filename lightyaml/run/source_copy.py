@@ -1,6 +1,8 @@
 """What a run copies of the project into its `src/`: the files git tracks plus the untracked files git
 would not ignore (outside a git checkout: the same rules, read from the tree's .gitignore files),
-never a file that looks like a secret, none over MAX_FILE_BYTES, with the modes the umask gives.
+but those `.gitattributes` marks `export-ignore` (what `git archive` leaves out: this repository's
+tests, docs and benchmark), never a file that looks like a secret, none over MAX_FILE_BYTES, with
+the modes the umask gives.
 
 Lightning- and torch-free; lightyaml/run/experiment_dir.py calls it when it creates a folder.
 """
@@ -111,7 +113,20 @@ def source_files(root: Path, keep_folder: Callable[[Path], bool]) -> list[str]:
             parent, _, name = folder.rpartition('/')
             kept[folder] = folder_kept(parent) and _usable_folder(root / folder, name, keep_folder)
         return kept[folder]
-    return sorted(rel for rel in listed if folder_kept(rel.rpartition('/')[0]))
+    listed = [rel for rel in listed if folder_kept(rel.rpartition('/')[0])]
+    left_out = export_ignored(root, listed)
+    return sorted(rel for rel in listed if rel not in left_out)
+
+
+def export_ignored(root: Path, paths: list[str]) -> set[str]:
+    """The paths that .gitattributes marks `export-ignore` (`git check-attr`)."""
+    try:
+        done = subprocess.run([*GIT, 'check-attr', '-z', '--stdin', 'export-ignore'], cwd=root, capture_output=True,
+                              input=b'\0'.join(os.fsencode(p) for p in paths), timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    fields = done.stdout.split(b'\0')   # path, attribute, value, path, ...
+    return {os.fsdecode(fields[i]) for i in range(0, len(fields) - 2, 3) if fields[i + 2] == b'set'}
 
 
 def git_files(root: Path) -> Optional[list[str]]:
@@ -131,11 +146,13 @@ def _usable_folder(folder: Path, name: str, keep_folder: Callable[[Path], bool])
 
 
 def walk_unignored(root: Path, keep_folder: Callable[[Path], bool]) -> Iterable[str]:
-    """The files below `root` that its .gitignore files do not ignore (each applies to its folder)."""
-    pending = [(root, '', IgnoreRules())]
+    """The files below `root` that its .gitignore files do not ignore (each applies to its folder)
+    and its .gitattributes files do not mark `export-ignore`."""
+    pending = [(root, '', IgnoreRules(), IgnoreRules())]
     while pending:
-        folder, rel, rules = pending.pop()
+        folder, rel, rules, exports = pending.pop()
         rules = rules.read(folder / '.gitignore', rel)
+        exports = exports.read(folder / '.gitattributes', rel, attribute='export-ignore')
         try:
             entries = list(os.scandir(folder))
         except OSError:   # a folder we may not list: nothing of it is copied
@@ -146,9 +163,10 @@ def walk_unignored(root: Path, keep_folder: Callable[[Path], bool]) -> Iterable[
             if rules.ignored(path, is_dir):
                 continue
             if not is_dir:
-                yield path
+                if not exports.ignored(path, False):
+                    yield path
             elif _usable_folder(Path(entry.path), entry.name, keep_folder):
-                pending.append((Path(entry.path), path, rules))
+                pending.append((Path(entry.path), path, rules, exports))
 
 
 class IgnoreRules:
@@ -159,13 +177,16 @@ class IgnoreRules:
     def __init__(self, rules: tuple[tuple[str, re.Pattern, bool, bool], ...] = ()) -> None:
         self.rules = rules   # (folder of the .gitignore, pattern, negated, folders only)
 
-    def read(self, gitignore: Path, base: str) -> IgnoreRules:
-        """These rules followed by those of `gitignore` (in folder `base`), if it exists."""
+    def read(self, gitignore: Path, base: str, attribute: Optional[str] = None) -> IgnoreRules:
+        """These rules followed by those of `gitignore` (in folder `base`), if it exists; with
+        `attribute`, the file is a .gitattributes and its lines setting (or unsetting) it are the rules."""
         try:
             lines = gitignore.read_text(errors='replace').splitlines()
         except OSError:
             return self
-        added = [rule for line in lines if (rule := _rule(line, base))]
+        if attribute is not None:
+            lines = [_attribute_line(line, attribute) for line in lines]
+        added = [rule for line in lines if line and (rule := _rule(line, base))]
         return IgnoreRules(self.rules + tuple(added)) if added else self
 
     def ignored(self, path: str, is_dir: bool) -> bool:
@@ -177,6 +198,17 @@ class IgnoreRules:
             if (is_dir or not dirs_only) and pattern.fullmatch(path[len(base) + 1:] if base else path):
                 verdict = not negated
         return verdict
+
+
+def _attribute_line(line: str, attribute: str) -> Optional[str]:
+    """A .gitattributes line as an ignore line for `attribute`: its pattern where the line sets it,
+    `!pattern` where it unsets it (`-attr`, `!attr`), else None."""
+    if not line.split() or line.lstrip().startswith('#'):
+        return None
+    pattern, *attributes = line.split()
+    if attribute in attributes:
+        return pattern
+    return f'!{pattern}' if f'-{attribute}' in attributes or f'!{attribute}' in attributes else None
 
 
 def _rule(line: str, base: str) -> Optional[tuple[str, re.Pattern, bool, bool]]:
