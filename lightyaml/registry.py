@@ -82,7 +82,8 @@ class Registry:
         if name not in self._classes and self.fallback and self.fallback.has(name):
             return self.fallback.get(name)
         if name not in self._classes:
-            raise ConfigError(f"unknown {self.kind} {name!r}{did_you_mean(name, self.names())}; "
+            close = did_you_mean(name, self.names(fallback=False)) or did_you_mean(name, self.names())   # own first
+            raise ConfigError(f"unknown {self.kind} {name!r}{close}; "
                               f"registered: {self._registered()}")
         return self._classes[name]
 

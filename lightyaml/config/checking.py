@@ -14,14 +14,13 @@ from typing import Any, Optional
 
 from lightyaml.built_specs import spec_of
 from lightyaml.config.loading import Config
+from lightyaml.config.sections import check_init_from_section, check_predict_section
 from lightyaml.errors import ConfigError, ModuleFileError, did_you_mean
 from lightyaml.object_args import PARTIAL, Takes, registry_with, signature_hints, takes
 from lightyaml.registry import DATA_MODULES, DATASETS, REGISTRIES, SCHEDULERS, TRANSFORMS, Registry, SpecMarker
 
 TOP_LEVEL_SECTIONS = ('seed', 'threads', 'data_module', 'train_wrapper', 'trainer_params', 'checkpoint', 'callbacks',
                       'loggers', 'predict', 'init_from')
-PREDICT_KEYS = ('classify',)   # the `predict` section: what --predict writes (lightyaml/run/results.py)
-INIT_FROM_KEYS = ('strip_prefix', 'add_prefix')   # `init_from`: how --init-from maps a file's weight names
 REQUIRED_SECTIONS = ('data_module', 'train_wrapper')
 MAX_SEED = 2**32 - 1   # NumPy's limit; Lightning would silently draw another seed above it
 
@@ -264,46 +263,6 @@ def check_sections(cfg: Config, allowed: Sequence[str] = TOP_LEVEL_SECTIONS) -> 
     check_predict_section(cfg, problems)
     check_init_from_section(cfg, problems)
     return problems
-
-
-def check_predict_section(cfg: Config, problems: list[str]) -> None:
-    """`predict: {classify: true}`: whether predictions.csv gives classes and probabilities (true) or
-    the output values (false); left out, --predict decides from the config (lightyaml/run/results.py)."""
-    section = cfg.get('predict')
-    if section is None:
-        return
-    if not isinstance(section, Mapping):
-        problems.append(cfg.error('predict', f'expected a mapping such as {{classify: true}}, got '
-                                             f'{type(section).__name__} {section!r}'))
-        return
-    for key, value in section.items():
-        if key not in PREDICT_KEYS:
-            problems.append(cfg.error(f'predict.{key}', f'the predict section has no key {key!r}'
-                                                        f'{did_you_mean(str(key), PREDICT_KEYS)}; keys: '
-                                                        f"{', '.join(PREDICT_KEYS)}"))
-        elif value is not None and not isinstance(value, bool):
-            problems.append(cfg.error(f'predict.{key}', f'expected true (classes and probabilities) or false '
-                                                        f'(the output values), got {value!r}'))
-
-
-def check_init_from_section(cfg: Config, problems: list[str]) -> None:
-    """`init_from: {strip_prefix: net., add_prefix: model.}`: how --init-from renames the weights of
-    a file from elsewhere (lightyaml/run/checkpoint_files.py's `load_weights`)."""
-    section = cfg.get('init_from')
-    if section is None:
-        return
-    if not isinstance(section, Mapping):
-        problems.append(cfg.error('init_from', f'expected a mapping such as {{strip_prefix: net., add_prefix: '
-                                               f'model.}}, got {type(section).__name__} {section!r}'))
-        return
-    for key, value in section.items():
-        if key not in INIT_FROM_KEYS:
-            problems.append(cfg.error(f'init_from.{key}', f'the init_from section has no key {key!r}'
-                                                          f'{did_you_mean(str(key), INIT_FROM_KEYS)}; keys: '
-                                                          f"{', '.join(INIT_FROM_KEYS)}"))
-        elif value is not None and not isinstance(value, str):
-            problems.append(cfg.error(f'init_from.{key}', f'expected a prefix of weight names such as '
-                                                          f"'model.', got {value!r}"))
 
 
 def checkpoint_filename_problem(filename: Any) -> Optional[str]:
