@@ -10,16 +10,15 @@ differs, as it does for its own downloads).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from torch import nn
-from torch.nn import functional as F
+
+from models.torchvision_models import ImageModel
 
 
-class TimmClassifier(nn.Module):
+class TimmClassifier(ImageModel):
     """A timm model fed `batch[image_key]`; returns its logits.
 
     Args:
@@ -50,13 +49,6 @@ class TimmClassifier(nn.Module):
         self.net = timm.create_model(self.architecture, **{k: v for k, v in sizes.items() if v is not None},
                                      **model_args)
         self.image_key, self.input_size, self.in_chans = image_key, input_size, in_chans
-
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        images = batch[self.image_key]
-        if self.input_size:
-            images = F.interpolate(images, size=(self.input_size, self.input_size), mode='bilinear',
-                                   align_corners=False)
-        return self.net(images)
 
     def example_batch(self, n: int) -> dict[str, torch.Tensor]:
         """A batch this model takes, for the registry-wide model test: the input size timm records."""

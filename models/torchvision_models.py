@@ -17,7 +17,23 @@ from torch import nn
 from torch.nn import functional as F
 
 
-class TorchvisionClassifier(nn.Module):
+class ImageModel(nn.Module):
+    """What the model zoos' adapters share: `self.net` fed `batch[image_key]`, resized to
+    `input_size` x `input_size` first (bilinear) where that is set; returns its logits."""
+
+    net: nn.Module
+    image_key: str
+    input_size: Optional[int]
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        images = batch[self.image_key]
+        if self.input_size:
+            images = F.interpolate(images, size=(self.input_size, self.input_size), mode='bilinear',
+                                   align_corners=False)
+        return self.net(images)
+
+
+class TorchvisionClassifier(ImageModel):
     """A torchvision classification model fed `batch[image_key]`; returns its logits.
 
     Args:
@@ -41,13 +57,6 @@ class TorchvisionClassifier(nn.Module):
         if in_channels is not None:
             adapt_first_conv(self.net, in_channels)
         self.image_key, self.input_size = image_key, input_size
-
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        images = batch[self.image_key]
-        if self.input_size:
-            images = F.interpolate(images, size=(self.input_size, self.input_size), mode='bilinear',
-                                   align_corners=False)
-        return self.net(images)
 
     def example_batch(self, n: int) -> dict[str, torch.Tensor]:
         """A batch this model takes, for the registry-wide model test."""

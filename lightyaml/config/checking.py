@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from lightyaml.built_specs import spec_of
 from lightyaml.config.loading import Config
-from lightyaml.config.sections import check_init_from_section, check_predict_section
+from lightyaml.config.sections import check_small_sections
 from lightyaml.errors import ConfigError, ModuleFileError, did_you_mean
 from lightyaml.object_args import PARTIAL, Takes, registry_with, signature_hints, takes
 from lightyaml.registry import DATA_MODULES, DATASETS, REGISTRIES, SCHEDULERS, TRANSFORMS, Registry, SpecMarker
@@ -260,8 +260,7 @@ def check_sections(cfg: Config, allowed: Sequence[str] = TOP_LEVEL_SECTIONS) -> 
         problem = checkpoint_filename_problem(cfg['checkpoint'].get('filename'))
         if problem:
             problems.append(cfg.error('checkpoint.filename', problem))
-    check_predict_section(cfg, problems)
-    check_init_from_section(cfg, problems)
+    check_small_sections(cfg, problems)
     return problems
 
 
