@@ -6,7 +6,9 @@ The model contract (what the `base` wrapper, train.py, the losses and the test s
   'label': (N,)}` for the image datasets, `{'features': (N, 10), 'target': (N, 1)}` for
   diabetes, ...) and returns the prediction: a tensor whose first dimension is the batch, e.g.
   logits (N, classes), values (N, outputs), per-pixel logits (N, classes, H, W). Read inputs
-  under a key you can configure (`input_key`/`image_key`), never the target.
+  under a key you can configure (`input_key`/`image_key`), never the target. `batch_input(batch,
+  key)` reads it, and takes a plain tensor as the input too, so the model can also be the `net`
+  of a LightningModule from elsewhere that calls `self.net(x)`.
 - The loss gets `(prediction, batch)` and returns `{'loss': ..., other terms}`; metrics get
   `(prediction, batch[target_key])` (`target_key` of the wrapper, `label` by default).
 - Constructor arguments are what the config's `args` give; type hints are checked against it.
@@ -23,6 +25,13 @@ The model contract (what the `base` wrapper, train.py, the losses and the test s
 Training wrappers (LightningModules) live in `models/wrappers/`, which train.py never imports.
 Any torchvision classification model is available as `torchvision.<name>` (torchvision_models.py).
 """
+from typing import Any
+
 from utils import MODELS
 
 register, make = MODELS.register, MODELS.make
+
+
+def batch_input(batch: Any, key: str) -> Any:
+    """`batch[key]`, or `batch` itself where it is a tensor (a module from elsewhere's `self.net(x)`)."""
+    return batch[key] if isinstance(batch, dict) or hasattr(batch, 'keys') else batch

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from models import register
+from models import batch_input, register
 
 
 def _mlp(in_dim: int, hidden: Sequence[int], out_dim: int, dropout: float = 0.0,
@@ -73,7 +73,7 @@ class MLPDiscriminator(nn.Module):
         self.net = _mlp(in_dim, hidden, 1, dropout)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.net(batch[self.input_key].flatten(1)).squeeze(1)
+        return self.net(batch_input(batch, self.input_key).flatten(1)).squeeze(1)
 
     def example_batch(self, n: int) -> dict[str, torch.Tensor]:
         """A batch this model takes, for tests."""

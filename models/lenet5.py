@@ -6,7 +6,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from models import register
+from models import batch_input, register
 
 
 @register('lenet5')
@@ -25,4 +25,4 @@ class LeNet5(nn.Module):
         self.input_key = input_key
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.classifier(self.features(batch[self.input_key]))
+        return self.classifier(self.features(batch_input(batch, self.input_key)))

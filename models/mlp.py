@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from models import register
+from models import batch_input, register
 
 
 @register('mlp')
@@ -31,4 +31,4 @@ class MLP(nn.Module):
         self.input_key = input_key
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.net(batch[self.input_key].flatten(1))
+        return self.net(batch_input(batch, self.input_key).flatten(1))

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from models import register
+from models import batch_input, register
 
 
 @register('resnet18')
@@ -23,4 +23,4 @@ class ResNet18(nn.Module):
         self.input_key = input_key
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.net(batch[self.input_key])
+        return self.net(batch_input(batch, self.input_key))

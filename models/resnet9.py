@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from models import register
+from models import batch_input, register
 
 
 def conv_bn(in_channels: int, out_channels: int, pool: bool = False) -> nn.Sequential:
@@ -53,4 +53,4 @@ class ResNet9(nn.Module):
         self.head_scale, self.input_key = head_scale, input_key
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.net(batch[self.input_key]) * self.head_scale
+        return self.net(batch_input(batch, self.input_key)) * self.head_scale

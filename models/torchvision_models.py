@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models import batch_input
+
 
 class ImageModel(nn.Module):
     """What the model zoos' adapters share: `self.net` fed `batch[image_key]`, resized to
@@ -26,7 +28,7 @@ class ImageModel(nn.Module):
     input_size: Optional[int]
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        images = batch[self.image_key]
+        images = batch_input(batch, self.image_key)
         if self.input_size:
             images = F.interpolate(images, size=(self.input_size, self.input_size), mode='bilinear',
                                    align_corners=False)

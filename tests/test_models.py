@@ -39,6 +39,21 @@ def test_every_model_meets_the_contract(name: str) -> None:
         assert out.shape == (4, 10)
 
 
+# The bundled models (and the zoos' adapters) also take their input as a plain tensor, so that
+# one can be the `net` of a LightningModule from elsewhere that calls `self.net(x)`.
+BUNDLED = ['gan_discriminator', 'lenet5', 'mlp', 'resnet18', 'resnet9', 'torchvision.mobilenet_v3_small']
+
+
+@pytest.mark.parametrize('name', BUNDLED)
+def test_a_bundled_model_takes_a_plain_tensor_as_its_batch(name: str) -> None:
+    cls = MODELS.get(name)
+    model = MODELS.make({'name': name, 'args': getattr(cls, 'example_args', {})}).eval()
+    batch = model.example_batch(4) if hasattr(model, 'example_batch') else digits_batch(4)
+    key = getattr(model, 'input_key', None) or getattr(model, 'image_key', None)
+    with torch.no_grad():
+        assert torch.equal(model(batch[key]), model(batch))
+
+
 class Regressor(nn.Module):
     """A user's regression model: tabular features in, one value per sample out."""
 
