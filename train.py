@@ -89,7 +89,7 @@ from lightyaml.run.threads import decide_threads
 from lightyaml.run.trackers import TrackedRuns, check_trackers_reachable, make_tracked_runs
 from lightyaml.train.ema import EMA, STATE_KEY, EMAParams, ema_target, ema_weights
 from lightyaml.train.lazy import materialize
-from lightyaml.train.optim import step_schedulers
+from lightyaml.train.optim import batch_size_of, lr_scale, scale_learning_rates, step_schedulers
 from lightyaml.train.preflight import check_loop_values, task_first_steps
 from lightyaml.train.task import Task, val_stages
 
@@ -439,6 +439,7 @@ def set_up(run: Run, params: TrainerParams, process: Process) -> Training:
     # A model (and loss) without trainable parameters is evaluated and checkpointed as it is.
     built = attempt('building the optimizer and scheduler', 'train_wrapper.args.optim_spec', cfg,
                     task.configure_optimizers) or {'optimizer': None}
+    scale_lr(cfg, built, process.world_size, params.accumulate_grad_batches, data)
     autocast, scaler = autocast_and_scaler(params.precision, device)
     optimizers = Optimizers(built['optimizer'], built.get('lr_scheduler'), scaler)
     # What the training step calls: the model alone (Task.forward minus a module call), or under
@@ -451,6 +452,15 @@ def set_up(run: Run, params: TrainerParams, process: Process) -> Training:
                 zip(val_stages(getattr(data, 'val_names', None), len(val_loaders)), val_loaders)}
     first_steps = task_first_steps(cfg, task, train_set, val_sets, device, autocast)
     return Training(run, params, process, task, optimizers, step_module, autocast, train_set, val_sets, first_steps)
+
+
+def scale_lr(cfg: Config, built: Mapping, processes: int, accumulate: int, data: Any) -> None:
+    """With the config's `scale_lr`: the learning rates scaled by the global batch over its base
+    batch, before a resumed run's saved (already scaled) states are loaded over them."""
+    factor = lr_scale(cfg, processes, batch_size_of(cfg, data), accumulate)
+    if factor is not None and built['optimizer'] is not None:
+        scheduler = (built.get('lr_scheduler') or {}).get('scheduler')
+        scale_learning_rates([built['optimizer']], [scheduler] if scheduler is not None else [], factor)
 
 
 def start(t: Training, trackers: TrackedRuns) -> Training:

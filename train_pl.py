@@ -158,6 +158,7 @@ def train(run: Run) -> dict[str, float]:
         trainer, params = make_trainer(run, data, [checkpoint, signal_stop, *make_callbacks(run)])
         stop.requeue = slurm_requeues(trainer)   # SIGUSR1 ours too: Lightning's handler is then never put in
         decide_threads(cfg, trainer.num_devices)   # once, before any step; recorded in config.yaml
+        scale_lr(cfg, trainer, data)
         # Under torchrun or SLURM every process is already part of the job, and a throwaway Trainer
         # would join it: the preflight runs in single processes and in the one that launches DDP.
         launched = 'LOCAL_RANK' in os.environ or 'WORLD_SIZE' in os.environ
@@ -185,6 +186,16 @@ def train(run: Run) -> dict[str, float]:
             finish_run(run.exp, metrics, checkpoint.monitor, best_score,
                        Path(checkpoint.best_model_path) if checkpoint.best_model_path else None)
         return metrics
+
+
+def scale_lr(cfg: Any, trainer: Any, data: Any) -> None:
+    """With the config's `scale_lr`: the learning rates scaled by the global batch over its base
+    batch, when fitting starts (callbacks/scale_lr.py)."""
+    from callbacks.scale_lr import ScaleLR  # Lightning: see the note above `main`
+    from lightyaml.train.optim import batch_size_of, lr_scale  # torch: see the note above `main`
+    factor = lr_scale(cfg, trainer.world_size, batch_size_of(cfg, data), trainer.accumulate_grad_batches)
+    if factor is not None:
+        trainer.callbacks.append(ScaleLR(factor))
 
 
 def build_wrapper(run: Run) -> Any:

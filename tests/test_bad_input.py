@@ -39,11 +39,11 @@ CASES = [
     (['--config', '{tmp}/nowrapper.yaml'], "{tmp}/nowrapper.yaml: missing section 'train_wrapper'"),
     (['--config', '{tmp}/number.yaml'], '{tmp}/number.yaml: 0: unknown section; sections: seed, threads, data_module, '
                                         'train_wrapper, trainer_params, checkpoint, callbacks, loggers, predict, '
-                                        'init_from'),
+                                        'init_from, scale_lr'),
     (['--config', DIGITS, 'trainer_paramz.max_epochs=1'],
      o.format('trainer_paramz.max_epochs=1') + "trainer_paramz: unknown section (did you mean 'trainer_params'?); "
      'sections: seed, threads, data_module, train_wrapper, trainer_params, checkpoint, callbacks, loggers, predict, '
-     'init_from'),
+     'init_from, scale_lr'),
     (['--config', DIGITS, 'train_wrapper.args.model_spec.name=mlpp'],
      o.format('train_wrapper.args.model_spec.name=mlpp') + 'train_wrapper.args.model_spec.name: unknown model '
      "'mlpp' (did you mean 'mlp'?); registered: {models}"),

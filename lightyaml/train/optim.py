@@ -10,6 +10,7 @@ from typing import Any, Optional
 import torch
 
 from lightyaml.errors import ConfigError, did_you_mean
+from lightyaml.process import global_rank_from_env
 from lightyaml.registry import OPTIMIZERS, SCHEDULERS
 
 
@@ -80,3 +81,52 @@ def step_schedulers(configs: Sequence[Optional[Mapping]], interval: str, count: 
             monitor = config.get('monitor')
             step_scheduler(config['scheduler'],
                            None if monitor is None else monitored_value(monitor, metrics, f'{interval} {count}'))
+
+
+# What the learning-rate scale multiplies: in each parameter group, and in a scheduler.
+LR_GROUP_KEYS = ('lr', 'initial_lr', 'max_lr', 'min_lr')    # (max_lr, min_lr: OneCycleLR's)
+LR_SCHEDULER_ATTRIBUTES = ('base_lrs', 'max_lrs', '_last_lr')   # (max_lrs: CyclicLR's)
+
+
+def batch_size_of(cfg: Mapping, data: Any) -> Optional[int]:
+    """The batch size per process: `data_module.args.batch_size`, else the data module's own
+    `batch_size` (or `hparams.batch_size`); None where neither says."""
+    given = (cfg['data_module'].get('args') or {}).get('batch_size')
+    if given is None:
+        given = getattr(data, 'batch_size', None) or (getattr(data, 'hparams', None) or {}).get('batch_size')
+    return given if isinstance(given, int) and not isinstance(given, bool) else None
+
+
+def lr_scale(cfg: Any, world_size: int, batch_size: Optional[int], accumulate: int) -> Optional[float]:
+    """The config's `scale_lr: {base_batch: B}` factor, global batch / B (the linear scaling rule of
+    Goyal et al., mmengine's auto_scale_lr), where the global batch is processes x batch size x
+    accumulated batches; recorded as `scale_lr.factor` (config.yaml shows it) and printed once.
+    None without the section."""
+    section = cfg.get('scale_lr')
+    if section is None:
+        return None
+    if batch_size is None:
+        raise ConfigError(cfg.error('scale_lr', 'cannot tell the batch size per process to scale the learning '
+                                                'rate by; give data_module.args.batch_size'))
+    global_batch = world_size * batch_size * accumulate
+    section['factor'] = factor = global_batch / section['base_batch']
+    if global_rank_from_env() == 0:
+        print(f"scale_lr: learning rates x{factor:g}: a global batch of {global_batch} ({world_size} x batch "
+              f"{batch_size} x {accumulate}: processes x batch size x accumulated) over base_batch "
+              f"{section['base_batch']}")
+    return factor
+
+
+def scale_learning_rates(optimizers: Sequence[Any], schedulers: Sequence[Any], factor: float) -> None:
+    """Multiply every learning rate of `optimizers` and of their `schedulers` by `factor`, before
+    the first step (a resumed run's saved states, already scaled, are loaded over them)."""
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            for key in LR_GROUP_KEYS:
+                if isinstance(group.get(key), (int, float)):
+                    group[key] *= factor
+    for scheduler in schedulers:
+        for name in LR_SCHEDULER_ATTRIBUTES:
+            values = getattr(scheduler, name, None)
+            if isinstance(values, list):
+                setattr(scheduler, name, [v * factor for v in values])
