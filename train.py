@@ -715,6 +715,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 evaluate_checkpoint(evaluation)
         elif plan.args.nodes:
             raise ConfigError('--nodes: train.py runs on several machines under torchrun (see its docstring)')
+        elif plan.action == 'tune':
+            flag = '--find-lr' if plan.args.find_lr else '--find-batch-size'
+            raise ConfigError(f"{flag}: Lightning's Tuner does it, for the same configs: run it with train_pl.py")
         elif plan.action in ('sweep', 'search'):   # each run a process of this script, started by it
             runs = plan_search(plan) if plan.action == 'search' else plan_sweep(plan)
             for cfg in runs.configs:

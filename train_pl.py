@@ -38,16 +38,17 @@ if __name__ == '__main__':
     pause_gc_for_start_up()   # until training starts: a third of the import time (lightyaml/process.py)
 
 from lightyaml.config.checking import attempt, build, check_kwargs, check_sections, check_spec, check_spec_list
-from lightyaml.config.loading import Config
+from lightyaml.config.loading import Config, load_config, resolve_seed
 from lightyaml.errors import ConfigError
-from lightyaml.launch.cli import answer, exit_status, parse_command_line
+from lightyaml.launch.cli import Plan, answer, exit_status, parse_command_line
 from lightyaml.launch.console import progress_bar_wanted
 from lightyaml.launch.devices import parse_gpu_flag, select_cuda_devices
-from lightyaml.launch.resolve import Evaluation, Run, resolve_evaluation, resolve_run
+from lightyaml.launch.resolve import Evaluation, Run, check_single_run_flags, resolve_evaluation, resolve_run
 from lightyaml.launch.search import plan_search
 from lightyaml.launch.sweep import plan_sweep
 from lightyaml.process import resume_gc
 from lightyaml.registry import CALLBACKS, DATA_MODULES, LOGGERS, WRAPPERS
+from lightyaml.run.experiment_dir import check_output_file
 from lightyaml.run.results import (
     finish_run,
     predict_loader,
@@ -85,9 +86,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             validate(evaluation.cfg)
             with evaluation.held():
                 evaluate(evaluation)
+        elif plan.action == 'tune':
+            print(tune(plan))
         else:
             train(resolve_run(plan))
     return status.code
+
+
+def tune(plan: Plan) -> str:
+    """--find-lr / --find-batch-size: Lightning's Tuner on --config and its overrides, in a
+    throwaway folder (lightyaml/train/tuning.py); no experiment folder is created."""
+    from callbacks.lazy_modules import LazyModules  # Lightning: see the note above `main`
+    from lightyaml.train import tuning  # Lightning: see the note above `main`
+    args = plan.args
+    check_single_run_flags(args)
+    if not args.config or args.resume:
+        raise ConfigError('--find-lr and --find-batch-size tune a config: give --config (and overrides), '
+                          'e.g. --config configs/digits.yaml')
+    cfg = load_config(Path(args.config), args.overrides)
+    resolve_seed(cfg)
+    validate(cfg)
+    out = check_output_file(args.out, '--find-lr', Path(args.out)) if args.out else None
+    finds = [name for name, asked in (('batch_size', args.find_batch_size), ('lr', args.find_lr)) if asked]
+    params = device_params(cfg.get('trainer_params') or {}, args.gpu, args.nodes)
+    return tuning.tune(cfg, params, finds, out, [LazyModules()])
 
 
 # Trainer and ModelCheckpoint arguments lightyaml sets itself, and what to do instead.

@@ -27,7 +27,7 @@ from lightyaml.errors import (
 from lightyaml.launch.console import quiet_console
 from lightyaml.run.stopping import StoppedBySignal
 
-Action = Literal['answer', 'sweep', 'search', 'evaluate', 'train']
+Action = Literal['answer', 'sweep', 'search', 'evaluate', 'tune', 'train']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +54,8 @@ def parse_command_line(script: str, doc: str, argv: Optional[Sequence[str]] = No
         action = 'sweep'
     elif args.test or args.predict or args.export:
         action = 'evaluate'
+    elif args.find_lr or args.find_batch_size:
+        action = 'tune'
     else:
         action = 'train'
     return Plan(action, args, argv, ('python', script, *argv), script)
@@ -147,7 +149,7 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
                              'weights); default: the EMA weights when the run validated with them')
     parser.add_argument('--data', help="with --predict: a dataset spec in YAML ('{name: digits, args: {split: test}}') "
                                        'or a folder of images (default: the test split)')
-    parser.add_argument('--out', help='where --predict, --export or --plot write '
+    parser.add_argument('--out', help='where --predict, --export, --plot or --find-lr write '
                                       '(default: inside the experiment folder)')
     _add_launch_flags(parser)
     return parser
@@ -177,6 +179,12 @@ def _add_launch_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--print-config', action='store_true',
                         help='print the merged config with references resolved, each key with the file or override '
                              'that set it, and exit (creates nothing)')
+    parser.add_argument('--find-lr', action='store_true', help="Lightning's learning-rate finder on --config: the "
+                        'suggested rate and the key to set it with, the curve to --out (default lr_find.png); '
+                        'creates no experiment folder (train_pl.py)')
+    parser.add_argument('--find-batch-size', action='store_true', help="Lightning's batch-size scaling on --config: "
+                        'the largest batch per process that fits, and the key to set it with; creates no '
+                        'experiment folder (train_pl.py)')
     parser.add_argument('--dry-run', action='store_true', help='build everything, run one training and one '
                         'validation batch, print the shapes of the batch, prediction and loss terms; create nothing')
     parser.add_argument('--debug', action='store_true', help='show tracebacks of configuration errors')

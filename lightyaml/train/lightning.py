@@ -125,6 +125,14 @@ def lightning_data(data: Any) -> Any:
     class PlainDataModule(pl.LightningDataModule):
         val_names = getattr(data, 'val_names', None)   # the base wrapper's names of several val sets
 
+        @property
+        def batch_size(self) -> int:   # the plain module's own, which its loaders use (--find-batch-size sets it)
+            return data.batch_size
+
+        @batch_size.setter
+        def batch_size(self, value: int) -> None:
+            data.batch_size = value
+
         def train_dataloader(self) -> Any:
             return data.train_dataloader()
 

@@ -24,6 +24,8 @@ class BaseWrapper(Task, WrapperModule):
     step. `save_hyperparameters` lets `BaseWrapper.load_from_checkpoint(path)` rebuild it alone.
     """
 
+    _returns_loss = True   # until `on_fit_start` knows (Lightning's Tuner trains before it runs)
+
     def __init__(self, model_spec: ModelSpec, loss_spec: LossSpec, optim_spec: OptimizerSpec,
                  scheduler_spec: Optional[SchedulerSpec] = None,
                  metrics: Optional[dict[str, MetricSpec]] = None, target_key: str = 'label',
