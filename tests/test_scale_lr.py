@@ -63,6 +63,17 @@ def test_both_entry_points_scale_alike_and_a_resume_keeps_the_scaled_rates(save_
 
 
 @pytest.mark.parametrize('entry', RUNNERS)
+def test_a_new_rate_given_on_resume_is_scaled_too(entry: str, save_root: Path) -> None:
+    run = RUNNERS[entry]
+    assert run(save_root, '--config', DIGITS, '--name', 'x', *FAST, *SCALED, 'trainer_params.max_epochs=1') == 0
+    assert run(save_root, '--resume', str(save_root / 'x'), 'trainer_params.max_epochs=2',
+               'train_wrapper.args.optim_spec.args.lr=1e-3') == 0
+    state = weights(save_root / 'x')
+    assert state['optimizer_states'][0]['param_groups'][0]['initial_lr'] == 2 * 1e-3
+    assert state['lr_schedulers'][0]['base_lrs'] == [2 * 1e-3]
+
+
+@pytest.mark.parametrize('entry', RUNNERS)
 def test_accumulated_batches_count(entry: str, save_root: Path, capsys: pytest.CaptureFixture) -> None:
     assert RUNNERS[entry](save_root, '--config', DIGITS, '--name', 'acc', *FAST, 'scale_lr={base_batch: 256}',
                           'trainer_params.accumulate_grad_batches=2', 'trainer_params.max_epochs=1') == 0

@@ -229,14 +229,15 @@ class Task(nn.Module):
             if old == new or key not in optimizer.param_groups[0]:
                 continue
             for group in optimizer.param_groups:
-                if key == 'lr':
+                if key == 'lr':   # (rates that scale_lr multiplied stay multiplied: 1.0 without it)
                     group['lr'] = group['lr'] * new / old if old else new
                     if 'initial_lr' in group:
-                        group['initial_lr'] = new
+                        group['initial_lr'] = new * (group['initial_lr'] / old if old else 1.0)
                 else:
                     group[key] = new
             if key == 'lr' and scheduler is not None and hasattr(scheduler['scheduler'], 'base_lrs'):
-                scheduler['scheduler'].base_lrs = [new] * len(optimizer.param_groups)
+                bases = scheduler['scheduler'].base_lrs
+                scheduler['scheduler'].base_lrs = [new * (b / old if old else 1.0) for b in bases]
             changes.append(f'optimizer {key} {old} -> {new}')
         old_args = dict((saved.get('scheduler_spec') or {}).get('args') or {})
         for key, new in ((self.scheduler_spec or {}).get('args') or {}).items():
