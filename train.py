@@ -88,7 +88,7 @@ from lightyaml.run.stopping import StoppedBySignal, StopSignals
 from lightyaml.run.threads import decide_threads
 from lightyaml.run.trackers import TrackedRuns, check_trackers_reachable, make_tracked_runs
 from lightyaml.train.ema import EMA, STATE_KEY, EMAParams, ema_target, ema_weights
-from lightyaml.train.lazy import materialize
+from lightyaml.train.lazy import materialize, to_device
 from lightyaml.train.optim import batch_size_of, lr_scale, scale_learning_rates, step_schedulers
 from lightyaml.train.preflight import check_loop_values, task_first_steps
 from lightyaml.train.task import Task, val_stages
@@ -289,11 +289,6 @@ def limit(n_batches: int, value: Union[int, float, None]) -> int:
     if value is None:
         return n_batches
     return min(n_batches, value if isinstance(value, int) else int(n_batches * value))
-
-
-def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move every tensor of a batch dict to `device`."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def evaluate(task: Any, loader: Any, n_batches: int, stage: str, device: torch.device, autocast: Any) -> dict:

@@ -34,4 +34,4 @@ register, make = MODELS.register, MODELS.make
 
 def batch_input(batch: Any, key: str) -> Any:
     """`batch[key]`, or `batch` itself where it is a tensor (a module from elsewhere's `self.net(x)`)."""
-    return batch[key] if isinstance(batch, dict) or hasattr(batch, 'keys') else batch
+    return batch[key] if hasattr(batch, 'keys') else batch

@@ -266,7 +266,7 @@ def loadable_hyperparameters(value: Any) -> Any:
     found = spec_of(value)
     if found is not None:
         return dict(found[1])
-    if isinstance(value, type) or callable(value) and hasattr(value, '__qualname__'):
+    if isinstance(value, type) or (callable(value) and hasattr(value, '__qualname__')):   # a class, a function
         return f'{value.__module__}.{value.__qualname__}'
     return f'<{type(value).__module__}.{type(value).__qualname__}>'
 

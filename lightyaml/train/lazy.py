@@ -22,9 +22,10 @@ def has_uninitialized(module: nn.Module) -> bool:
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
-    """`batch` with every tensor in it (in dicts, lists and tuples) on `device`."""
+    """`batch` with every tensor in it (in dicts, lists and tuples) on `device`: train.py's steps,
+    the preflight's and the first batch of a lazy model."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device)
+        return batch.to(device, non_blocking=True)
     if isinstance(batch, Mapping):
         return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):

@@ -25,6 +25,7 @@ from lightyaml.config.checking import attempt
 from lightyaml.config.loading import Config
 from lightyaml.errors import ConfigError, did_you_mean
 from lightyaml.run.checkpoint_files import rng_state, set_rng_state
+from lightyaml.train.lazy import to_device
 from lightyaml.train.optim import step_scheduler
 
 # Values of the loop's arguments that both entry points refuse alike (train.py runs the loop
@@ -208,8 +209,8 @@ def task_first_steps(cfg: Config, task: Any, train_set: tuple[Any, int], val_set
 
         def run(stage: str, loader: Any) -> None:
             what = 'training' if stage == 'train' else 'validation'
-            batch = attempt(f'loading the first {what} batch', 'data_module', cfg, lambda: {
-                k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in first_batch(loader).items()})
+            batch = attempt(f'loading the first {what} batch', 'data_module', cfg,
+                            lambda: to_device(first_batch(loader), device))
             seen.see_batch(batch)
 
             def step() -> None:

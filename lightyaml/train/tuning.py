@@ -77,7 +77,7 @@ def _lr_key(cfg: Any) -> str:
     """The config key that sets the learning rate: the base wrapper's optimizer's, else a wrapper
     argument named lr or learning_rate."""
     spec = cfg['train_wrapper']
-    if spec['name'] in ('base',):
+    if spec['name'] == 'base':
         return 'train_wrapper.args.optim_spec.args.lr'
     name = next((n for n in ('lr', 'learning_rate') if _takes(WRAPPERS, spec, n)), None)
     return f'train_wrapper.args.{name}' if name else "the learning rate your module's configure_optimizers uses"
