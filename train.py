@@ -10,6 +10,7 @@
     python train.py --test save/exp                                       # evaluate the best checkpoint
     python train.py --export save/exp --format onnx                       # save/exp/export/model.onnx, checked
     python train.py --config configs/digits.yaml --search configs/digits-search.yaml   # an Optuna search
+    python train.py --runs                                                # the experiments in save/, newest first
 
 The config's `loggers` may name MLFlowLogger and WandbLogger (logged through their own clients);
 other Lightning loggers need train_pl.py.
@@ -32,13 +33,17 @@ from typing import Any, Literal, Optional, Union
 
 from lightyaml.launch.cli import answer, exit_status, parse_command_line
 from lightyaml.launch.console import survive_closed_consoles
+from lightyaml.launch.runs import report_runs
 from lightyaml.process import pause_gc_for_start_up, set_cache_defaults, set_thread_defaults, skip_collections_at_exit
 
-if __name__ == '__main__' and {'--print-config', '--list'} & set(sys.argv):
-    # These need only the config files and the registries' names: answer before importing torch.
+if __name__ == '__main__' and {'--print-config', '--list', '--runs', '--diff', '--compare'} & set(sys.argv):
+    # These need only config files, the registries' names or experiment folders: answer before importing torch.
     plan = parse_command_line('train.py', __doc__)
     with exit_status(plan) as status:
-        print(answer(plan))
+        if plan.action == 'runs':
+            status.code = report_runs(plan)
+        else:
+            print(answer(plan))
     sys.exit(status.code)
 
 survive_closed_consoles()   # a closed pipe or terminal never stops a run (lightyaml/launch/console.py)
@@ -703,6 +708,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with exit_status(plan) as status:
         if plan.action == 'answer':
             print(answer(plan))
+        elif plan.action == 'runs':   # --runs, --diff, --compare: read back from the experiment folders
+            status.code = report_runs(plan)
         elif plan.action == 'evaluate':
             evaluation = resolve_evaluation(plan)
             validate(evaluation.cfg)

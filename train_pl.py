@@ -15,6 +15,8 @@
         --workers 2 [--storage postgresql://...] [--launcher slurm]     # an Optuna search
     python train_pl.py --config configs/digits.yaml --name exp --auto-resume  # start, or continue if there
     python train_pl.py --plot save/a save/b --out ab.png                  # curves of several runs
+    python train_pl.py --runs [PATTERN] [--sort val/acc]                  # the experiments in save/, newest first
+    python train_pl.py --diff save/a save/b                               # config keys that differ, and metrics
 
 The run goes to save/<name>/: config.yaml, src/, log.txt, metrics.csv, tb/, ckpt/; the config's
 `loggers` (MLflow, W&B, ...) get the same metrics.
@@ -44,6 +46,7 @@ from lightyaml.launch.cli import Plan, answer, exit_status, parse_command_line
 from lightyaml.launch.console import progress_bar_wanted
 from lightyaml.launch.devices import parse_gpu_flag, select_cuda_devices
 from lightyaml.launch.resolve import Evaluation, Run, check_single_run_flags, resolve_evaluation, resolve_run
+from lightyaml.launch.runs import report_runs
 from lightyaml.launch.search import plan_search
 from lightyaml.launch.sweep import plan_sweep
 from lightyaml.process import resume_gc
@@ -76,6 +79,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with exit_status(plan) as status:
         if plan.action == 'answer':
             print(answer(plan))
+        elif plan.action == 'runs':   # --runs, --diff, --compare: read back from the experiment folders
+            status.code = report_runs(plan)
         elif plan.action in ('sweep', 'search'):   # each run a process of this script
             runs = plan_search(plan) if plan.action == 'search' else plan_sweep(plan)
             for cfg in runs.configs:

@@ -172,7 +172,7 @@ def test_a_module_that_logs_nothing_finishes_cleanly(registered: None, save_root
     result = yaml.safe_load((exp / 'result.yaml').read_text())
     assert result == {'final': {}, 'best': {'monitor': None, 'value': None, 'checkpoint': 'epoch=0-step=40.ckpt'}}
     log = (exp / 'log.txt').read_text().splitlines()
-    assert log[-1] == 'done' and log[-2].startswith('epoch 1/1  ')
+    assert log[-1] == f'done -> {exp} (ckpt/epoch=0-step=40.ckpt, result.yaml)' and log[-2].startswith('epoch 1/1  ')
     assert not (exp / 'curves.png').exists()   # nothing to draw
     assert run_pl(save_root, '--plot', str(exp), '--out', str(tmp_path / 'empty.png')) == 0
     assert (tmp_path / 'empty.png').read_bytes().startswith(PNG)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,8 +112,16 @@ def test_output_to_a_pipe_is_a_line_per_epoch_without_tips_or_deprecations(entry
     assert done.returncode == 0, done.stderr[-3000:]
     output = (done.stdout + done.stderr).splitlines()
     epochs = [line.split()[1] for line in output if line.startswith('epoch ')]
-    assert epochs == ['1/3', '2/3', '3/3'] and len(output) <= 3 + 4, output   # + GPU/TPU lines and the end
+    # The epochs, the end, and where SLURM is installed Lightning's `srun` hint (once per Trainer).
+    assert epochs == ['1/3', '2/3', '3/3'] and len(output) <= 3 + 1 + 2, output
     assert not [line for line in output if 'Tip' in line or 'eprecat' in line or 'Warning' in line], output
+    # Lightning's lines that say nothing on a CPU (GPU/TPU available, `Trainer.fit` stopped) are gone; the run's
+    # own last line says where things are.
+    assert not [line for line in output if ' available: ' in line or line.startswith('`Trainer.fit` stopped')], output
+    exp = save_root / 'digits'
+    assert done.stdout.splitlines()[-1] == (exp / 'log.txt').read_text().splitlines()[-1]
+    assert re.fullmatch(rf'done: best val/acc 0\.\d{{4}} at epoch \d+ -> {re.escape(str(exp))} '
+                        r'\(ckpt/epoch=\d+-step=\d+\.ckpt, curves\.png, result\.yaml\)', done.stdout.splitlines()[-1])
     curves = save_root / 'digits' / 'curves.png'   # drawn before the command exits
     assert curves.read_bytes().startswith(b'\x89PNG\r\n\x1a\n')
 
@@ -121,6 +130,8 @@ def test_verbose_shows_what_is_hidden(save_root: Path) -> None:
     done = run_script('train_pl.py', save_root, '--verbose', 'trainer_params.max_epochs=1')
     assert done.returncode == 0, done.stderr[-3000:]
     assert 'Tip: ' in done.stderr and 'is deprecated' in done.stderr
+    assert 'GPU available: ' in done.stdout + done.stderr and '`Trainer.fit` stopped: `max_epochs=1` reached.' in (
+        done.stdout + done.stderr)
 
 
 @pytest.mark.parametrize('entry', ['train_pl.py', 'train.py'])

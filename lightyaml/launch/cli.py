@@ -27,13 +27,13 @@ from lightyaml.errors import (
 from lightyaml.launch.console import quiet_console
 from lightyaml.run.stopping import StoppedBySignal
 
-Action = Literal['answer', 'sweep', 'search', 'evaluate', 'tune', 'train']
+Action = Literal['answer', 'runs', 'sweep', 'search', 'evaluate', 'tune', 'train']
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """What the command line asks for: the action, the parsed flags, and the command as typed."""
-    action: Action              # answer: --list, --print-config or --plot, read from files alone
+    action: Action              # answer: --list, --print-config or --plot; runs: --runs, --diff, --compare
     args: argparse.Namespace
     argv: tuple[str, ...]       # the arguments as given (a sweep's or search's runs repeat them)
     command: tuple[str, ...]    # `python <script> <argv>`, recorded in the experiment folder
@@ -48,6 +48,8 @@ def parse_command_line(script: str, doc: str, argv: Optional[Sequence[str]] = No
     quiet_console(args.verbose)
     if args.list is not None or args.print_config or args.plot:
         action = 'answer'
+    elif args.runs is not None or args.diff or args.compare:   # lightyaml/launch/runs.py: read from folders alone
+        action = 'runs'
     elif args.search:
         action = 'search'
     elif args.sweep or args.seeds:
@@ -118,9 +120,9 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f'error: {message} (see --help)\n')
 
 
-def make_parser(doc: str) -> argparse.ArgumentParser:
-    """The command line both entry points share."""
-    parser = OneLineParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+def make_parser(doc: str, parser_class: type[argparse.ArgumentParser] = OneLineParser) -> argparse.ArgumentParser:
+    """The command line both entry points share (`parser_class`: how a usage error is told)."""
+    parser = parser_class(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', help='YAML config file')
     parser.add_argument('--name', help='experiment name: the run goes to <save-root>/<name> '
                                        '(default: config file stem)')
@@ -149,10 +151,28 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
                              'weights); default: the EMA weights when the run validated with them')
     parser.add_argument('--data', help="with --predict: a dataset spec in YAML ('{name: digits, args: {split: test}}') "
                                        'or a folder of images (default: the test split)')
-    parser.add_argument('--out', help='where --predict, --export, --plot or --find-lr write '
-                                      '(default: inside the experiment folder)')
+    parser.add_argument('--out', help='where --predict, --export, --plot, --compare or --find-lr write '
+                                      '(default: inside the experiment folder; --compare: <save-root>/compare.png)')
     _add_launch_flags(parser)
+    _add_reading_flags(parser)
     return parser
+
+
+def _add_reading_flags(parser: argparse.ArgumentParser) -> None:
+    """--runs, --diff, --compare (lightyaml/launch/runs.py): experiments read back from their folders."""
+    parser.add_argument('--runs', nargs='?', const='', metavar='PATTERN',
+                        help='a table of the experiments under --save-root, newest first (PATTERN: a name pattern '
+                             "such as 'lr*', or a folder: a sweep's, a search's, another save root)")
+    parser.add_argument('--sort', metavar='KEY', help='with --runs: sort by name, state, epochs, time, started '
+                                                      '(default, newest first) or a metric, best first (val/acc)')
+    parser.add_argument('--reverse', action='store_true', help='with --runs: the other way round')
+    parser.add_argument('--state', metavar='STATE,...', help='with --runs: only runs in these states (running, '
+                                                             'finished, pruned, stopped, failed, killed, ...)')
+    parser.add_argument('--diff', nargs=2, metavar=('A', 'B'), help='the config keys that differ between two '
+                        'experiments (or an experiment and a YAML file), where each value came from, then their '
+                        'metrics; exit status 0 when equal, 1 when different')
+    parser.add_argument('--compare', nargs='+', metavar='EXP', help="several experiments' curves in one picture "
+                        '(--out, default <save-root>/compare.png) and their final and best values in a CSV beside it')
 
 
 def _add_launch_flags(parser: argparse.ArgumentParser) -> None:

@@ -1,10 +1,12 @@
 """What the console shows, the same for both entry points. Lightning-free.
 
-By default, no advertisements (Lightning's "💡 Tip: ..." lines) and no deprecation warnings raised
-inside the libraries (they are about the libraries' own code, which you cannot change); `--verbose`
-shows both, and `python -W ...` or PYTHONWARNINGS settings are left alone. Progress bars are drawn
-only on a terminal: with output going to a file or a pipe, a run prints one line per epoch
-(`trainer_params.enable_progress_bar: true` draws the bar anyway).
+By default, no advertisements (Lightning's "💡 Tip: ..." lines), none of Lightning's lines that say
+nothing to a CPU or single-GPU user (`GPU available: False, used: False`, `` `Trainer.fit` stopped:
+`max_epochs=30` reached.``) and no deprecation warnings raised inside the libraries (they are about the
+libraries' own code, which you cannot change); `--verbose` shows them all, and `python -W ...` or
+PYTHONWARNINGS settings are left alone. Progress bars are drawn only on a terminal: with output going
+to a file or a pipe, a run prints one line per epoch (`trainer_params.enable_progress_bar: true` draws
+the bar anyway).
 """
 from __future__ import annotations
 
@@ -32,6 +34,22 @@ class NoAdvertisements(logging.Filter):
 
 _NO_ADVERTISEMENTS = NoAdvertisements()
 
+# Lightning's lines that say nothing to a CPU or single-GPU user: every run ends with its own
+# `done: ...` line instead (lightyaml/run/results.py). `--verbose` shows them.
+NOTHING_TO_SAY = re.compile(r'(GPU|TPU|HPU) available: |`Trainer\.\w+` stopped: |'
+                            r'LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: \[\d+\]$')
+LIGHTNING_DEVICE_LOGGERS = ('pytorch_lightning.accelerators.cuda',)   # where the LOCAL_RANK line comes from
+
+
+class NothingToSay(logging.Filter):
+    """Drops Lightning's device and stopping lines (`GPU available: False, used: False`, ...)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not NOTHING_TO_SAY.match(record.getMessage())
+
+
+_NOTHING_TO_SAY = NothingToSay()
+
 
 def quiet_console(verbose: bool = False) -> None:
     """Hide third-party tips and deprecation warnings, or with `verbose` show them again.
@@ -39,6 +57,9 @@ def quiet_console(verbose: bool = False) -> None:
     for name in LIGHTNING_INFO_LOGGERS:
         logger = logging.getLogger(name)
         (logger.removeFilter if verbose else logger.addFilter)(_NO_ADVERTISEMENTS)
+    for name in (*LIGHTNING_INFO_LOGGERS, *LIGHTNING_DEVICE_LOGGERS):
+        logger = logging.getLogger(name)
+        (logger.removeFilter if verbose else logger.addFilter)(_NOTHING_TO_SAY)
     if sys.warnoptions:   # the user chose what warnings to see
         return
     for category in DEPRECATIONS:

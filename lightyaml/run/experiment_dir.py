@@ -17,8 +17,8 @@ from typing import Optional
 
 from lightyaml.config.loading import dump_yaml, parse_yaml
 from lightyaml.config.references import escape_references
-from lightyaml.config.secrets import mask_command, mask_secrets
-from lightyaml.errors import PROJECT_ROOT, ConfigError, NonFiniteLossError, display_path
+from lightyaml.config.secrets import mask_command, mask_secrets, mask_text
+from lightyaml.errors import PROJECT_ROOT, ConfigError, NonFiniteLossError, RunStoppedError, display_path
 from lightyaml.process import global_rank_from_env
 from lightyaml.run import source_copy
 from lightyaml.run.disk_space import full_disk_cause
@@ -210,14 +210,27 @@ class ExperimentDir:
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
         """Around a run: however it ends, the folder's lock is released (so the same process may
-        run in it again); a NaN's message says whether a checkpoint is left to resume from."""
+        run in it again); a NaN's message says whether a checkpoint is left to resume from. A run
+        under way that ends on an error ends its log.txt with the `error: ...` line it prints, so
+        that a failed run is told from a killed one (--runs)."""
         try:
             yield
         except NonFiniteLossError as e:
             self.record_non_finite(e)
             raise
+        except Exception as e:
+            if self.started:   # rank 0, once the folder is this run's
+                self.log_quietly(f'error: {mask_text(error_text(e))}')
+            raise
         finally:
             self.release()
+
+    def log_quietly(self, line: str) -> None:
+        """Append a line to log.txt unless the disk refuses it (it is full): the error in hand matters more."""
+        try:
+            self.log(line)
+        except OSError:
+            pass
 
     def record_non_finite(self, error: NonFiniteLossError) -> None:
         """A NaN stopped the run: say whether a checkpoint is left to resume from, and log it."""
@@ -283,6 +296,16 @@ class ExperimentDir:
         """Append one line to log.txt."""
         with open(self.log_file, 'a') as f:
             f.write(line.rstrip('\n') + '\n')
+
+
+def error_text(error: Exception) -> str:
+    """An error as its `error: ...` line says it: a ConfigError's problems, a RunStoppedError's
+    message, anything else its type and first line."""
+    if isinstance(error, ConfigError):
+        return '; '.join(error.problems)
+    if isinstance(error, RunStoppedError):
+        return str(error)
+    return f'{type(error).__name__}: {(str(error).strip().splitlines() or [""])[0]}'
 
 
 def atomic_write(path: Path, text: str | bytes) -> None:

@@ -63,13 +63,27 @@ def is_locked(path: Path) -> Optional[FolderBusy]:
 def lock_holder(path: Path) -> Optional[int]:
     """The pid holding a flock on `path`, from /proc/locks (`... FLOCK ADVISORY WRITE PID MAJ:MIN:INODE ...`)."""
     try:
-        st = os.stat(path)
-        wanted = f'{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}'
+        return (held_locks() or {}).get(lock_key(path))
+    except OSError:
+        return None
+
+
+def held_locks() -> Optional[dict[str, int]]:
+    """Every flock this machine's kernel holds, {MAJ:MIN:INODE: pid}, read from /proc/locks without
+    taking any (so reading it never stands in a run's way); None where there is no /proc/locks."""
+    held = {}
+    try:
         with open('/proc/locks') as f:
             for line in f:
                 fields = line.split()
-                if len(fields) > 5 and fields[1] == 'FLOCK' and fields[5] == wanted:
-                    return int(fields[4])
-    except (OSError, ValueError):
-        pass
-    return None
+                if len(fields) > 5 and fields[1] == 'FLOCK' and fields[4].isdigit():
+                    held.setdefault(fields[5], int(fields[4]))
+    except OSError:
+        return None
+    return held
+
+
+def lock_key(path: Path) -> str:
+    """How /proc/locks names the file at `path`: its device (hexadecimal MAJ:MIN) and inode."""
+    st = os.stat(path)
+    return f'{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}'

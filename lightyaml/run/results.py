@@ -21,6 +21,7 @@ from lightyaml.errors import ConfigError, display_path
 from lightyaml.registry import DATASETS, LOSSES, METRICS
 from lightyaml.run.experiment_dir import ExperimentDir, atomic_write
 from lightyaml.run.metrics_files import split_metric_key
+from lightyaml.run.run_state import epoch_of, metric_curve
 
 Curves = dict[str, dict[str, list[tuple[int, float]]]]   # {metric: {stage: [(epoch, value), ...]}}
 
@@ -31,10 +32,22 @@ def finish_run(exp: ExperimentDir, final: Mapping[str, float], monitor: Optional
     run's own curves.png, a closing log line. All written before it returns."""
     exp.write_result(final, monitor, best, best_checkpoint.name if best_checkpoint else None)
     write_own_curves(exp)
+    line = done_line(exp, monitor, best, best_checkpoint)
+    exp.log(line)
+    print(line, flush=True)
+
+
+def done_line(exp: ExperimentDir, monitor: Optional[str], best: Optional[float],
+              best_checkpoint: Optional[Path]) -> str:
+    """The line that ends a finished run, on the console and in log.txt, the same in both entry points:
+    `done: best val/acc 0.9815 at epoch 12 -> save/digits (ckpt/epoch=11-step=480.ckpt, curves.png, result.yaml)`."""
+    files = [f'{best_checkpoint.parent.name}/{best_checkpoint.name}'] if best_checkpoint else []
+    files += [name for name in ('curves.png', 'result.yaml') if (exp.path / name).is_file()]
+    what = ''
     if monitor and best is not None:
-        exp.log(f'done: best {monitor} {best:.4f} ({best_checkpoint.name if best_checkpoint else "-"})')
-    else:
-        exp.log('done')
+        epoch = epoch_of(metric_curve(exp.path / 'metrics.csv', monitor), best)
+        what = f": best {monitor} {best:.4f}{f' at epoch {epoch}' if epoch else ''}"
+    return f"done{what} -> {display_path(exp.path)} ({', '.join(files)})"
 
 
 def write_own_curves(exp: ExperimentDir) -> None:
