@@ -68,10 +68,12 @@ def test_two_runs_at_once_and_the_quickstart_run_alone_with_their_targets() -> N
     assert parts[:6] == ['command to exit (the command)', 'last epoch line to exit (the command)',
                          'imports (instrumented)', 'start-up to first step (instrumented)', 'training (instrumented)',
                          'last epoch line to exit (instrumented)']
-    assert parts[6:] == ['--list', '--print-config'] and all(float(row[1]) >= 0 for row in rows[7:])
+    assert parts[6:] == ['--list', '--print-config', '--runs (200 experiments)']
+    assert all(float(row[1]) >= 0 for row in rows[7:])
     targets = [line.split(':')[0] for line in lines if line.startswith('- ')]
     assert targets == ['- train.py beside itself, mlp', '- train_pl.py beside itself, mlp', '- command to exit',
-                       '- start-up to first step', '- last epoch line to exit', '- --list', '- --print-config']
+                       '- start-up to first step', '- last epoch line to exit', '- --list', '- --print-config',
+                       '- --runs (200 experiments)']
 
 
 def test_an_unknown_part_is_refused() -> None:

@@ -1,12 +1,13 @@
 """What the console shows, the same for both entry points. Lightning-free.
 
-By default, no advertisements (Lightning's "💡 Tip: ..." lines), none of Lightning's lines that say
-nothing to a CPU or single-GPU user (`GPU available: False, used: False`, `` `Trainer.fit` stopped:
-`max_epochs=30` reached.``) and no deprecation warnings raised inside the libraries (they are about the
-libraries' own code, which you cannot change); `--verbose` shows them all, and `python -W ...` or
-PYTHONWARNINGS settings are left alone. Progress bars are drawn only on a terminal: with output going
-to a file or a pipe, a run prints one line per epoch (`trainer_params.enable_progress_bar: true` draws
-the bar anyway).
+By default, no advertisements (Lightning's "💡 Tip: ..." lines) and no deprecation warnings raised
+inside the libraries (they are about the libraries' own code, which you cannot change); `--verbose`
+shows both, and `python -W ...` or PYTHONWARNINGS settings are left alone. Progress bars are drawn
+only on a terminal: with output going to a file or a pipe, a run prints one line per epoch
+(`trainer_params.enable_progress_bar: true` draws the bar anyway).
+
+Nor Lightning's lines that say nothing to a CPU or single-GPU user (`GPU available: False, used:
+False`, `` `Trainer.fit` stopped: `max_epochs=30` reached.``); `--verbose` shows them too.
 """
 from __future__ import annotations
 

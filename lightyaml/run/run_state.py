@@ -5,8 +5,9 @@ Everything comes from the files a run writes, never from a guess: the folder's l
 holds it: running), the line that ends each attempt in log.txt (`done ...`, `stopped by SIGTERM
 ...`, `error: ...`), result.yaml, metrics.csv and config.yaml's header of commands. An attempt
 whose process is gone without such a line was killed (SIGKILL, out of memory, a lost machine).
-Nothing is written or locked. Lightning-free and torch-free: `--runs` reads 200 folders in well
-under a second (bench/README.md).
+Nothing is written; a folder's lock is read from /proc/locks, and probed (taken and dropped at
+once) only where the files say its last attempt has not ended. Lightning-free and torch-free:
+`--runs` reads 200 folders in well under a second (bench/README.md).
 """
 from __future__ import annotations
 
@@ -54,11 +55,6 @@ class RunState:
     def name(self) -> str:
         return self.path.name
 
-    @property
-    def ended(self) -> bool:
-        """Whether the run is over (finished, stopped, failed or killed), not running or half made."""
-        return self.state in ('finished', 'pruned', 'stopped', 'failed', 'killed')
-
 
 def read_run(path: Path, locks: Optional[Mapping[str, int]] = None) -> RunState:
     """The state of the experiment folder `path` (it holds config.yaml). `locks` is folder_lock's
@@ -75,7 +71,7 @@ def read_run(path: Path, locks: Optional[Mapping[str, int]] = None) -> RunState:
             run.commands.append(match[2])
     log = _read_text(path / 'log.txt').splitlines()
     end = _read_log(run, log)
-    result = _read_result(path / 'result.yaml')
+    result = _read_result(path / 'result.yaml', ('best',))
     _read_checkpoint_settings(run, config_text, result)
     _set_state(run, log, end, locks)
     if run.monitor:
@@ -108,15 +104,19 @@ def _read_log(run: RunState, log: list[str]) -> Optional[str]:
     return end
 
 
-def _read_result(path: Path) -> Optional[dict]:
-    """result.yaml, or None when the run has none (or it cannot be read: then the log decides)."""
+def _read_result(path: Path, sections: Optional[tuple[str, ...]] = None) -> Optional[dict]:
+    """result.yaml (only its `sections` when given), or None when the run has none; {} when it
+    cannot be read (then the log and metrics.csv decide)."""
     if not path.is_file():
         return None
+    text = _read_text(path)
+    if sections is not None:
+        return yaml_sections(text, sections, str(path))
     try:
-        result = parse_yaml(_read_text(path), str(path))
+        result = parse_yaml(text, str(path))
     except ConfigError:
-        return None
-    return result if isinstance(result, dict) else None
+        return {}
+    return result if isinstance(result, dict) else {}
 
 
 def _read_checkpoint_settings(run: RunState, config_text: str, result: Optional[dict]) -> None:
@@ -126,7 +126,7 @@ def _read_checkpoint_settings(run: RunState, config_text: str, result: Optional[
     if 'monitor' in best and run.planned is not None:   # a finished run: config.yaml is read only if need be
         run.monitor = best['monitor']
         return
-    sections = config_sections(config_text, ('checkpoint', 'trainer_params'))
+    sections = yaml_sections(config_text, ('checkpoint', 'trainer_params'), 'config.yaml')
     checkpoint = sections.get('checkpoint') if isinstance(sections.get('checkpoint'), dict) else {}
     run.monitor = best.get('monitor', checkpoint.get('monitor'))
     run.mode = 'max' if checkpoint.get('mode') == 'max' else 'min'
@@ -138,16 +138,17 @@ def _read_checkpoint_settings(run: RunState, config_text: str, result: Optional[
 def checkpoint_mode(run: RunState) -> str:
     """checkpoint.mode of the run ('min' or 'max', ModelCheckpoint's default 'min'), read once."""
     if run.mode is None:
-        checkpoint = config_sections(_read_text(run.path / 'config.yaml'), ('checkpoint',)).get('checkpoint')
+        sections = yaml_sections(_read_text(run.path / 'config.yaml'), ('checkpoint',), 'config.yaml')
+        checkpoint = sections.get('checkpoint')
         run.mode = 'max' if isinstance(checkpoint, dict) and checkpoint.get('mode') == 'max' else 'min'
     return run.mode
 
 
-def config_sections(text: str, names: tuple[str, ...]) -> dict:
-    """The top-level sections `names` of a config.yaml, read alone: config.yaml is written with
-    each top-level key at the start of a line, and reading two small sections instead of the whole
-    file is what keeps --runs fast (pure-Python YAML reads about 1 MB/s). A file written otherwise
-    is read whole; an unreadable one gives {}."""
+def yaml_sections(text: str, names: tuple[str, ...], where: str) -> dict:
+    """The top-level sections `names` of a config.yaml or result.yaml, read alone: both are
+    written with each top-level key at the start of a line, and reading a few small sections
+    instead of the whole file is what keeps --runs fast (pure-Python YAML reads about 1 MB/s). A
+    file written otherwise is read whole; an unreadable one gives {}."""
     kept, keep = [], False
     for line in text.splitlines():
         if line and not line[0].isspace() and not line.startswith('#'):
@@ -156,7 +157,7 @@ def config_sections(text: str, names: tuple[str, ...]) -> dict:
             kept.append(line)
     for source in ('\n'.join(kept), text):
         try:
-            data = parse_yaml(source, 'config.yaml')
+            data = parse_yaml(source, where)
         except ConfigError:
             continue
         if isinstance(data, dict):
@@ -247,9 +248,9 @@ def final_metrics(run: RunState) -> dict[str, float]:
     else the last value of each epoch-level column of metrics.csv."""
     result = _read_result(run.path / 'result.yaml') if run.state in ('finished', 'pruned') else None
     final = (result or {}).get('final')
-    if isinstance(final, dict):   # train.py's holds its epoch and step counters too
+    if isinstance(final, dict):   # train.py's holds its epoch and step counters too; step values are no epoch's
         return {str(k): float(v) for k, v in final.items()
-                if isinstance(v, (int, float)) and k not in ('epoch', 'step')}
+                if isinstance(v, (int, float)) and k not in ('epoch', 'step') and not str(k).endswith('_step')}
     last: dict[str, float] = {}
     try:
         with open(run.path / 'metrics.csv', newline='') as f:
