@@ -44,7 +44,7 @@ from lightyaml.config.loading import Config, load_config, resolve_seed
 from lightyaml.errors import ConfigError
 from lightyaml.launch.cli import Plan, answer, exit_status, parse_command_line
 from lightyaml.launch.console import progress_bar_wanted
-from lightyaml.launch.devices import parse_gpu_flag, select_cuda_devices
+from lightyaml.launch.devices import check_gpu_asked, parse_gpu_flag, select_cuda_devices
 from lightyaml.launch.resolve import Evaluation, Run, check_single_run_flags, resolve_evaluation, resolve_run
 from lightyaml.launch.runs import report_runs
 from lightyaml.launch.search import plan_search
@@ -109,6 +109,7 @@ def tune(plan: Plan) -> str:
         raise ConfigError('--find-lr and --find-batch-size tune a config: give --config (and overrides), '
                           'e.g. --config configs/digits.yaml')
     cfg = load_config(Path(args.config), args.overrides)
+    check_gpu_asked(cfg, args.gpu)
     resolve_seed(cfg)
     validate(cfg)
     out = check_output_file(args.out, '--find-lr', Path(args.out)) if args.out else None

@@ -16,6 +16,7 @@ within BOUND of it.
 """
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -58,8 +59,10 @@ def measure(rounds: int, specs: dict, run: Callable[[str, str, dict, str, Option
     return results
 
 
-def report(results: dict[tuple[str, str], list[dict]], rounds: int) -> str:
-    """The table (medians over rounds) and the targets (the worse copy of each round)."""
+def report(results: dict[tuple[str, str], list[dict]], rounds: int, judged: bool = True) -> str:
+    """The table (medians over rounds) and the targets (the worse copy of each round; not for a
+    --tiny run, which only checks that everything runs). A figure of copies that never trained at
+    the same time is `-`."""
     lines = [f'Two runs at once: {rounds} rounds.', '', '| ' + ' | '.join(COLUMNS) + ' |',
              '| --- | --- |' + ' ---: |' * (len(COLUMNS) - 2)]
     for (name, variant), runs in results.items():
@@ -67,9 +70,10 @@ def report(results: dict[tuple[str, str], list[dict]], rounds: int) -> str:
         pair = [statistics.median(r['pair'][i] for r in runs) for i in (0, 1)]
         ratios = [statistics.median(r['pair'][i] / r['alone'] for r in runs) for i in (0, 1)]
         bounds = [statistics.median(r['pair'][i] / r['one_thread'] for r in runs) for i in (0, 1)]
-        lines.append(f"| {name} | {variant} | {alone * 1e3:.2f} | {one_thread * 1e3:.2f} | {pair[0] * 1e3:.2f}, "
-                     f"{pair[1] * 1e3:.2f} | {ratios[0]:.2f}, {ratios[1]:.2f} | {bounds[0]:.2f}, {bounds[1]:.2f} | "
-                     f"{min(r['overlap'] for r in runs)} |")
+        lines.append(f"| {name} | {variant} | {alone * 1e3:.2f} | {one_thread * 1e3:.2f} | {shown(pair, 1e3)} | "
+                     f"{shown(ratios)} | {shown(bounds)} | {min(r['overlap'] for r in runs)} |")
+    if not judged:
+        return '\n'.join([*lines, '', 'Two-at-once targets: not judged (--tiny only checks that every run works)'])
     lines += ['', 'Two-at-once targets (the slower copy against one thread alone, median over rounds):']
     for (name, variant), runs in results.items():
         if variant == 'floor':
@@ -78,6 +82,11 @@ def report(results: dict[tuple[str, str], list[dict]], rounds: int) -> str:
         lines.append(f"- {variant} beside itself, {name}: {worst:.2f}x one thread alone (<= {BOUND}) "
                      f"{'met' if worst <= BOUND else 'NOT met'}")
     return '\n'.join(lines)
+
+
+def shown(figures: list[float], scale: float = 1.0) -> str:
+    """'1.23, 1.25'; `-` for a figure that could not be measured (NaN: the copies never overlapped)."""
+    return ', '.join('-' if math.isnan(x) else f'{x * scale:.2f}' for x in figures)
 
 
 def bound(runs: list[dict]) -> float:

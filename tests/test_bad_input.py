@@ -165,6 +165,35 @@ def test_bad_input(entry: str, case: tuple, tmp: Path, tmp_path: Path, capsys: p
     assert not (tmp / 'pwned').exists()
 
 
+CIFAR = str(ROOT / 'configs' / 'cifar10.yaml')
+NO_GPU = 'asks for a GPU, and this machine has none; to train on the CPU add'
+GPU_CASES = [   # (arguments, the error line)
+    (['--config', CIFAR], f"configs/cifar10.yaml: trainer_params.accelerator: 'gpu' {NO_GPU} --gpu cpu "
+                          f'data_module.args.device=null'),
+    (['--config', CIFAR, '--gpu', 'cpu'], f"configs/cifar10.yaml: data_module.args.device: 'cuda' {NO_GPU} "
+                                          f'data_module.args.device=null'),
+    (['--config', CIFAR, '--sweep', 'seed=0,1'], f"configs/cifar10.yaml: trainer_params.accelerator: 'gpu' {NO_GPU} "
+                                                 f'--gpu cpu data_module.args.device=null'),
+    (['--config', DIGITS, 'trainer_params.accelerator=cuda'],
+     f"override 'trainer_params.accelerator=cuda': trainer_params.accelerator: 'cuda' {NO_GPU} --gpu cpu"),
+]
+
+
+@pytest.mark.parametrize('entry', RUNNERS)
+@pytest.mark.parametrize('case', GPU_CASES, ids=['cifar10', 'cifar10-gpu-cpu', 'sweep', 'override'])
+def test_a_config_asking_for_a_gpu_on_a_machine_without_one_names_the_overrides(
+        entry: str, case: tuple, tmp_path: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before anything is created or built (issue 28: train_pl.py ended in Lightning's 'No supported
+    gpu backend found!'); on a machine with a GPU too, which the test hides."""
+    import torch
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.chdir(ROOT)
+    assert RUNNERS[entry](tmp_path / 'save', *case[0]) == 2
+    assert capsys.readouterr().err == f'error: {case[1]}\n'
+    assert not (tmp_path / 'save').exists()
+
+
 def test_the_table_covers_at_least_thirty_cases() -> None:
     assert len(CASES) >= 30
 

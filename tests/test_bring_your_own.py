@@ -242,12 +242,14 @@ def test_a_mistake_in_a_users_module_file_names_the_file_and_line(mistake: str, 
             del sys.modules[name]
 
 
-def test_a_syntax_error_in_models_stops_the_run_before_anything_is_created(tmp_path: Path) -> None:
+@pytest.mark.parametrize('command', [['train_pl.py', '--config', 'configs/digits.yaml', *QUIET],
+                                     ['train_pl.py', '--list'], ['train.py', '--list', 'models']])
+def test_a_syntax_error_in_models_stops_the_run_before_anything_is_created(command: list[str], tmp_path: Path) -> None:
+    """A run, and `--list` (which reads names from the source without importing it), give the same line."""
     copy = tmp_path / 'project'
     shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns('save', 'load', '.git', '__pycache__', 'tests'))
     (copy / 'models' / 'mine.py').write_text(MISTAKES['syntax'][0])
-    done = subprocess.run([sys.executable, 'train_pl.py', '--config', 'configs/digits.yaml', *QUIET], cwd=copy,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, *command], cwd=copy, capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stderr) == (2, "error: models/mine.py:5: SyntaxError: '(' was never closed\n")
     assert not (copy / 'save').exists()
 

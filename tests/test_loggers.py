@@ -237,6 +237,28 @@ def test_wandb_is_offline_without_a_key_and_writes_inside_the_folder(script: str
         assert wandb_offline_run(second)[2] == pytest.approx(val_acc(exp)[2:])
 
 
+def test_lightnings_loggers_by_name_alone_write_below_the_folder_and_a_resume_continues_them(save_root: Path) -> None:
+    """TensorBoardLogger and CSVLogger need `save_dir`, which lightyaml gives: the experiment folder,
+    so they write save/<name>/lightning_logs/version_N/ (issue 28). --resume appends to TensorBoard's
+    version; CSVLogger would delete the metrics.csv of a version it reopens, so it gets a new one."""
+    loggers = 'loggers=[{name: TensorBoardLogger}, {name: CSVLogger}]'
+    assert run_pl(save_root, '--config', DIGITS, '--name', 'lg', EPOCHS2, loggers) == 0
+    exp = save_root / 'lg'
+    runs = parse_yaml((exp / 'trackers.yaml').read_text(), 'trackers.yaml')
+    assert runs == {'loggers.0': {'name': 'TensorBoardLogger', 'group': None, 'version': 0},
+                    'loggers.1': {'name': 'CSVLogger', 'group': None}}   # no version to reopen
+    assert len(list((exp / 'lightning_logs' / 'version_0').glob('events.out.tfevents.*'))) == 1
+    with open(exp / 'lightning_logs' / 'version_1' / 'metrics.csv') as f:
+        rows = [row for row in csv.DictReader(f) if row.get('val/acc')]
+    assert [float(row['val/acc']) for row in rows] == pytest.approx(val_acc(exp))
+    assert run_pl(save_root, '--resume', str(exp), 'trainer_params.max_epochs=3') == 0
+    assert sorted(p.name for p in (exp / 'lightning_logs').iterdir()) == ['version_0', 'version_1', 'version_2']
+    assert len(list((exp / 'lightning_logs' / 'version_0').glob('events.out.tfevents.*'))) == 2
+    for version, epochs in (('version_1', ['0', '1']), ('version_2', ['2'])):
+        with open(exp / 'lightning_logs' / version / 'metrics.csv') as f:
+            assert [row['epoch'] for row in csv.DictReader(f) if row.get('val/acc')] == epochs
+
+
 def test_a_tracker_that_fails_costs_one_warning_and_nothing_else(save_root: Path, monkeypatch: pytest.MonkeyPatch,
                                                                   capfd: pytest.CaptureFixture) -> None:
     from pytorch_lightning.loggers import Logger

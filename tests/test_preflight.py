@@ -231,14 +231,17 @@ def no_test_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (['--predict', '{exp}', '--data', '{empty}'], '--predict {exp} --data {empty}: building the predict data failed: '
                                                   'FileNotFoundError: no image files (.png, .jpg, .jpeg, .bmp, .gif) '
                                                   'in {empty}'),
-], ids=['test-without-test-split', 'predict-missing-split', 'predict-empty-folder'])
+    (['--predict', '{exp}', '--data', '{missing}/'], "--data {missing}/: no such folder ({missing}); expected a "
+                                                     "folder of images or a dataset spec such as '{{name: digits, "
+                                                     "args: {{split: test}}}}'"),
+], ids=['test-without-test-split', 'predict-missing-split', 'predict-empty-folder', 'predict-missing-folder'])
 def test_evaluating_on_data_that_is_not_there_is_one_line_and_changes_nothing(
         entry: str, flags: list, expected: str, no_test_split: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture) -> None:
     empty = tmp_path / 'empty'
     empty.mkdir()
     before = snapshot(no_test_split)
-    fill = {'exp': no_test_split, 'empty': empty}
+    fill = {'exp': no_test_split, 'empty': empty, 'missing': tmp_path / 'my_digits'}
     assert RUNNERS[entry](tmp_path, *[f.format(**fill) for f in flags]) == 2
     assert capsys.readouterr().err == f'error: {expected.format(**fill)}\n'
     assert snapshot(no_test_split) == before

@@ -111,6 +111,31 @@ def test_a_grid_search_completes_prunes_and_fails_trials_and_continues_only_the_
 
 
 @needs_optuna
+def test_a_pruned_trials_yaml_holds_the_value_its_note_gives(tmp_path: Path) -> None:
+    """A trial pruned after epoch 3 at 0.9148 whose best epoch was 0.9259: trial.yaml's value is the
+    value it was pruned at, as its note and the summary say (issue 28: it held the best epoch's)."""
+    import types
+
+    import optuna
+
+    from lightyaml.launch.search import Search, _run_trial
+    folder = tmp_path / 's-search'
+    folder.mkdir()
+    script = (   # what the trial's run leaves when the pruner stops it: result.yaml and pruned.yaml
+        f"import pathlib, sys; exp = pathlib.Path({str(folder)!r}) / sys.argv[sys.argv.index('--name') + 1]; "
+        "exp.mkdir(); (exp / 'result.yaml').write_text('final: {}\\nbest: {monitor: val/acc, value: 0.9259}\\n'); "
+        "(exp / 'pruned.yaml').write_text('{trial: 0, epoch: 2, metric: val/acc, value: 0.9148, "
+        "pruner: {name: median}}\\n')")
+    study = optuna.create_study(study_name='s', direction='maximize')
+    spec = types.SimpleNamespace(suggest=lambda trial: [f'{LR}=0.1'], metric='val/acc', pruner={'name': 'median'})
+    _run_trial(Search(study, None, 'sqlite:///unused', spec, folder, [sys.executable, '-c', script]),
+               study.ask(), ([], {}))
+    trial = yaml.safe_load((folder / 'trial-000' / 'trial.yaml').read_text())
+    assert (trial['state'], trial['value']) == ('PRUNED', 0.9148)
+    assert trial['note'] == 'pruned after epoch 3: val/acc 0.9148 (median pruner)'
+
+
+@needs_optuna
 def test_a_lightning_search_prunes_through_its_callback(save_root: Path, tmp_path: Path) -> None:
     search = write(tmp_path / 's.yaml', f"""
 sampler: {{name: grid}}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import DIGITS, EPOCH_LINE, QUIET, ROOT, evaluate, run_pl, run_py
 
@@ -60,6 +61,16 @@ def test_same_experiment_folder_as_train_pl(both_runs: tuple[Path, Path]) -> Non
         'parameters: 38,410 total (model 38,410)']
     best = sorted(p.name for p in (plain / 'ckpt').glob('epoch=*.ckpt'))
     assert len(best) == 1 and best == sorted(p.name for p in (lightning / 'ckpt').glob('epoch=*.ckpt'))
+
+
+def test_both_entry_points_write_the_same_result_yaml(both_runs: tuple[Path, Path]) -> None:
+    """The same keys, the epoch-level metrics only (issue 28: train.py wrote `epoch` and `step`,
+    train_pl.py `train/loss_step`), the same best checkpoint; the values agree within float sums."""
+    plain, lightning = (yaml.safe_load((exp / 'result.yaml').read_text()) for exp in both_runs)
+    assert list(plain) == list(lightning) == ['final', 'best']
+    assert list(plain['final']) == list(lightning['final']) == ['train/loss', 'val/acc', 'val/loss', 'val/top3']
+    assert plain['final'] == pytest.approx(lightning['final'], abs=1e-6)
+    assert plain['best'] == pytest.approx(lightning['best'])
 
 
 def test_weights_move_between_the_entry_points(both_runs: tuple[Path, Path]) -> None:

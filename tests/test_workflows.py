@@ -138,6 +138,27 @@ def test_an_interrupted_sweep_continues_and_summarises_mean_and_std(tmp_path: Pa
     assert yaml.safe_load((tmp_path / 'grid-sweep' / 'sweep.yaml').read_text())['experiments'] == names
 
 
+@pytest.mark.slow   # three processes
+@pytest.mark.parametrize('script', ['train.py', 'train_pl.py'])
+def test_the_lines_of_runs_going_at_once_carry_their_names(script: str, tmp_path: Path) -> None:
+    """With --workers 2 each line a run prints starts with `[its name] `, on stdout or stderr as the
+    run wrote it (issue 28: two runs' epoch lines interleaved, nameless)."""
+    done = subprocess.run([sys.executable, script, '--config', DIGITS, '--name', 'w', '--save-root', str(tmp_path),
+                           '--sweep', 'train_wrapper.args.optim_spec.args.lr=1e-3,3e-3', '--workers', '2',
+                           'trainer_params.max_epochs=2', *QUIET], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = ['w-lr=1e-3', 'w-lr=3e-3']
+    runs = [line for line in done.stdout.splitlines() if line.startswith('[')]
+    for name in names:
+        mine = [line[len(name) + 3:] for line in runs if line.startswith(f'[{name}] ')]
+        assert [line for line in mine if line.startswith('epoch ')] == [
+            line for line in (tmp_path / name / 'log.txt').read_text().splitlines() if line.startswith('epoch ')]
+    assert all(line.startswith(tuple(f'[{n}] ' for n in names)) for line in runs)
+    assert all(line.startswith(tuple(f'[{n}] ' for n in names)) for line in done.stderr.splitlines()), done.stderr
+    assert [line for line in done.stdout.splitlines() if line.startswith('sweep: ')] == [f'sweep: {n}' for n in names]
+
+
 def test_a_sweep_with_gpus_runs_one_experiment_per_gpu_at_a_time(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
@@ -145,8 +166,9 @@ def test_a_sweep_with_gpus_runs_one_experiment_per_gpu_at_a_time(tmp_path: Path,
     import lightyaml.launch.sweep
     running, most, seen, lock = 0, 0, [], threading.Lock()
 
-    def fake_run(command: list[str], env: dict) -> subprocess.CompletedProcess:
+    def fake_run(command: list[str], env: dict, label: str) -> int:
         assert env['LIGHTYAML_GROUP'] == 'g'   # the sweep's name: its runs' group in the trackers
+        assert label == command[command.index('--name') + 1]   # two at once: their lines say whose they are
         nonlocal running, most
         with lock:
             running += 1
@@ -158,8 +180,8 @@ def test_a_sweep_with_gpus_runs_one_experiment_per_gpu_at_a_time(tmp_path: Path,
         with lock:
             running -= 1
             seen.append(command[command.index('--gpu') + 1])
-        return subprocess.CompletedProcess(command, 0)
-    monkeypatch.setattr(lightyaml.launch.sweep.subprocess, 'run', fake_run)
+        return 0
+    monkeypatch.setattr(lightyaml.launch.sweep, 'run_process', fake_run)
     args = ['--config', DIGITS, '--name', 'g', '--save-root', str(tmp_path), '--gpu', '0,1',
             '--sweep', 'train_wrapper.args.optim_spec.args.lr=1e-3,3e-3', '--seeds', '0,1']
     assert run_py(tmp_path, *args) == 0

@@ -22,6 +22,9 @@ from lightyaml.registry import DATA_MODULES, DATASETS, REGISTRIES, SCHEDULERS, T
 TOP_LEVEL_SECTIONS = ('seed', 'threads', 'data_module', 'train_wrapper', 'trainer_params', 'checkpoint', 'callbacks',
                       'loggers', 'predict', 'init_from', 'scale_lr')
 REQUIRED_SECTIONS = ('data_module', 'train_wrapper')
+# Arguments lightyaml gives a kind itself, so that a config need not: a logger's `save_dir` is the
+# experiment folder (lightyaml/run/trackers.py, tracker_args).
+SUPPLIED_ARGS = {'logger': ('save_dir',), 'train.py logger': ('save_dir',)}
 MAX_SEED = 2**32 - 1   # NumPy's limit; Lightning would silently draw another seed above it
 
 # How a value from YAML is checked against an annotation: True fits, False does not, None can't tell.
@@ -104,9 +107,14 @@ def check_kwargs(target: Any, kwargs: Mapping, key: str, cfg: Config, problems: 
         else:
             check_value(value, hints.get(name, params[name].annotation), sub, cfg, problems)
     if required:
-        for name in accepted:
-            if params[name].default is inspect.Parameter.empty and name not in kwargs:
-                problems.append(cfg.error(key, f'{what} needs {name!r}'))
+        problems += [cfg.error(key, f'{what} needs {name!r}') for name in missing_arguments(target, kwargs)]
+
+
+def missing_arguments(target: Any, given: Iterable[str]) -> list[str]:
+    """The arguments `target`'s signature needs (no default) that are not in `given`."""
+    params = signature_hints(target)[0].parameters.values()
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.default is inspect.Parameter.empty and p.name not in given]
 
 
 def check_value(value: Any, annotation: Any, key: str, cfg: Config, problems: list[str]) -> None:
@@ -174,7 +182,11 @@ def check_spec(registry: Registry, spec: Any, key: str, cfg: Config, problems: l
     nested = getattr(registry, 'spec_lists', ())   # e.g. RandomChoice's transforms: specs, checked by its rule
     if nested and isinstance(args, Mapping):
         args = {k: v for k, v in args.items() if not (k in nested and isinstance(v, list))}
-    check_kwargs(cls, args, f'{key}.args', cfg, problems, f"{registry.kind} {spec['name']!r}", required=required)
+    what = f"{registry.kind} {spec['name']!r}"
+    check_kwargs(cls, args, f'{key}.args', cfg, problems, what)
+    if required and isinstance(args, Mapping):
+        given = [*args, *SUPPLIED_ARGS.get(registry.kind, ())]
+        problems += [cfg.error(f'{key}.args', f'{what} needs {name!r}') for name in missing_arguments(cls, given)]
     rule = KIND_RULES.get(registry.kind)
     if rule is not None:
         rule(spec, key, cfg, problems)

@@ -60,7 +60,11 @@ def _names_in_source(registry: Registry) -> Optional[list[str]]:
         path = folder / f'{module.name}.py'
         if not path.is_file():
             return None
-        for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
+        try:
+            tree = ast.parse(path.read_text(encoding='utf-8'))
+        except (SyntaxError, UnicodeDecodeError, ValueError):   # the import says where, in the one line of a run
+            return None
+        for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)) and any(
                     a.name.rpartition('.')[2] in aliases and a.asname for a in node.names):
                 return None   # a register function under another name: import it to be sure

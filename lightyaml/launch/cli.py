@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -25,9 +26,14 @@ from lightyaml.errors import (
     display_path,
 )
 from lightyaml.launch.console import quiet_console
+from lightyaml.process import global_rank_from_env
 from lightyaml.run.stopping import StoppedBySignal
 
 Action = Literal['answer', 'runs', 'sweep', 'search', 'evaluate', 'tune', 'train']
+# Set to N, every run a command trains (a run, each run of a sweep or search) stops after N epochs: the
+# override trainer_params.max_epochs=N comes after the command's own. For trying commands quickly
+# (tests/test_docs_commands.py runs the docs' commands so); docs/command-line.md.
+MAX_EPOCHS_ENV = 'LIGHTYAML_MAX_EPOCHS'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +66,14 @@ def parse_command_line(script: str, doc: str, argv: Optional[Sequence[str]] = No
         action = 'tune'
     else:
         action = 'train'
+    shortened = os.environ.get(MAX_EPOCHS_ENV)
+    if shortened is not None and action in ('train', 'sweep', 'search'):
+        if not shortened.isdigit() or int(shortened) < 1:
+            make_parser(doc).error(f'{MAX_EPOCHS_ENV}={shortened}: expected a whole number of epochs from 1')
+        args.overrides = [*args.overrides, f'trainer_params.max_epochs={int(shortened)}']
+        if global_rank_from_env() == 0:
+            print(f'note: {MAX_EPOCHS_ENV}={shortened}: training stops after {int(shortened)} '
+                  f"epoch{'s' if int(shortened) > 1 else ''} (trainer_params.max_epochs={int(shortened)})", flush=True)
     return Plan(action, args, argv, ('python', script, *argv), script)
 
 

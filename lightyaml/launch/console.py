@@ -14,8 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
 import sys
+import threading
 import warnings
+from collections.abc import Mapping, Sequence
 from typing import IO, Any, Optional
 
 # Where the warnings to hide come from (matched against the warning's module) and what they are.
@@ -120,3 +123,27 @@ def survive_closed_consoles() -> None:
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, ReaderGone):
             setattr(sys, name, ReaderGone(stream))
+
+
+def run_process(command: Sequence[str], env: Mapping[str, str], label: Optional[str] = None) -> int:
+    """Run `command` (a sweep's run) and return its exit status. With a `label`, each line it prints
+    comes out prefixed `[label] ` (stdout to stdout, stderr to stderr), so that the lines of runs
+    going at once say whose they are; without, it writes to this console itself (bars included)."""
+    if label is None:
+        return subprocess.run(command, env=env).returncode
+    # Unbuffered: through a pipe Python would hold the run's lines until its buffer fills.
+    process = subprocess.Popen(command, env={**env, 'PYTHONUNBUFFERED': '1'}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, errors='replace')
+
+    def relay(source: IO[str], target: IO[str]) -> None:
+        for line in source:
+            target.write(f'[{label}] {line}')
+            target.flush()
+    relays = [threading.Thread(target=relay, args=pair, daemon=True)
+              for pair in ((process.stdout, sys.stdout), (process.stderr, sys.stderr))]
+    for thread in relays:
+        thread.start()
+    code = process.wait()
+    for thread in relays:
+        thread.join()
+    return code

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Optional
 
+from lightyaml.config.loading import Config
 from lightyaml.errors import ConfigError
 
 
@@ -32,3 +33,32 @@ def select_cuda_devices(ids: Sequence[int], device_count: Optional[Callable[[], 
     if visible < len(ids):
         raise ConfigError(f"--gpu {','.join(map(str, ids))}: only {visible} of these CUDA devices exist here")
     return len(ids)
+
+
+def check_gpu_asked(cfg: Config, gpu: Optional[str], cuda_available: Optional[Callable[[], bool]] = None) -> None:
+    """A config that asks for a GPU (`trainer_params.accelerator` gpu or cuda, the data module's
+    `device` cuda) on a machine without one: one line naming the key and the overrides that train on
+    the CPU, before anything is created. `--gpu 0` is select_cuda_devices' to check; `--gpu cpu`
+    answers the accelerator."""
+    if gpu is not None and parse_gpu_flag(gpu) != 'cpu':
+        return
+    params, data = cfg.get('trainer_params') or {}, cfg.get('data_module') or {}
+    data_args = (data.get('args') or {}) if isinstance(data, Mapping) else {}
+    asked = []   # (key, value, the override that keeps it on the CPU)
+    accelerator = params.get('accelerator') if isinstance(params, Mapping) else None
+    if gpu is None and isinstance(accelerator, str) and accelerator.lower() in ('gpu', 'cuda'):
+        asked.append(('trainer_params.accelerator', accelerator, '--gpu cpu'))
+    device = data_args.get('device') if isinstance(data_args, Mapping) else None
+    if isinstance(device, str) and device.lower().startswith('cuda'):
+        asked.append(('data_module.args.device', device, 'data_module.args.device=null'))
+    if not asked:
+        return
+    if cuda_available is None:
+        import torch  # torch: only for a config that asks for a GPU
+        cuda_available = torch.cuda.is_available
+    if cuda_available():
+        return
+    key, value, _ = asked[0]
+    problem = (f"{value!r} asks for a GPU, and this machine has none; to train on the CPU add "
+               f"{' '.join(fix for _, _, fix in asked)}")
+    raise ConfigError(cfg.error(key, problem))

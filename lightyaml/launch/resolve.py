@@ -16,6 +16,7 @@ from lightyaml.config.loading import Config, config_differences, load_config, re
 from lightyaml.config.secrets import check_no_masked_secrets, mask_secrets
 from lightyaml.errors import ConfigError, NothingToDo, display_path
 from lightyaml.launch.cli import Plan
+from lightyaml.launch.devices import check_gpu_asked
 from lightyaml.launch.trial import ValidationHook, validation_hook
 from lightyaml.process import global_rank_from_env
 from lightyaml.run.experiment_dir import ExperimentDir, check_experiment_name, check_output_file
@@ -55,6 +56,11 @@ def resolve_run(plan: Plan) -> Run:
     args = plan.args
     check_single_run_flags(args)
     run = _resolve(args)
+    try:
+        check_gpu_asked(run.cfg, args.gpu)
+    except ConfigError:
+        run.exp.release()
+        raise
     return dataclasses.replace(run, command=plan.command, overwrite=args.overwrite, gpu=args.gpu, nodes=args.nodes,
                                dry_run=args.dry_run, on_validation=validation_hook(run.exp))
 

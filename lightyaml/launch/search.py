@@ -36,6 +36,7 @@ from lightyaml.config.secrets import (
 )
 from lightyaml.errors import PROJECT_ROOT, ConfigError
 from lightyaml.launch.cli import Plan
+from lightyaml.launch.devices import check_gpu_asked
 from lightyaml.launch.search_space import (
     HEARTBEAT_SECONDS,
     SearchSpec,
@@ -108,6 +109,7 @@ def plan_search(plan: Plan) -> PlannedSearch:
     check_experiment_name(base)
     cfg = load_config(args.config, args.overrides)
     check_no_masked_secrets(cfg)   # a saved config.yaml as the search's base
+    check_gpu_asked(cfg, args.gpu)
     spec = read_search(args.search, cfg)
     edges = [load_config(args.config, [*args.overrides, *overrides]) for overrides in spec.edge_overrides()]
     return PlannedSearch(plan, base, cfg, spec, edges)
@@ -323,6 +325,7 @@ def _run_trial(search: Search, trial: Any, slot: tuple[list[str], dict[str, str]
         pruned = parse_yaml((exp / PRUNED_FILE).read_text(), PRUNED_FILE)
         outcome, note = state.PRUNED, (f"pruned after epoch {pruned['epoch'] + 1}: {pruned['metric']} "
                                        f"{pruned['value']:.4f} ({pruned['pruner']['name']} pruner)")
+        value = float(pruned['value'])   # its last report, the study's value of a pruned trial (not its best epoch)
     elif value is not None:
         outcome, note = state.COMPLETE, f'{search.spec.metric} {value:.4f}'
     else:

@@ -15,7 +15,6 @@ import itertools
 import os
 import re
 import statistics
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,7 +24,8 @@ from lightyaml.config.loading import Config, config_differences, dump_yaml, load
 from lightyaml.config.secrets import check_no_masked_secrets, mask_command, mask_secrets
 from lightyaml.errors import PROJECT_ROOT, ConfigError, display_path
 from lightyaml.launch.cli import Plan
-from lightyaml.launch.devices import parse_gpu_flag
+from lightyaml.launch.console import run_process
+from lightyaml.launch.devices import check_gpu_asked, parse_gpu_flag
 from lightyaml.process import machine_cores
 from lightyaml.run.experiment_dir import atomic_write, check_experiment_name
 from lightyaml.run.trackers import GROUP_ENV
@@ -150,6 +150,7 @@ class Sweep:
         atomic_write(sweep_dir / 'sweep.yaml', dump_yaml({'command': ' '.join(mask_command(self.plan.command)),
                                                            'experiments': self.names}))
         free = worker_slots(args.gpu, args.workers)
+        at_once = len(free) > 1
 
         def one(name: str, command: list[str]) -> int:
             if (save_root / name / 'result.yaml').is_file():
@@ -157,8 +158,10 @@ class Sweep:
             gpu_flag, env = free.pop()
             try:
                 print(f'sweep: {name}', flush=True)
-                # The sweep's name becomes each run's group (W&B) or experiment (MLflow) in the trackers.
-                return subprocess.run([*command, *gpu_flag], env={**os.environ, **env, GROUP_ENV: self.base}).returncode
+                # The sweep's name becomes each run's group (W&B) or experiment (MLflow) in the trackers;
+                # runs going at once prefix their lines with their name.
+                return run_process([*command, *gpu_flag], {**os.environ, **env, GROUP_ENV: self.base},
+                                   name if at_once else None)
             finally:
                 free.append((gpu_flag, env))
         with concurrent.futures.ThreadPoolExecutor(len(free)) as pool:
@@ -181,6 +184,7 @@ def plan_sweep(plan: Plan) -> Sweep:
     configs = [load_config(args.config, [*args.overrides, *combo]) for combo in grid]
     for cfg in configs:
         check_no_masked_secrets(cfg)   # a saved config.yaml as the sweep's base
+        check_gpu_asked(cfg, args.gpu)
     problems = [p for p in (check_same_config(Path(args.save_root) / n, c) for n, c in zip(names, configs)) if p]
     if problems:
         raise ConfigError(*(f'--sweep: {p}; choose another --name' for p in problems))

@@ -29,7 +29,10 @@ Curves = dict[str, dict[str, list[tuple[int, float]]]]   # {metric: {stage: [(ep
 def finish_run(exp: ExperimentDir, final: Mapping[str, float], monitor: Optional[str], best: Optional[float],
                best_checkpoint: Optional[Path]) -> None:
     """At the end of a run (global rank 0 only, as both entry points call it): result.yaml, the
-    run's own curves.png, a closing log line. All written before it returns."""
+    run's own curves.png, a closing log line. All written before it returns. `final` keeps the
+    epoch-level metrics only (not the counters, nor `..._step` values), so that result.yaml has the
+    same keys from either entry point."""
+    final = {k: v for k, v in final.items() if split_metric_key(k) is not None}
     exp.write_result(final, monitor, best, best_checkpoint.name if best_checkpoint else None)
     write_own_curves(exp)
     line = done_line(exp, monitor, best, best_checkpoint)
@@ -96,6 +99,10 @@ def predict_spec(data: Optional[str], cfg: Mapping) -> dict:
         return {'name': 'image_folder', 'args': {'root': str(Path(data).resolve()), 'channels': sample.shape[0],
                                                  'size': list(sample.shape[1:]), 'transforms': transforms}}
     spec = parse_yaml(data, '--data')
+    if isinstance(spec, str) and not Path(data).is_dir():   # a path, not a spec: say what is not there
+        there = 'is a file, not a folder' if Path(data).exists() else 'no such folder'
+        raise ConfigError(f'--data {data}: {there} ({display_path(Path(data).resolve())}); expected a folder of '
+                          f"images or a dataset spec such as '{{name: digits, args: {{split: test}}}}'")
     if not isinstance(spec, Mapping) or 'name' not in spec:
         raise ConfigError(f'--data {data!r}: expected a folder of images or a dataset spec such as '
                           f"'{{name: digits, args: {{split: test}}}}'")

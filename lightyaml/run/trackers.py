@@ -30,9 +30,12 @@ RUNS_FILE = 'trackers.yaml'
 
 def resume_argument(name: str, accepted: Sequence[str]) -> Optional[str]:
     """The argument that reopens a tracker's run: MLflow's `run_id`, else `version` (W&B's run id,
-    the version folder of TensorBoardLogger and CSVLogger)."""
+    TensorBoardLogger's version folder). None for CSVLogger: it deletes the metrics.csv of a version
+    it reopens, so a resume writes a version of its own and nothing is lost."""
     if name == 'MLFlowLogger':
         return 'run_id'
+    if name == 'CSVLogger':
+        return None
     return 'version' if 'version' in accepted else None
 
 
