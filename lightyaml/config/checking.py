@@ -20,7 +20,7 @@ from lightyaml.object_args import PARTIAL, Takes, registry_with, signature_hints
 from lightyaml.registry import DATA_MODULES, DATASETS, REGISTRIES, SCHEDULERS, TRANSFORMS, Registry, SpecMarker
 
 TOP_LEVEL_SECTIONS = ('seed', 'threads', 'data_module', 'train_wrapper', 'trainer_params', 'checkpoint', 'callbacks',
-                      'loggers', 'predict', 'init_from', 'scale_lr')
+                      'loggers', 'predict', 'init_from', 'scale_lr', 'sharding')
 REQUIRED_SECTIONS = ('data_module', 'train_wrapper')
 MAX_SEED = 2**32 - 1   # NumPy's limit; Lightning would silently draw another seed above it
 
