@@ -22,6 +22,7 @@ freely between the two entry points.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -55,6 +56,7 @@ if __name__ == '__main__':
 import torch
 import torch.distributed
 
+from lightyaml.built_specs import remember_spec
 from lightyaml.config.checking import attempt, build, check_kwargs, check_sections, check_spec_list
 from lightyaml.config.loading import Config
 from lightyaml.errors import ConfigError
@@ -92,10 +94,14 @@ from lightyaml.run.stopped import stopped_run
 from lightyaml.run.stopping import StoppedBySignal, StopSignals
 from lightyaml.run.threads import decide_threads
 from lightyaml.run.trackers import TrackedRuns, check_trackers_reachable, make_tracked_runs
+from lightyaml.train.early_stopping import NAME as EARLY_STOPPING
+from lightyaml.train.early_stopping import EarlyStopping, EarlyStoppingParams
 from lightyaml.train.ema import EMA, STATE_KEY, EMAParams, ema_target, ema_weights
 from lightyaml.train.lazy import materialize, to_device
 from lightyaml.train.optim import batch_size_of, lr_scale, scale_learning_rates, step_schedulers
+from lightyaml.train.precision import StepPrecision
 from lightyaml.train.preflight import check_loop_values, task_first_steps
+from lightyaml.train.sharding import gathered, local, module_classes, same_count, shard
 from lightyaml.train.task import Task, val_stages
 
 
@@ -112,7 +118,9 @@ class TrainerParams:
     limit_val_batches: Union[int, float, None] = None
     gradient_clip_val: Union[int, float, None] = None
     accumulate_grad_batches: int = 1
-    precision: Literal[32, '32', '32-true', '16-mixed', 'bf16-mixed'] = '32-true'
+    # Lightning's values and short names (lightyaml/train/precision.py); 16-mixed needs a GPU, as in Lightning
+    precision: Literal['32-true', 32, '32', 'bf16-mixed', 'bf16', '16-mixed', 16, '16', '64-true', 64, '64',
+                       'bf16-true', '16-true'] = '32-true'
     accelerator: Literal['auto', 'cpu', 'gpu', 'cuda'] = 'auto'
     devices: Union[int, str, list[int]] = 'auto'   # more than one: one process each (as --gpu does)
     deterministic: Optional[bool] = None
@@ -144,33 +152,17 @@ def validate(cfg: Config) -> None:
     elif isinstance(wrapper, Mapping):
         check_kwargs(Task, wrapper.get('args') or {}, 'train_wrapper.args', cfg, problems, "wrapper 'base'",
                      required=True)
-    check_kwargs(TrainerParams, cfg.get('trainer_params') or {}, 'trainer_params', cfg, problems,
+    trainer_params = cfg.get('trainer_params') or {}
+    if isinstance(trainer_params, Mapping) and str(trainer_params.get('precision')).startswith('transformer-engine'):
+        problems.append(cfg.error('trainer_params.precision', f"{trainer_params['precision']!r} is Lightning's "
+                                                              f"plugin for NVIDIA's Transformer Engine; use "
+                                                              f"train_pl.py for it"))
+        trainer_params = {k: v for k, v in trainer_params.items() if k != 'precision'}
+    check_kwargs(TrainerParams, trainer_params, 'trainer_params', cfg, problems,
                  'train.py (use train_pl.py for other Trainer arguments)')
     check_kwargs(CheckpointParams, cfg.get('checkpoint') or {}, 'checkpoint', cfg, problems,
                  'train.py (use train_pl.py for other ModelCheckpoint arguments)')
-    callbacks = cfg.get('callbacks') or []
-    if not isinstance(callbacks, list):
-        problems.append(cfg.error('callbacks', f'expected a list of callback specs, got {type(callbacks).__name__}'))
-        callbacks = []
-    # The `ema` callback is the one with a Lightning-free twin (lightyaml/train/ema.py); the others need Lightning.
-    names = [spec.get('name') if isinstance(spec, Mapping) else spec for spec in callbacks]
-    for i, name in enumerate(names):
-        if name != 'ema':
-            problems.append(cfg.error(f'callbacks.{i}', f"train.py runs only the 'ema' callback, not {name!r}; "
-                                                        f"use train_pl.py for Lightning callbacks"))
-        elif names.index('ema') != i:
-            problems.append(cfg.error(f'callbacks.{i}', "a second 'ema' callback; keep one"))
-        elif not isinstance(callbacks[i], Mapping) or set(callbacks[i]) - {'name', 'args'}:
-            problems.append(cfg.error(f'callbacks.{i}', f"expected {{name: ema, args: {{...}}}}, got {callbacks[i]!r}"))
-        else:
-            before = len(problems)
-            check_kwargs(EMAParams, callbacks[i].get('args') or {}, f'callbacks.{i}.args', cfg, problems,
-                         "callback 'ema'")
-            if len(problems) == before:   # well-typed: now the ranges (decay between 0 and 1, ...)
-                try:
-                    ema_params(cfg)
-                except ConfigError as e:
-                    problems += e.problems
+    check_callbacks(cfg, problems)
     check_loggers(cfg, problems)
     if is_lightning_data_module(cfg.get('data_module')):
         problems.append(cfg.error('data_module.name', f"{cfg['data_module']['name']!r} is a LightningDataModule, "
@@ -181,12 +173,51 @@ def validate(cfg: Config) -> None:
     check_trackers_reachable(cfg)   # a tracker server that does not answer: one line, before anything is created
 
 
+# The callbacks with a Lightning-free twin: the `ema` callback (lightyaml/train/ema.py) and Lightning's
+# EarlyStopping (lightyaml/train/early_stopping.py); the others need Lightning.
+OWN_CALLBACKS = {'ema': EMAParams, EARLY_STOPPING: EarlyStoppingParams}
+
+
+def check_callbacks(cfg: Config, problems: list[str]) -> None:
+    """The config's callbacks: the ones train.py runs, each well formed, at most one `ema`."""
+    callbacks = cfg.get('callbacks') or []
+    if not isinstance(callbacks, list):
+        problems.append(cfg.error('callbacks', f'expected a list of callback specs, got {type(callbacks).__name__}'))
+        return
+    names = [spec.get('name') if isinstance(spec, Mapping) else spec for spec in callbacks]
+    for i, name in enumerate(names):
+        if name not in OWN_CALLBACKS:
+            problems.append(cfg.error(f'callbacks.{i}', f"train.py runs only the 'ema' and {EARLY_STOPPING!r} "
+                                                        f"callbacks, not {name!r}; use train_pl.py for other "
+                                                        f"Lightning callbacks"))
+        elif name == 'ema' and names.index('ema') != i:
+            problems.append(cfg.error(f'callbacks.{i}', "a second 'ema' callback; keep one"))
+        elif not isinstance(callbacks[i], Mapping) or set(callbacks[i]) - {'name', 'args'}:
+            problems.append(cfg.error(f'callbacks.{i}', f"expected {{name: {name}, args: {{...}}}}, "
+                                                        f"got {callbacks[i]!r}"))
+        else:
+            before = len(problems)
+            check_kwargs(OWN_CALLBACKS[name], callbacks[i].get('args') or {}, f'callbacks.{i}.args', cfg, problems,
+                         f'callback {name!r}', required=True)
+            if len(problems) == before:   # well-typed: now the ranges (decay between 0 and 1, mode, ...)
+                try:
+                    build_callback_params(cfg, i)
+                except ConfigError as e:
+                    problems += e.problems
+
+
+def build_callback_params(cfg: Config, i: int) -> Any:
+    """The arguments of the config's callback `i` (EMAParams, EarlyStoppingParams)."""
+    spec = cfg['callbacks'][i]
+    return build(f"callback {spec['name']!r}", f'callbacks.{i}', cfg,
+                 lambda: OWN_CALLBACKS[spec['name']](**spec.get('args') or {}))
+
+
 def ema_params(cfg: Config) -> Optional[EMAParams]:
     """The arguments of the config's `ema` callback, or None without one."""
-    for i, spec in enumerate(cfg.get('callbacks') or []):
-        if isinstance(spec, Mapping) and spec.get('name') == 'ema':
-            return build("callback 'ema'", f'callbacks.{i}', cfg, lambda: EMAParams(**spec.get('args') or {}))  # noqa: B023 (build calls it at once)
-    return None
+    found = [i for i, spec in enumerate(cfg.get('callbacks') or []) if isinstance(spec, Mapping)
+             and spec.get('name') == 'ema']
+    return build_callback_params(cfg, found[0]) if found else None
 
 
 def check_loggers(cfg: Config, problems: list[str]) -> None:
@@ -278,15 +309,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def autocast_and_scaler(precision: Any, device: torch.device) -> tuple[Any, Optional[torch.amp.GradScaler]]:
-    """An autocast context and, for float16, a gradient scaler (Lightning's `precision` meanings)."""
-    if str(precision) in ('32', '32-true'):
-        return contextlib.nullcontext(), None
-    dtype = torch.float16 if precision == '16-mixed' else torch.bfloat16
-    scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
-    return torch.autocast(device.type, dtype=dtype), scaler
-
-
 # ------------------------------------------------------------------------------------------- training
 
 def limit(n_batches: int, value: Union[int, float, None]) -> int:
@@ -296,14 +318,18 @@ def limit(n_batches: int, value: Union[int, float, None]) -> int:
     return min(n_batches, value if isinstance(value, int) else int(n_batches * value))
 
 
-def evaluate(task: Any, loader: Any, n_batches: int, stage: str, device: torch.device, autocast: Any) -> dict:
-    """Loss terms and metrics of `stage` over the first `n_batches` batches, across processes."""
+def evaluate(task: Any, loader: Any, n_batches: int, stage: str, precision: StepPrecision,
+             sharded: bool = False) -> dict:
+    """Loss terms and metrics of `stage` over the first `n_batches` batches, across processes. A
+    sharded model runs as many forwards in every process (the uncounted ones repeat a batch)."""
     task.eval()
-    with torch.no_grad(), autocast:
-        for batch_idx, batch in enumerate(loader):
-            if batch_idx >= n_batches:
-                break
-            task.step(to_device(batch, device), stage)
+    batches = same_count(loader, n_batches, precision.device) if sharded else (
+        (batch, True) for batch, _ in zip(loader, range(n_batches)))
+    with torch.no_grad():
+        for batch, counted in batches:
+            with precision.forward():
+                batch = precision.batch(to_device(batch, precision.device))
+                task.step(batch, stage) if counted else task.model(batch)
     task.train()
     return task.epoch_metrics(stage, all_reduce_sum)
 
@@ -321,12 +347,16 @@ class Resumed:
     elapsed: float = 0.0
     top_k: Optional[dict] = None
     ema: Optional[dict] = None
+    callbacks: dict = field(default_factory=dict)   # every callback state, EarlyStopping's by its key
 
 
-def restore(path: Path, task: Any, optimizers: Optimizers, device: torch.device) -> Resumed:
+def restore(path: Path, task: Any, optimizers: Optimizers, device: torch.device, sharded: bool) -> Resumed:
     """Weights, optimizer, scheduler, scaler, counters and generator states from a checkpoint;
-    optimizer and scheduler arguments the config now gives differently replace the saved ones."""
+    optimizer and scheduler arguments the config now gives differently replace the saved ones. A
+    sharded model takes its shards of the whole states the checkpoint holds."""
     state = torch.load(path, map_location=device, weights_only=True)
+    if sharded:
+        state = local(state, task, optimizers.optimizer, STATE_KEY)
     task.load_state_dict(state['state_dict'])
     optimizer, scheduler, scaler = optimizers.optimizer, optimizers.scheduler, optimizers.scaler
     if optimizer is not None:
@@ -340,7 +370,7 @@ def restore(path: Path, task: Any, optimizers: Optimizers, device: torch.device)
     set_rng_state(state['callbacks']['LastCheckpoint']['rng'])   # the next shuffle and dropout masks
     callbacks = state['callbacks']
     return Resumed(state['epoch'] + 1, state['global_step'], callbacks.get('BaseLogger', {}).get('elapsed', 0.0),
-                   callbacks.get('TopK', {}), callbacks.get(STATE_KEY))
+                   callbacks.get('TopK', {}), callbacks.get(STATE_KEY), callbacks)
 
 
 def train(run: Run) -> dict[str, float]:
@@ -372,7 +402,9 @@ def train(run: Run) -> dict[str, float]:
                 training = set_up(run, params, process)
                 if run.dry_run:
                     if process.master:
-                        print(training.first_steps.report())
+                        print(training.first_steps.report() if training.first_steps else
+                              'dry run: built everything and sharded the model; the first steps are not run on a '
+                              'sharded model (they would need all of it on one device); nothing was created')
                     return {}
                 with training.stop.installed():   # SIGTERM, SIGINT, SIGHUP: stop at the next batch
                     metrics = loop(start(training, trackers))
@@ -380,7 +412,7 @@ def train(run: Run) -> dict[str, float]:
             return metrics
         finally:
             trackers.finish(status)
-            if process.world_size > 1:
+            if torch.distributed.is_initialized():   # several processes, or the sharded path's group of one
                 torch.distributed.destroy_process_group()
 
 
@@ -393,12 +425,15 @@ class Training:
     task: Any
     optimizers: Optimizers
     step_module: Any      # what the training step calls: the model alone, or DDP around the task
-    autocast: Any
+    precision: StepPrecision   # the forward's context, the batch's dtype, the float16 grad scaler
     train_set: tuple[Any, int]                  # (loader, batches an epoch)
     val_sets: dict[str, tuple[Any, int]]        # {'val' or 'val/<name>': (loader, batches)}
     first_steps: Any
     resumed: Resumed = field(default_factory=Resumed)
     ema: Optional[EMA] = None
+    early_stopping: list[EarlyStopping] = field(default_factory=list)
+    logged: dict[str, float] = field(default_factory=dict)   # the latest value of everything logged (Lightning's
+                                                              # callback_metrics), what EarlyStopping looks at
     trackers: Optional[TrackedRuns] = None
     writer: Optional[MetricsWriter] = None      # rank 0 only, as top_k
     top_k: Optional[TopK] = None
@@ -406,6 +441,11 @@ class Training:
     # the first stop signal, if any; under SLURM SIGUSR1 also stops, and requeues the job
     stop: StopSignals = field(default_factory=lambda: StopSignals(requeue='SLURM_JOB_ID' in os.environ))
     stopping: bool = False                      # every process agreed to stop at this batch
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the model is sharded (the config's `sharding`): its states are then gathered to be saved."""
+        return self.run.cfg.get('sharding') is not None
 
     @property
     def max_epochs(self) -> int:
@@ -430,28 +470,39 @@ def set_up(run: Run, params: TrainerParams, process: Process) -> Training:
     task = build_task(cfg)
     if run.init_from is not None:   # fine-tuning: the weights only; optimizer, schedule and counters start fresh
         load_weights(task, run.init_from, prefixes=cfg.get('init_from'))
-    task.to(device)
+    sharding = cfg.get('sharding')
+    if sharding is None:   # a sharded model goes to the device in shards, below
+        task.to(device)
     train_loader = build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
     val_loaders = data.val_dataloader() or []   # one loader, or one per named validation set
     val_loaders = val_loaders if isinstance(val_loaders, list) else [val_loaders]
     # Lazy modules take their shapes from the first batch.
     attempt('the first training step', 'train_wrapper', cfg, lambda: materialize(task, train_loader))
+    precision = StepPrecision(params.precision, device, warn=process.master)
+    if sharding is not None and precision.scaler is not None:
+        raise ConfigError(cfg.error('trainer_params.precision', "16-mixed with sharding needs a gradient scaler "
+                                                                "that agrees across shards, which train.py has not; "
+                                                                "use bf16-mixed (or train_pl.py's strategy: fsdp)"))
+    precision.module(task)   # 64-true, bf16-true, 16-true: the weights in that dtype, before the optimizer sees them
+    if sharding is not None:   # FSDP2: each process keeps a shard of every weight (lightyaml/train/sharding.py)
+        shard(task, module_classes(cfg, 'sharding.wrap', sharding.get('wrap') or [], task.model), device)
     # A model (and loss) without trainable parameters is evaluated and checkpointed as it is.
     built = attempt('building the optimizer and scheduler', 'train_wrapper.args.optim_spec', cfg,
                     task.configure_optimizers) or {'optimizer': None}
     scale_lr(cfg, built, process.world_size, params.accumulate_grad_batches, data)
-    autocast, scaler = autocast_and_scaler(params.precision, device)
-    optimizers = Optimizers(built['optimizer'], built.get('lr_scheduler'), scaler)
-    # What the training step calls: the model alone (Task.forward minus a module call), or under
-    # DDP the wrapper around the whole task, which averages gradients inside backward().
-    step_module = (task.model if process.world_size == 1 or optimizers.optimizer is None else
+    optimizers = Optimizers(built['optimizer'], built.get('lr_scheduler'), precision.scaler)
+    # What the training step calls: the model alone (Task.forward minus a module call; sharded, it
+    # averages its gradients itself), or under DDP the wrapper around the whole task, which averages
+    # them inside backward().
+    step_module = (task.model if process.world_size == 1 or optimizers.optimizer is None or sharding is not None else
                    torch.nn.parallel.DistributedDataParallel(
                        task, device_ids=[device.index] if device.index is not None else None))
     train_set = (train_loader, limit(len(train_loader), params.limit_train_batches))
     val_sets = {stage: (loader, limit(len(loader), params.limit_val_batches)) for stage, loader in
                 zip(val_stages(getattr(data, 'val_names', None), len(val_loaders)), val_loaders)}
-    first_steps = task_first_steps(cfg, task, train_set, val_sets, device, autocast)
-    return Training(run, params, process, task, optimizers, step_module, autocast, train_set, val_sets, first_steps)
+    # The preflight steps a copy of the whole model on one device: what sharding is there to avoid.
+    first_steps = task_first_steps(cfg, task, train_set, val_sets, precision) if sharding is None else None
+    return Training(run, params, process, task, optimizers, step_module, precision, train_set, val_sets, first_steps)
 
 
 def scale_lr(cfg: Config, built: Mapping, processes: int, accumulate: int, data: Any) -> None:
@@ -469,11 +520,12 @@ def start(t: Training, trackers: TrackedRuns) -> Training:
     run = t.run
     if run.resume:   # a checkpoint of another model fails here, before the folder is touched
         check_resumable(t.task, run.resume, cfg=run.cfg)
-        t.resumed = restore(run.resume, t.task, t.optimizers, t.process.device)
+        t.resumed = restore(run.resume, t.task, t.optimizers, t.process.device, t.sharded)
     ema_args = ema_params(run.cfg)
     t.ema = EMA(ema_target(t.task), ema_args) if ema_args is not None else None   # averages task.model
     if t.ema is not None and t.resumed.ema:
         t.ema.load_state_dict(t.resumed.ema)
+    t.early_stopping = make_early_stopping(run.cfg, t.params, t.resumed)
     t.trackers = trackers
     if t.process.master:
         run.exp.start(run.cfg, run.command, resume=run.resume is not None or run.restart, overwrite=run.overwrite)
@@ -489,6 +541,19 @@ def start(t: Training, trackers: TrackedRuns) -> Training:
     return t
 
 
+def make_early_stopping(cfg: Config, params: TrainerParams, resumed: Resumed) -> list[EarlyStopping]:
+    """The config's EarlyStopping callbacks; a resumed run's go on counting, as Lightning's do."""
+    callbacks = []
+    for i, spec in enumerate(cfg.get('callbacks') or []):
+        if spec['name'] == EARLY_STOPPING:
+            callback = EarlyStopping(build_callback_params(cfg, i), params.check_val_every_n_epoch)
+            remember_spec(callback, 'callback', spec)   # an error it raises names its key, callbacks.<i>
+            if callback.state_key in resumed.callbacks:
+                callback.load_state_dict(resumed.callbacks[callback.state_key])
+            callbacks.append(callback)
+    return callbacks
+
+
 def loop(t: Training) -> dict[str, float]:
     """Epochs until max_epochs or max_steps (or a search's pruner) stop it; the last epoch's metrics."""
     keep_freed_memory()
@@ -500,15 +565,17 @@ def loop(t: Training) -> dict[str, float]:
         step = train_epoch(t, epoch, step)
         if t.stopping:
             stop_for_signal(t, epoch, step)
-        metrics, validated = end_epoch(t, epoch, step, epoch_start)
+        metrics, validated, stopped_early = end_epoch(t, epoch, step, epoch_start)
         epoch += 1
         # A search's pruner may stop the run here (not after its last epoch: it has run in full);
         # rank 0 asks it, every process follows.
         if t.run.on_validation is not None and validated and (max_epochs < 0 or epoch < max_epochs):
-            stop = torch.tensor(float(t.process.master and t.run.on_validation(epoch - 1, metrics)),
-                                device=t.process.device)
-            if all_reduce_sum(stop).item():
+            pruned = torch.tensor(float(t.process.master and t.run.on_validation(epoch - 1, metrics)),
+                                  device=t.process.device)
+            if all_reduce_sum(pruned).item():
                 break
+        if stopped_early:   # EarlyStopping: this was the last epoch
+            break
     if t.process.master:
         t.writer.close()
         finish_run(t.run.exp, metrics, t.top_k.params.monitor, *t.top_k.best())
@@ -532,12 +599,14 @@ def train_epoch(t: Training, epoch: int, step: int) -> int:
     for batch_idx, batch in batches:
         if batch_idx >= n_train:
             break
-        batch = to_device(batch, t.process.device)
+        batch = t.precision.batch(to_device(batch, t.process.device))
         accumulating = (batch_idx + 1) % params.accumulate_grad_batches != 0 and batch_idx + 1 < n_train
-        # no_sync: with DDP, gradients are only exchanged on the batch that steps the optimizer
-        sync = t.step_module.no_sync() if accumulating and t.process.world_size > 1 else contextlib.nullcontext()
+        # no_sync: with DDP, gradients are only exchanged on the batch that steps the optimizer (a sharded
+        # model reduces each batch's into its shards: whole gradients are never kept)
+        ddp = t.process.world_size > 1 and not t.sharded
+        sync = t.step_module.no_sync() if accumulating and ddp else contextlib.nullcontext()
         with sync:
-            with t.autocast:
+            with t.precision.forward():
                 terms = t.task.compute_loss(t.step_module(batch), batch, 'train')
             loss = terms['loss']
             if params.accumulate_grad_batches > 1:   # an op (and a backward node) only when it changes the loss
@@ -569,11 +638,12 @@ def signalled(t: Training) -> bool:
 def stop_for_signal(t: Training, epoch: int, step: int) -> None:
     """Rank 0 keeps last.ckpt as of this step (a resume runs the interrupted epoch again from its
     start, the step count going on), then the one line; every process exits with 128 + the signal."""
+    whole = gathered(t.task, t.optimizers.optimizer, t.ema, t.process.master) if t.sharded else None
     if t.process.master:
         t.writer.close()
         write_own_curves(t.run.exp)
         save_training(t, t.run.exp.ckpt_dir / 'last.ckpt', (epoch - 1, step),
-                      t.resumed.elapsed + time.perf_counter() - t.start_time)
+                      t.resumed.elapsed + time.perf_counter() - t.start_time, whole)
     signum = torch.tensor(float(t.stop.signum or 0), device=t.process.device)
     if t.process.world_size > 1:   # the other processes exit with rank 0's signal
         torch.distributed.broadcast(signum, src=0)
@@ -604,17 +674,19 @@ def optimizer_step(t: Training, step: int) -> None:
 def log_step(t: Training, epoch: int, step: int, terms: Mapping[str, torch.Tensor], batches: Any) -> None:
     """Every `log_every_n_steps`: the NaN check, and rank 0 logs the step's loss terms."""
     t.task.check_finite(epoch, step)
+    step_values = {f'train/{k}_step': v.item() for k, v in terms.items()}
+    t.logged.update(step_values)
     if t.process.master:
-        step_values = {f'train/{k}_step': v.item() for k, v in terms.items()}
         t.writer.log({**step_values, 'epoch': epoch}, step)
         t.trackers.log_metrics({**step_values, 'epoch': epoch}, step)
         if hasattr(batches, 'set_postfix'):
             batches.set_postfix(loss=f"{step_values['train/loss_step']:.4f}")
 
 
-def end_epoch(t: Training, epoch: int, step: int, epoch_start: float) -> tuple[dict[str, float], bool]:
-    """Train means, validation (with the EMA weights where asked), the epoch's scheduler step, the
-    log line and checkpoints; returns the metrics and whether it validated."""
+def end_epoch(t: Training, epoch: int, step: int, epoch_start: float) -> tuple[dict[str, float], bool, bool]:
+    """Train means, validation (with the EMA weights where asked), EarlyStopping's check, the epoch's
+    scheduler step, the log line and checkpoints; returns the metrics, whether it validated and
+    whether EarlyStopping stops the run here."""
     t.task.check_finite(epoch, step - 1)
     metrics = t.task.epoch_metrics('train', all_reduce_sum)
     validated = bool(t.val_sets and t.params.check_val_every_n_epoch
@@ -622,18 +694,26 @@ def end_epoch(t: Training, epoch: int, step: int, epoch_start: float) -> tuple[d
     if validated:
         with t.ema.swapped(t.ema.params.validate_with_ema) if t.ema else contextlib.nullcontext():
             for stage, (loader, n_val) in t.val_sets.items():   # 'val', or 'val/<name>' for each named set
-                metrics.update(evaluate(t.task, loader, n_val, stage, t.process.device, t.autocast))
+                metrics.update(evaluate(t.task, loader, n_val, stage, t.precision, t.sharded))
         samples = t.task.take_samples()
         if t.process.master and samples is not None:
             write_prediction_grid(t.run.exp.path, t.writer.tensorboard, epoch + 1, step - 1, samples)
+    t.logged.update(metrics)
+    # Every callback checks, as Lightning calls each; before the checkpoints, which keep their states.
+    checks = [early_stopping.check(epoch, validated, t.logged, t.process.master)
+              for early_stopping in t.early_stopping]
+    stop = any(checks)
     step_schedulers([t.optimizers.scheduler], 'epoch', epoch + 1, metrics)
     metrics.update(epoch=epoch, step=step - 1)
+    # A sharded model's states are gathered whole by every process together; rank 0 writes them.
+    whole = gathered(t.task, t.optimizers.optimizer, t.ema, t.process.master) if t.sharded else None
     if t.process.master:
-        write_epoch(t, epoch, step, metrics, epoch_start)
-    return metrics, validated
+        write_epoch(t, epoch, step, metrics, epoch_start, whole)
+    return metrics, validated, stop
 
 
-def write_epoch(t: Training, epoch: int, step: int, metrics: Mapping[str, float], epoch_start: float) -> None:
+def write_epoch(t: Training, epoch: int, step: int, metrics: Mapping[str, float], epoch_start: float,
+                whole: Optional[tuple] = None) -> None:
     """Rank 0: the epoch's log line, metrics files and trackers, the top-k and last checkpoints."""
     now = time.perf_counter()
     elapsed = t.resumed.elapsed + now - t.start_time
@@ -645,18 +725,22 @@ def write_epoch(t: Training, epoch: int, step: int, metrics: Mapping[str, float]
     t.writer.flush()
 
     def save(path: Path) -> None:
-        save_training(t, path, (epoch, step), elapsed)
+        save_training(t, path, (epoch, step), elapsed, whole)
     t.top_k.update({**metrics, 'step': step}, save)   # named by steps done, as ModelCheckpoint names them
     if t.top_k.params.save_last:
         save(t.run.exp.ckpt_dir / 'last.ckpt')
 
 
-def save_training(t: Training, path: Path, counters: tuple[int, int], elapsed: float) -> None:
+def save_training(t: Training, path: Path, counters: tuple[int, int], elapsed: float,
+                  whole: Optional[tuple] = None) -> None:
     """A checkpoint of the training state: weights, optimizer, `counters` (epoch, step), the time
-    spent, the top-k and EMA states."""
-    save_checkpoint(path, t.task, t.optimizers, counters, t.run.cfg['train_wrapper'].get('args', {}),
+    spent, the top-k, EMA and EarlyStopping states; `whole`: a sharded model's, gathered."""
+    task, optimizer, ema = whole or (t.task, t.optimizers.optimizer, t.ema.state_dict() if t.ema else None)
+    save_checkpoint(path, task, dataclasses.replace(t.optimizers, optimizer=optimizer), counters,
+                    t.run.cfg['train_wrapper'].get('args', {}),
                     {'BaseLogger': {'elapsed': elapsed}, 'TopK': t.top_k.state_dict(),
-                     **({STATE_KEY: t.ema.state_dict()} if t.ema else {})})
+                     **({STATE_KEY: ema} if ema is not None else {}),
+                     **{e.state_key: e.state_dict() for e in t.early_stopping}})
 
 
 def load_task(cfg: Config, ckpt: Path, use_ema: Optional[bool]) -> tuple[Any, bool]:
@@ -681,22 +765,22 @@ def evaluate_checkpoint(target: Evaluation) -> None:
         return
     params = TrainerParams(**(cfg.get('trainer_params') or {}))
     device = torch.device('cuda', 0) if requested_processes(params, args.gpu)[0] == 'cuda' else torch.device('cpu')
-    task.to(device)
+    precision = StepPrecision(params.precision, device, warn=False)
+    precision.module(task.to(device))
     data = build('the data module', 'data_module', cfg, lambda: DATA_MODULES.make(cfg['data_module']))
-    autocast, _ = autocast_and_scaler(params.precision, device)
     resume_gc()   # paused for start-up when run as a script
     if args.test:
         flag = f'--test {args.test}'
         served_stage(data, 'test', cfg, flag)
         loader = split_loader(data, 'test', flag)
-        record_test(exp, ckpt, evaluate(task, loader, len(loader), 'test', device, autocast), ema=averaged)
+        record_test(exp, ckpt, evaluate(task, loader, len(loader), 'test', precision), ema=averaged)
         return
     flag = f'--predict {args.predict}' + (f' --data {args.data}' if args.data else '')
     loader, dataset = predict_loader(data, cfg, args.data, flag)
     task.eval()
-    with torch.no_grad(), autocast:
-        outputs = [out.cpu() if isinstance(out := task(to_device(batch, device)), torch.Tensor) else out
-                   for batch in loader]
+    with torch.no_grad(), precision.forward():
+        outputs = [out.cpu() if isinstance(out := task(precision.batch(to_device(batch, device))), torch.Tensor)
+                   else out for batch in loader]
     classes = exp.read_classes()
     write_predictions(Path(args.out) if args.out else exp.path / 'predictions.csv', prediction_columns(outputs, flag),
                       dataset, classes, run_classifies(cfg, classes))

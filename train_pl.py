@@ -88,7 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             status.code = runs.start()
         elif plan.action == 'evaluate':
             evaluation = resolve_evaluation(plan)
-            validate(evaluation.cfg)
+            validate(evaluation.cfg, training=False)
             with evaluation.held():
                 evaluate(evaluation)
         elif plan.action == 'tune':
@@ -128,8 +128,9 @@ TRAINER_OWN = {
 CHECKPOINT_OWN = {'dirpath': 'checkpoints go to save/<name>/ckpt; choose the name with --name'}
 
 
-def validate(cfg: Config) -> None:
-    """Every problem of the config, one line each, before anything is built or created."""
+def validate(cfg: Config, training: bool = True) -> None:
+    """Every problem of the config, one line each, before anything is built or created (`training`:
+    for training it; --test, --predict and --export read a run trained by train.py's `sharding` too)."""
     import pytorch_lightning as pl  # Lightning: see the note above `main`
     from pytorch_lightning.callbacks import ModelCheckpoint  # Lightning: see the note above `main`
     problems = check_sections(cfg)
@@ -141,6 +142,10 @@ def validate(cfg: Config) -> None:
                  'ModelCheckpoint', refused=CHECKPOINT_OWN)
     check_spec_list(CALLBACKS, cfg, 'callbacks', problems)
     check_spec_list(LOGGERS, cfg, 'loggers', problems)
+    if training and cfg.get('sharding') is not None:
+        problems.append(cfg.error('sharding', "train.py's sharded path (torch's fully_shard); train_pl.py shards "
+                                              "through Lightning: trainer_params.strategy: {name: fsdp, args: "
+                                              "{auto_wrap_policy: [...]}}, on CUDA GPUs"))
     from lightyaml.train.preflight import check_loop_values  # torch: not needed by --print-config
     problems += check_loop_values(cfg)
     if problems:

@@ -215,14 +215,19 @@ def test_validation_and_test_use_the_averaged_weights(entry: str, ema_runs: dict
     assert 'test (last.ckpt, EMA weights): test/acc ' in capsys.readouterr().out
 
 
-def test_train_py_runs_only_the_ema_callback(save_root: Path, capsys: pytest.CaptureFixture) -> None:
-    override = 'callbacks=[{name: ema, args: {decay: 2}}, {name: EarlyStopping}]'
+def test_train_py_runs_only_the_ema_and_early_stopping_callbacks(save_root: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    override = ('callbacks=[{name: ema, args: {decay: 2}}, {name: EarlyStopping}, '
+                '{name: EarlyStopping, args: {monitor: val/acc, mode: up}}, {name: LearningRateMonitor}]')
     assert run_py(save_root, '--config', DIGITS, override) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"error: override '{override}': callbacks.0.args.decay: building callback 'ema' failed: ValueError: "
         'decay must be between 0 and 1, got 2',
-        f"error: override '{override}': callbacks.1: train.py runs only the 'ema' callback, not 'EarlyStopping'; "
-        'use train_pl.py for Lightning callbacks']
+        f"error: override '{override}': callbacks.1.args: callback 'EarlyStopping' needs 'monitor'",
+        f"error: override '{override}': callbacks.2.args.mode: building callback 'EarlyStopping' failed: ValueError: "
+        '`mode` can be min, max, got up',
+        f"error: override '{override}': callbacks.3: train.py runs only the 'ema' and 'EarlyStopping' callbacks, "
+        "not 'LearningRateMonitor'; use train_pl.py for other Lightning callbacks"]
     assert not save_root.exists()
 
 

@@ -20,7 +20,7 @@ from lightyaml.object_args import PARTIAL, Takes, registry_with, signature_hints
 from lightyaml.registry import DATA_MODULES, DATASETS, REGISTRIES, SCHEDULERS, TRANSFORMS, Registry, SpecMarker
 
 TOP_LEVEL_SECTIONS = ('seed', 'threads', 'data_module', 'train_wrapper', 'trainer_params', 'checkpoint', 'callbacks',
-                      'loggers', 'predict', 'init_from', 'scale_lr')
+                      'loggers', 'predict', 'init_from', 'scale_lr', 'sharding')
 REQUIRED_SECTIONS = ('data_module', 'train_wrapper')
 # Arguments lightyaml gives a kind itself, so that a config need not: a logger's `save_dir` is the
 # experiment folder (lightyaml/run/trackers.py, tracker_args).

@@ -1,6 +1,7 @@
 """The small top-level sections, checked like every other (lightyaml/config/checking.py calls
 `check_small_sections`): `predict` (what --predict writes), `init_from` (how --init-from renames
-weights) and `scale_lr` (learning rates scaled with the global batch). Lightning-free and torch-free."""
+weights), `scale_lr` (learning rates scaled with the global batch) and `sharding` (train.py's FSDP2
+path). Lightning-free and torch-free."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -31,6 +32,10 @@ SECTIONS: dict[str, tuple[str, tuple[str, ...], dict[str, tuple[Callable[[Any], 
     'scale_lr': ('{base_batch: 256}', ('base_batch',), {
         'base_batch': (_whole, 'the batch size the learning rates are given for, a whole number >= 1'),
         'factor': (_number, 'a positive number (the run records it; it is worked out again each time)')}),
+    # train.py's FSDP2 path (lightyaml/train/sharding.py): the module classes sharded as units of their own
+    'sharding': ('{wrap: [torch.nn.Linear]}', (), {
+        'wrap': (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+                 'a list of module class names, dotted (torch.nn.Linear) or of the model\'s own classes (Block)')}),
 }
 
 

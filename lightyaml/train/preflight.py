@@ -27,6 +27,7 @@ from lightyaml.errors import ConfigError, did_you_mean
 from lightyaml.run.checkpoint_files import rng_state, set_rng_state
 from lightyaml.train.lazy import to_device
 from lightyaml.train.optim import step_scheduler
+from lightyaml.train.precision import StepPrecision
 
 # Values of the loop's arguments that both entry points refuse alike (train.py runs the loop
 # itself, so it must refuse what Lightning refuses, with the same words): key -> (rule, wanted).
@@ -193,7 +194,7 @@ def _monitors(node: Any, prefix: str = '') -> Iterator[tuple[str, str]]:
 
 
 def task_first_steps(cfg: Config, task: Any, train_set: tuple[Any, int], val_sets: Mapping[str, tuple[Any, int]],
-                     device: torch.device, autocast: Any) -> FirstSteps:
+                     precision: StepPrecision) -> FirstSteps:
     """train.py's preflight: on a copy of the task, one training step (forward, loss, backward,
     optimizer step), one batch of each validation set and a scheduler step; then the monitors are
     checked. Raises a ConfigError naming the key of whatever failed; the generators are left as
@@ -210,12 +211,12 @@ def task_first_steps(cfg: Config, task: Any, train_set: tuple[Any, int], val_set
         def run(stage: str, loader: Any) -> None:
             what = 'training' if stage == 'train' else 'validation'
             batch = attempt(f'loading the first {what} batch', 'data_module', cfg,
-                            lambda: to_device(first_batch(loader), device))
+                            lambda: precision.batch(to_device(first_batch(loader), precision.device)))
             seen.see_batch(batch)
 
             def step() -> None:
                 task.train(stage == 'train')
-                with torch.set_grad_enabled(stage == 'train' and optimizer is not None), autocast:
+                with torch.set_grad_enabled(stage == 'train' and optimizer is not None), precision.forward():
                     terms = task.step(batch, stage)[1]
                 if stage == 'train' and optimizer is not None:
                     terms['loss'].backward()
