@@ -59,7 +59,7 @@ import torch.distributed
 from lightyaml.built_specs import remember_spec
 from lightyaml.config.checking import attempt, build, check_kwargs, check_sections, check_spec_list
 from lightyaml.config.loading import Config
-from lightyaml.errors import ConfigError
+from lightyaml.errors import ConfigError, display_path
 from lightyaml.launch.console import progress_bar_wanted
 from lightyaml.launch.devices import parse_gpu_flag, select_cuda_devices
 from lightyaml.launch.resolve import Evaluation, Run, resolve_evaluation, resolve_run
@@ -72,6 +72,7 @@ from lightyaml.run.checkpoint_files import (
     TopK,
     check_resumable,
     load_weights,
+    read_checkpoint,
     save_checkpoint,
     seed_everything,
     set_rng_state,
@@ -519,6 +520,10 @@ def start(t: Training, trackers: TrackedRuns) -> Training:
     `ema` callback), and create or continue the experiment folder (rank 0)."""
     run = t.run
     if run.resume:   # a checkpoint of another model fails here, before the folder is touched
+        if run.resume.is_dir():
+            raise ConfigError(f'--resume {display_path(run.resume)}: a checkpoint folder of Lightning\'s FSDP (its '
+                              f'shards) continues under train_pl.py\'s strategy: fsdp; train.py reads its weights '
+                              f'(--test, --init-from)')
         check_resumable(t.task, run.resume, cfg=run.cfg)
         t.resumed = restore(run.resume, t.task, t.optimizers, t.process.device, t.sharded)
     ema_args = ema_params(run.cfg)
@@ -747,7 +752,7 @@ def load_task(cfg: Config, ckpt: Path, use_ema: Optional[bool]) -> tuple[Any, bo
     """The Task with a checkpoint's weights, or its EMA weights (see lightyaml/train/ema.py's `ema_weights`);
     and whether they are the EMA weights."""
     task = build_task(cfg)
-    state = torch.load(ckpt, map_location='cpu', weights_only=True)
+    state = read_checkpoint(ckpt, str(ckpt))   # a file, or a folder of shards (Lightning's FSDP)
     task.load_state_dict(state['state_dict'])
     averaged = ema_weights(state, use_ema, ckpt)
     if averaged is not None:

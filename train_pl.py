@@ -136,8 +136,13 @@ def validate(cfg: Config, training: bool = True) -> None:
     problems = check_sections(cfg)
     if 'train_wrapper' in cfg:
         check_spec(WRAPPERS, cfg['train_wrapper'], 'train_wrapper', cfg, problems, required=True)
-    check_kwargs(pl.Trainer, cfg.get('trainer_params') or {}, 'trainer_params', cfg, problems,
-                 'pl.Trainer', refused=TRAINER_OWN)
+    from lightyaml.train.fsdp import check_strategy  # Lightning: see the note above `main`
+    trainer_params = cfg.get('trainer_params') or {}
+    if isinstance(trainer_params, Mapping):   # a strategy given as a spec is checked against its own class
+        check_strategy(cfg, trainer_params, problems)
+        trainer_params = {k: v for k, v in trainer_params.items()
+                          if not (k == 'strategy' and isinstance(v, Mapping))}
+    check_kwargs(pl.Trainer, trainer_params, 'trainer_params', cfg, problems, 'pl.Trainer', refused=TRAINER_OWN)
     check_kwargs(ModelCheckpoint, cfg.get('checkpoint') or {}, 'checkpoint', cfg, problems,
                  'ModelCheckpoint', refused=CHECKPOINT_OWN)
     check_spec_list(CALLBACKS, cfg, 'callbacks', problems)
@@ -175,6 +180,7 @@ def train(run: Run) -> dict[str, float]:
     validation step (the preflight; --dry-run stops after it), fit, and return the final logged
     metrics. The experiment folder's lock is released when it ends, however it ends."""
     import pytorch_lightning as pl  # Lightning: see the note above `main`
+    from pytorch_lightning.strategies import FSDPStrategy  # Lightning: see the note above `main`
 
     from callbacks.signal_stop import SignalStop, slurm_requeues  # Lightning: see the note above `main`
     from lightyaml.run.threads import decide_threads  # torch: see the note above `main`
@@ -188,7 +194,7 @@ def train(run: Run) -> dict[str, float]:
         checkpoint = make_checkpoint(run)
         stop = StopSignals()   # SIGTERM, SIGINT, SIGHUP during fit: stop at the next batch, last.ckpt kept
         signal_stop = SignalStop(stop, run.exp, run.command)
-        trainer, params = make_trainer(run, data, [checkpoint, signal_stop, *make_callbacks(run)])
+        trainer, params = make_trainer(run, data, wrapper, [checkpoint, signal_stop, *make_callbacks(run)])
         stop.requeue = slurm_requeues(trainer)   # SIGUSR1 ours too: Lightning's handler is then never put in
         decide_threads(cfg, trainer.num_devices)   # once, before any step; recorded in config.yaml
         scale_lr(cfg, trainer, data)
@@ -198,9 +204,13 @@ def train(run: Run) -> dict[str, float]:
         # A plain data module's loaders are checked here; a LightningDataModule is set up by the preflight.
         if trainer.world_size == 1 and not isinstance(data, pl.LightningDataModule):
             build('the data loaders', 'data_module', cfg, lambda: data.train_dataloader())
-        first_steps = None if launched else lightning_first_steps(cfg, data, wrapper, params)
+        # Under FSDP the preflight's copy would need the whole model on one device, which FSDP is there to avoid.
+        sharded = isinstance(trainer.strategy, FSDPStrategy)
+        first_steps = None if launched or sharded else lightning_first_steps(cfg, data, wrapper, params)
         if run.dry_run:
-            print(first_steps.report() if first_steps else 'dry run: skipped in a launched process')
+            print(first_steps.report() if first_steps else 'dry run: the first steps are not run under FSDP (they '
+                  'would need the whole model on one device); nothing was created' if sharded else
+                  'dry run: skipped in a launched process')
             return {}
         with warnings.catch_warnings(), stopped_run(run.exp, cfg), stop.installed():
             if run.resume is not None:   # continuing in place: ckpt/ holds the run's checkpoints, as it should
@@ -272,9 +282,10 @@ def make_callbacks(run: Run) -> list[Any]:
     return callbacks
 
 
-def make_trainer(run: Run, data: Any, callbacks: list[Any]) -> tuple[Any, dict]:
+def make_trainer(run: Run, data: Any, wrapper: Any, callbacks: list[Any]) -> tuple[Any, dict]:
     """The Trainer of `trainer_params` with --gpu/--nodes, the folder's own logger first (`self.logger`
-    in a LightningModule is it) and the config's `loggers`; and the parameters it got."""
+    in a LightningModule is it) and the config's `loggers`; and the parameters it got. A strategy
+    given as a spec, and FSDP, are built here (their wrap policies name `wrapper`'s module classes)."""
     # Lightning, its callbacks and loggers: see the note above `main`.
     import pytorch_lightning as pl
     from lightning_fabric.plugins import CheckpointIO
@@ -282,8 +293,9 @@ def make_trainer(run: Run, data: Any, callbacks: list[Any]) -> tuple[Any, dict]:
 
     from callbacks.progress_bar import ThrottledProgressBar
     from callbacks.tracker_logger import make_loggers
+    from lightyaml.train.fsdp import make_strategy
     from lightyaml.train.lightning import AtomicCheckpointIO, ExperimentLogger
-    params = device_params(run.cfg.get('trainer_params') or {}, run.gpu, run.nodes)
+    params = make_strategy(run.cfg, device_params(run.cfg.get('trainer_params') or {}, run.gpu, run.nodes), wrapper)
     own_bar = any(isinstance(c, ProgressBar) for c in callbacks)   # a configured bar is an explicit choice
     params['enable_progress_bar'] = progress_bar_wanted(params.get('enable_progress_bar', True if own_bar else None),
                                                         sys.stdout)   # Lightning's bar draws on stdout

@@ -29,6 +29,14 @@ def write_image_files(workload: dict, root: Path) -> Path:
 def load_images(workload: dict, variant: str, steps: list[float]) -> None:
     """Read every batch of the image folder for `epochs` epochs, a timestamp per batch: through
     torchvision's ImageFolder and a DataLoader, or through lightyaml's data module."""
+    loader = image_loader(workload, variant)
+    for _ in range(workload['epochs']):
+        for _batch in loader:
+            steps.append(time.perf_counter())
+
+
+def image_loader(workload: dict, variant: str) -> object:
+    """The loader of `variant` over the image folder `workload['root']`."""
     import torch
     if variant == 'lightyaml loader':
         from datasets.data_module import DataModule
@@ -46,6 +54,4 @@ def load_images(workload: dict, variant: str, steps: list[float]) -> None:
         loader = DataLoader(ImageFolder(workload['root'], transform=transform), batch_size=workload['batch_size'],
                             shuffle=True, num_workers=workload['workers'], persistent_workers=workload['workers'] > 0,
                             pin_memory=torch.cuda.is_available())
-    for _ in range(workload['epochs']):
-        for _batch in loader:
-            steps.append(time.perf_counter())
+    return loader

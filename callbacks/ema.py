@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import pytorch_lightning as pl
+from pytorch_lightning.strategies import FSDPStrategy
 
 from callbacks import register
+from lightyaml.train import fsdp
 from lightyaml.train.ema import EMA, STATE_KEY, EMAParams, ema_target
 
 
@@ -32,17 +34,25 @@ class EMACallback(pl.Callback):
         self.ema: Optional[EMA] = None
         self._restored: Optional[dict[str, Any]] = None   # from a checkpoint, until the model is on its device
         self._last_step = 0
+        self._trainer: Optional[pl.Trainer] = None
 
     @property
     def state_key(self) -> str:
         return STATE_KEY
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Here the weights (restored on resume) are on their device: the average starts as a copy.
-        self.ema = EMA(ema_target(pl_module), self.params)
-        if self._restored is not None:
-            self.ema.load_state_dict(self._restored)
-            self._restored = None
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Here every state is restored, whatever the strategy (FSDP restores after its setup, after
+        # on_fit_start), and the weights are on their device: the average starts as a copy.
+        self._trainer, target = trainer, ema_target(pl_module)
+        if isinstance(trainer.strategy, FSDPStrategy):   # this process's shards (lightyaml/train/fsdp.py)
+            self.ema = EMA(target, self.params, live=fsdp.shard_views(target))
+            if self._restored is not None:
+                fsdp.shard_ema_weights(trainer.strategy, self.ema, pl_module, self._restored['weights'])
+        else:
+            self.ema = EMA(target, self.params)
+            if self._restored is not None:
+                self.ema.load_state_dict(self._restored)
+        self._restored = None
         self._last_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -52,6 +62,7 @@ class EMACallback(pl.Callback):
             self.ema.update(trainer.global_step)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # (Not in the sanity check before training: it logs nothing, and the average starts at on_train_start.)
         if self.ema is not None and self.params.validate_with_ema:
             self.ema.swap_in()
 
@@ -62,7 +73,12 @@ class EMACallback(pl.Callback):
             self.ema.swap_out()
 
     def state_dict(self) -> dict[str, Any]:
-        return self.ema.state_dict() if self.ema is not None else {}
+        if self.ema is None:
+            return {}
+        if isinstance(self._trainer.strategy, FSDPStrategy):   # every process gathers; rank 0's is saved
+            return {**self.ema.state_dict(),
+                    'weights': fsdp.whole_ema_weights(self._trainer.strategy, self.ema, self._trainer.lightning_module)}
+        return self.ema.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:

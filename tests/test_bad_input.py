@@ -91,8 +91,8 @@ CASES = [
      "arguments) does not take 'max_epoch' (did you mean 'max_epochs' or 'max_steps'?)"),
     (['--config', DIGITS, 'trainer_params.precision=17'],
      o.format('trainer_params.precision=17') + "trainer_params.precision: expected one of 64, 32, 16, ",
-     o.format('trainer_params.precision=17') + "trainer_params.precision: expected one of 32, '32', '32-true', "
-     "'16-mixed', 'bf16-mixed', got int 17"),
+     o.format('trainer_params.precision=17') + "trainer_params.precision: expected one of '32-true', 32, '32', "
+     "'bf16-mixed', 'bf16', '16-mixed', 16, '16', '64-true', 64, '64', 'bf16-true', '16-true', got int 17"),
     (['--config', DIGITS, 'checkpoint.mode=maximum'],
      o.format('checkpoint.mode=maximum') + 'checkpoint.mode: building ModelCheckpoint failed: '
      'MisconfigurationException: `mode` can be min, max but got maximum',

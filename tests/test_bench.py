@@ -103,3 +103,23 @@ def test_an_unknown_part_is_refused() -> None:
     done = subprocess.run([sys.executable, 'bench/run.py', '--only', 'steps,speed'], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and 'expected some of steps, contention, quickstart' in done.stderr
+
+
+@pytest.mark.slow   # seven processes, ResNet-18 steps on the CPU
+def test_the_gpu_check_runs_every_part_on_the_cpu_at_a_tiny_size() -> None:
+    # bench/gpu_check.py is for a session lent a GPU; --cpu-smoke runs the same code small, here.
+    done = subprocess.run([sys.executable, 'bench/gpu_check.py', '--cpu-smoke'], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith('Machine: no GPU') and 'torch 2.' in lines[0]
+    assert lines[1].startswith('- fsdp on the CPU: exit 2, error: ') and lines[1].endswith(
+        "trainer_params.strategy: FSDP needs CUDA GPUs (Lightning's limit); on the CPU use strategy=ddp, or "
+        "train.py's sharding: {wrap: [torch.nn.Linear]}")
+    rows = [[cell.strip() for cell in line.strip('|').split('|')] for line in lines if line.startswith('|')]
+    assert rows[0] == ['variant', 'ms/step', 'x loop', 'images/s']
+    assert [row[0] for row in rows[2:]] == ['loop', 'train.py', 'train_pl.py']
+    assert all(float(row[1]) > 0 for row in rows[2:])
+    assert [line.split(' / ')[0] for line in lines if line.startswith('- target: ')] == [
+        '- target: train.py', '- target: train_pl.py']
+    assert re.search(r'torchvision ImageFolder \d+ images/s, lightyaml loader \d+ images/s$', lines[-1])

@@ -19,7 +19,7 @@ from lightyaml.launch.cli import Plan
 from lightyaml.launch.devices import check_gpu_asked
 from lightyaml.launch.trial import ValidationHook, validation_hook
 from lightyaml.process import global_rank_from_env
-from lightyaml.run.experiment_dir import ExperimentDir, check_experiment_name, check_output_file
+from lightyaml.run.experiment_dir import ExperimentDir, check_experiment_name, check_output_file, checkpoint_on_disk
 
 LAUNCH_FLAGS = ('storage', 'workers', 'submit', 'launcher', 'sbatch')   # only with --search or --sweep
 
@@ -154,7 +154,7 @@ def _auto_resume(args: argparse.Namespace, init: Optional[Path]) -> Run:
         if (exp.path / 'result.yaml').is_file():
             exp.release()
             raise NothingToDo(f'{display_path(exp.path)} has finished (result.yaml); nothing to do')
-        if (exp.ckpt_dir / 'last.ckpt').is_file():
+        if checkpoint_on_disk(exp.ckpt_dir / 'last.ckpt') is not None:
             from lightyaml.run.checkpoint_files import find_checkpoint  # torch: not needed by --print-config
             return Run(cfg, exp, find_checkpoint(str(exp.path), '--auto-resume'), init)
         return Run(cfg, exp, None, init, restart=True)
@@ -167,14 +167,14 @@ def resume_target(args: argparse.Namespace) -> ExperimentDir:
     """The experiment folder `--resume` continues: the folder given, or the one whose ckpt/ holds
     the .ckpt given. A checkpoint elsewhere would make some unrelated folder the experiment."""
     target = Path(args.resume)
-    if target.is_dir():
+    if target.is_dir() and checkpoint_on_disk(target) != target:   # an experiment folder, not a checkpoint folder
         if args.config:
             raise ConfigError(f'--config with --resume {args.resume}: a resumed run uses its own '
                               f'config.yaml (give changes as overrides)')
         if not (target / 'config.yaml').is_file():
             raise ConfigError(f'--resume {args.resume}: no config.yaml in this folder; is it an experiment folder?')
         return ExperimentDir(target)
-    if not target.is_file():
+    if checkpoint_on_disk(target) != target:
         raise ConfigError(f'--resume {args.resume}: no such experiment folder or checkpoint file')
     from lightyaml.run.checkpoint_files import read_checkpoint  # torch: not needed by --print-config
     read_checkpoint(target, f'--resume {args.resume}')

@@ -9,6 +9,8 @@ import math
 import os
 import random
 import re
+import shutil
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
@@ -21,7 +23,7 @@ from lightyaml.built_specs import spec_of
 from lightyaml.config.loading import Config, config_differences, parse_yaml
 from lightyaml.errors import ConfigError, display_path
 from lightyaml.run.disk_space import as_full_disk, is_torch_writer_failure
-from lightyaml.run.experiment_dir import ExperimentDir
+from lightyaml.run.experiment_dir import SHARDS_META, ExperimentDir, checkpoint_on_disk
 
 
 def rng_state() -> dict[str, Any]:
@@ -74,9 +76,32 @@ def read_weights(path: Path, flag: str) -> Mapping[str, torch.Tensor]:
 
 def _loaded(path: Path, flag: str) -> Any:
     try:
+        if path.is_dir():
+            return _from_shards(path)
         return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     except Exception as e:
         raise ConfigError(f'{flag}: cannot read the checkpoint {display_path(path)} ({_unreadable(e)})') from None
+
+
+def _from_shards(path: Path) -> dict:
+    """A sharded checkpoint (a folder, Lightning's FSDP with `state_dict_type: sharded`) as one
+    process reads it: meta.pt's contents, and the weights assembled whole in `state_dict`. Its
+    `optimizer_states` are the names of the optimizers' entries in the folder: Lightning's FSDP
+    reads those itself, sharded, on --resume."""
+    # torch.distributed.checkpoint: only for a checkpoint folder (the reader Lightning's own consolidation uses)
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+    state = torch.load(path / SHARDS_META, map_location='cpu', weights_only=True)
+    reader = FileSystemReader(path)
+    entries = {key.split('.')[0] for key in reader.read_metadata().state_dict_metadata}
+    whole: dict[str, Any] = {}
+    with warnings.catch_warnings():   # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter('ignore', UserWarning)
+        _load_state_dict(whole, storage_reader=reader, planner=_EmptyStateDictLoadPlanner(keys={'model'}),
+                         no_dist=True)
+    return {**state, 'state_dict': whole.get('model', {}),
+            'optimizer_states': sorted(e for e in entries if e.startswith('optimizer_'))}
 
 
 def _refuse_non_tensors(weights: Any, what: str, path: Path, flag: str) -> None:
@@ -102,11 +127,12 @@ def find_checkpoint(target: str, flag: str) -> Path:
     """A .ckpt file as given, or an experiment folder's ckpt/last.ckpt; checked to be readable (for
     --init-from, a file of weights from elsewhere too)."""
     path = Path(target)
-    if path.is_dir():
-        path = ExperimentDir(path).ckpt_dir / 'last.ckpt'
-        if not path.is_file():
-            raise ConfigError(f'{flag} {target}: no checkpoint in this folder ({display_path(path)} is missing)')
-    elif not path.is_file():
+    if path.is_dir() and checkpoint_on_disk(path) != path:   # an experiment folder (not a checkpoint folder)
+        last = ExperimentDir(path).ckpt_dir / 'last.ckpt'
+        path = checkpoint_on_disk(last)
+        if path is None:
+            raise ConfigError(f'{flag} {target}: no checkpoint in this folder ({display_path(last)} is missing)')
+    elif checkpoint_on_disk(path) != path:
         raise ConfigError(f'{flag} {target}: no such experiment folder or checkpoint file')
     (read_weights if flag == '--init-from' else read_checkpoint)(path, f'{flag} {target}')
     return path
@@ -251,6 +277,27 @@ def atomic_torch_save(state: Any, path: Path) -> None:
         raise
 
 
+def replace_folder(tmp: Path, path: Path) -> None:
+    """A whole checkpoint folder `tmp` in the place of `path` (a folder, a file or nothing) by two
+    renames: `path` to `<path>.old`, `tmp` to `path`; then `<path>.old` is removed. A kill between the
+    renames leaves `<path>.old` whole, and `checkpoint_on_disk` finds it there."""
+    old = path.with_name(path.name + '.old')
+    if checkpoint_on_disk(path) == old:   # the last replacement was killed between its renames
+        os.replace(old, path)
+    _remove(old)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def loadable_hyperparameters(value: Any) -> Any:
     """A checkpoint's `hyper_parameters` made of what a `weights_only` load reads back: an object or
     factory built from a spec (a module's `net`, its `optimizer` partial) becomes that spec, a class
@@ -289,9 +336,9 @@ def experiment_checkpoint(exp: ExperimentDir, which: str) -> Path:
         best = (parse_yaml((exp.path / 'result.yaml').read_text(), 'result.yaml') or {}).get('best', {}).get(
             'checkpoint')
     path = exp.ckpt_dir / best if best else last
-    if not path.is_file():
+    if checkpoint_on_disk(path) is None:
         raise ConfigError(f'--ckpt {which}: no checkpoint {display_path(path)}')
-    return path
+    return checkpoint_on_disk(path)
 
 
 def checkpoint_name(template: Optional[str], metrics: Mapping[str, float]) -> str:

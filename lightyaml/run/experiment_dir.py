@@ -47,6 +47,18 @@ def is_experiment_folder(path: Path) -> bool:
     return (path / 'config.yaml').is_file() and ((path / 'log.txt').is_file() or (path / 'ckpt').is_dir())
 
 
+SHARDS_META = 'meta.pt'   # beside the shards of a checkpoint folder (torch.distributed.checkpoint, Lightning's FSDP)
+
+
+def checkpoint_on_disk(path: Path) -> Optional[Path]:
+    """`path` if it is a checkpoint (a file, or a folder of shards with its meta.pt), else its `.old`
+    twin where that is one (a sharded save killed between its two renames), else None."""
+    for candidate in (path, path.with_name(path.name + '.old')):
+        if candidate.is_file() or (candidate / SHARDS_META).is_file():
+            return candidate
+    return None
+
+
 def os_error(path: Path, e: OSError, doing: str = 'writing the experiment folder') -> ConfigError:
     """A file-system error as one line naming the path (a full disk: the file system and its space left)."""
     full_disk = full_disk_cause(e, path)

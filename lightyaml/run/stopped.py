@@ -12,7 +12,7 @@ from lightyaml.config.checking import blame, first_line
 from lightyaml.config.loading import Config
 from lightyaml.errors import ConfigError, NonFiniteLossError, RunStoppedError, display_path
 from lightyaml.run.disk_space import as_full_disk, full_disk_cause, is_torch_writer_failure
-from lightyaml.run.experiment_dir import ExperimentDir
+from lightyaml.run.experiment_dir import ExperimentDir, checkpoint_on_disk
 
 
 @contextlib.contextmanager
@@ -43,8 +43,8 @@ def stop_message(error: Exception, exp: ExperimentDir, cfg: Config) -> str:
         cause = f"{f'{key}: ' if key else ''}{type(error).__name__}: {first_line(error)}"
     from lightyaml.run.checkpoint_files import read_checkpoint  # torch: only once a run stopped
     last = exp.ckpt_dir / 'last.ckpt'
-    if last.is_file():
-        epoch = read_checkpoint(last, str(last)).get('epoch', -1) + 1
+    if checkpoint_on_disk(last) is not None:
+        epoch = read_checkpoint(checkpoint_on_disk(last), str(last)).get('epoch', -1) + 1
         kept = (f'the last good checkpoint {display_path(last)} (epoch {epoch}) is kept; continue with '
                 f'--resume {display_path(exp.path)} (--debug shows the traceback)')
     else:

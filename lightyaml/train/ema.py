@@ -9,7 +9,7 @@ Integer buffers (BatchNorm's step count) are copied. The average lives in checkp
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
@@ -53,40 +53,71 @@ def ema_target(module: nn.Module) -> nn.Module:
 
 
 class EMA:
-    """The moving average of `module`'s state dict (parameters and buffers), kept beside it."""
+    """The moving average of `module`'s state dict (parameters and buffers), kept beside it.
 
-    def __init__(self, module: nn.Module, params: EMAParams) -> None:
-        self.module, self.params = module, params
-        live = module.state_dict()   # detached tensors sharing the weights' storage
-        self.weights = {name: tensor.detach().clone() for name, tensor in live.items()}
-        floats = [name for name, tensor in live.items() if tensor.is_floating_point()]
-        self._float_pairs = ([self.weights[n] for n in floats], [live[n] for n in floats])
-        self._other_pairs = [(self.weights[n], live[n]) for n in live if n not in floats]
+    `live`, where given, returns the tensors to average afresh at each use (a sharded model's
+    shards: lightyaml/train/fsdp.py); by default they are the state dict's, which share the weights'
+    storage for the whole run.
+    """
+
+    def __init__(self, module: nn.Module, params: EMAParams,
+                 live: Optional[Callable[[], dict[str, torch.Tensor]]] = None) -> None:
+        self.module, self.params, self._live = module, params, live
+        state = self.live()   # detached tensors sharing the weights' storage
+        self.weights = {name: tensor.detach().clone() for name, tensor in state.items()}
+        self._pairs = self._split(state) if live is None else None
         self._backup: Optional[dict[str, torch.Tensor]] = None
+
+    def live(self) -> dict[str, torch.Tensor]:
+        """The tensors averaged, as the module holds them now."""
+        return self._live() if self._live is not None else self.module.state_dict()
+
+    def _split(self, live: Mapping[str, torch.Tensor]) -> tuple[tuple[list, list], list]:
+        floats = [name for name, tensor in live.items() if tensor.is_floating_point()]
+        return (([self.weights[n] for n in floats], [live[n] for n in floats]),
+                [(self.weights[n], live[n]) for n in live if n not in floats])
 
     @torch.no_grad()
     def update(self, step: int) -> None:
         """Called after every optimizer step; `step` is the number of optimizer steps done."""
         p = self.params
+        float_pairs, other_pairs = self._pairs or self._split(self.live())
         if step <= p.start_step:
-            torch._foreach_copy_(*self._float_pairs)
+            torch._foreach_copy_(*float_pairs)
         elif (step - p.start_step) % p.every_n_steps == 0:
-            torch._foreach_lerp_(*self._float_pairs, 1.0 - p.decay)   # one fused call, as timm's ModelEmaV3
+            torch._foreach_lerp_(*float_pairs, 1.0 - p.decay)   # one fused call, as timm's ModelEmaV3
         else:
             return
-        for average, weights in self._other_pairs:
+        for average, weights in other_pairs:
             average.copy_(weights)
 
+    @torch.no_grad()
+    def capture(self) -> None:
+        """Take the module's weights as they are now as the average."""
+        for name, tensor in self.live().items():
+            self.weights[name].copy_(tensor)
+
+    @torch.no_grad()
     def swap_in(self) -> None:
         """Put the average into the module (keeping its own weights aside), e.g. for validation."""
-        self._backup = {name: tensor.detach().clone() for name, tensor in self.module.state_dict().items()}
-        self.module.load_state_dict(self.weights)
+        live = self.live()
+        self._backup = {name: tensor.detach().clone() for name, tensor in live.items()}
+        if self._live is None:
+            self.module.load_state_dict(self.weights)
+        else:   # into the tensors themselves: a sharded model's load_state_dict would gather
+            torch._foreach_copy_(list(live.values()), [self.weights[n] for n in live])
 
+    @torch.no_grad()
     def swap_out(self) -> None:
         """Give the module its own weights back, bit for bit."""
-        if self._backup is not None:
+        if self._backup is None:
+            return
+        if self._live is None:
             self.module.load_state_dict(self._backup)
-            self._backup = None
+        else:
+            live = self.live()
+            torch._foreach_copy_(list(live.values()), [self._backup[n] for n in live])
+        self._backup = None
 
     @contextlib.contextmanager
     def swapped(self, enabled: bool = True) -> Iterator[None]:
