@@ -1,10 +1,12 @@
-"""`--gpu`: which CUDA devices a run uses (or the CPU). Torch is imported only to count devices."""
+"""`--gpu`: which CUDA devices a run uses (or the CPU), and whether a count agrees with the processes srun or
+torchrun started. Torch is imported only to count devices."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Optional
 
+from lightyaml.config.loading import Config
 from lightyaml.errors import ConfigError
 
 
@@ -32,3 +34,19 @@ def select_cuda_devices(ids: Sequence[int], device_count: Optional[Callable[[], 
     if visible < len(ids):
         raise ConfigError(f"--gpu {','.join(map(str, ids))}: only {visible} of these CUDA devices exist here")
     return len(ids)
+
+
+def check_launched_processes(count: int, gpu: Optional[str], cfg: Config,
+                             environ: Mapping[str, str] = os.environ) -> None:
+    """Under srun or torchrun every process is one device, started by the launcher: a device count
+    asked for (`--gpu 0,1`, `trainer_params.devices: 2`) must be its processes on this machine, as
+    Lightning requires; leaving the count out takes the launcher's."""
+    devices = (cfg.get('trainer_params') or {}).get('devices', 'auto')
+    launched = environ.get('LOCAL_WORLD_SIZE', '')
+    if ('WORLD_SIZE' not in environ or not launched.isdigit() or count == int(launched)
+            or (gpu is None and devices == 'auto') or (gpu or '').strip().lower() == 'cpu'):
+        return
+    launcher = f'srun (--ntasks-per-node={launched})' if 'SLURM_STEP_ID' in environ else 'the launcher'
+    problem = f'{count} devices, but {launcher} started {launched} processes on this machine, one per device'
+    raise ConfigError(f'--gpu {gpu}: {problem}; give {launched} devices or leave --gpu out' if gpu else
+                      cfg.error('trainer_params.devices', f'{problem}; set {launched} or leave it out'))
