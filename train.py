@@ -6,6 +6,7 @@
         trainer_params.accelerator=cpu                                   # 2 CPU processes, gloo
     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d \\
         --rdzv_endpoint=HOST:29500 train.py --config ...                 # several machines
+    srun --nodes=2 --ntasks-per-node=8 python train.py --config ...     # several machines under SLURM
     python train.py --resume save/exp trainer_params.max_epochs=40        # continue a run
     python train.py --test save/exp                                       # evaluate the best checkpoint
     python train.py --export save/exp --format onnx                       # save/exp/export/model.onnx, checked
@@ -35,7 +36,13 @@ from typing import Any, Literal, Optional, Union
 from lightyaml.launch.cli import answer, exit_status, parse_command_line
 from lightyaml.launch.console import survive_closed_consoles
 from lightyaml.launch.runs import report_runs
-from lightyaml.process import pause_gc_for_start_up, set_cache_defaults, set_thread_defaults, skip_collections_at_exit
+from lightyaml.process import (
+    pause_gc_for_start_up,
+    set_cache_defaults,
+    set_thread_defaults,
+    skip_collections_at_exit,
+    srun_as_torchrun,
+)
 
 if __name__ == '__main__' and {'--print-config', '--list', '--runs', '--diff', '--compare'} & set(sys.argv):
     # These need only config files, the registries' names or experiment folders: answer before importing torch.
@@ -48,6 +55,7 @@ if __name__ == '__main__' and {'--print-config', '--list', '--runs', '--diff', '
     sys.exit(status.code)
 
 survive_closed_consoles()   # a closed pipe or terminal never stops a run (lightyaml/launch/console.py)
+srun_as_torchrun()   # srun's tasks join one DDP run as torchrun's processes do (RANK, WORLD_SIZE, ...)
 set_thread_defaults()   # before anything imports torch, which reads them once: see lightyaml/process.py
 set_cache_defaults()   # matplotlib's cache where HOME is unset or unwritable (another user, a container)
 if __name__ == '__main__':
@@ -61,7 +69,7 @@ from lightyaml.config.checking import attempt, build, check_kwargs, check_sectio
 from lightyaml.config.loading import Config
 from lightyaml.errors import ConfigError, display_path
 from lightyaml.launch.console import progress_bar_wanted
-from lightyaml.launch.devices import parse_gpu_flag, select_cuda_devices
+from lightyaml.launch.devices import check_launched_processes, parse_gpu_flag, select_cuda_devices
 from lightyaml.launch.resolve import Evaluation, Run, resolve_evaluation, resolve_run
 from lightyaml.launch.search import plan_search
 from lightyaml.launch.sweep import plan_sweep
@@ -92,7 +100,7 @@ from lightyaml.run.results import (
 )
 from lightyaml.run.sample_grid import write_prediction_grid
 from lightyaml.run.stopped import stopped_run
-from lightyaml.run.stopping import StoppedBySignal, StopSignals
+from lightyaml.run.stopping import StoppedBySignal, StopSignals, in_slurm_job
 from lightyaml.run.threads import decide_threads
 from lightyaml.run.trackers import TrackedRuns, check_trackers_reachable, make_tracked_runs
 from lightyaml.train.early_stopping import NAME as EARLY_STOPPING
@@ -385,6 +393,7 @@ def train(run: Run) -> dict[str, float]:
         # As train_pl.py builds its Trainer: whatever the device values make fail is one line naming them.
         device_type, nproc = build('the devices', 'trainer_params', run.cfg,
                                    lambda: requested_processes(params, run.gpu))
+        check_launched_processes(nproc, run.gpu, run.cfg)   # under srun or torchrun: one process per device
         if nproc > 1 and 'WORLD_SIZE' not in os.environ:
             if run.exp.locked:   # this launcher writes nothing itself; its rank 0 does, under this lock
                 os.environ[HELD_BY_LAUNCHER] = str(run.exp.path.resolve())
@@ -440,7 +449,7 @@ class Training:
     top_k: Optional[TopK] = None
     start_time: float = 0.0
     # the first stop signal, if any; under SLURM SIGUSR1 also stops, and requeues the job
-    stop: StopSignals = field(default_factory=lambda: StopSignals(requeue='SLURM_JOB_ID' in os.environ))
+    stop: StopSignals = field(default_factory=lambda: StopSignals(requeue=in_slurm_job()))
     stopping: bool = False                      # every process agreed to stop at this batch
 
     @property
@@ -642,18 +651,22 @@ def signalled(t: Training) -> bool:
 
 def stop_for_signal(t: Training, epoch: int, step: int) -> None:
     """Rank 0 keeps last.ckpt as of this step (a resume runs the interrupted epoch again from its
-    start, the step count going on), then the one line; every process exits with 128 + the signal."""
+    start, the step count going on), or for a requeue as the last epoch left it (exact: see
+    StopSignals.keeps_last_epoch); then the one line; every process exits with 128 + the signal."""
+    kept_epoch = t.process.master and t.stop.keeps_last_epoch(bool(t.top_k.params.save_last))
+    # every process takes part in gathering a sharded model's states (only rank 0 knows kept_epoch)
     whole = gathered(t.task, t.optimizers.optimizer, t.ema, t.process.master) if t.sharded else None
     if t.process.master:
         t.writer.close()
         write_own_curves(t.run.exp)
-        save_training(t, t.run.exp.ckpt_dir / 'last.ckpt', (epoch - 1, step),
-                      t.resumed.elapsed + time.perf_counter() - t.start_time, whole)
+        if not kept_epoch:
+            save_training(t, t.run.exp.ckpt_dir / 'last.ckpt', (epoch - 1, step),
+                          t.resumed.elapsed + time.perf_counter() - t.start_time, whole)
     signum = torch.tensor(float(t.stop.signum or 0), device=t.process.device)
     if t.process.world_size > 1:   # the other processes exit with rank 0's signal
         torch.distributed.broadcast(signum, src=0)
         t.stop.signum = int(signum.item())
-    raise t.stop.stop(t.run.exp, t.run.command, (epoch + 1, step), t.process.master)
+    raise t.stop.stop(t.run.exp, t.run.command, (epoch + 1, step), t.process.master, kept_epoch)
 
 
 def optimizer_step(t: Training, step: int) -> None:
@@ -805,7 +818,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             with evaluation.held():
                 evaluate_checkpoint(evaluation)
         elif plan.args.nodes:
-            raise ConfigError('--nodes: train.py runs on several machines under torchrun (see its docstring)')
+            raise ConfigError('--nodes: train.py runs on several machines under torchrun or srun (see its docstring)')
         elif plan.action == 'tune':
             flag = '--find-lr' if plan.args.find_lr else '--find-batch-size'
             raise ConfigError(f"{flag}: Lightning's Tuner does it, for the same configs: run it with train_pl.py")

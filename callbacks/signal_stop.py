@@ -1,6 +1,6 @@
 """SignalStop (always on): SIGTERM, SIGINT or SIGHUP stops the run at the next training batch with
-last.ckpt kept, one line, and exit status 128 + the signal (lightyaml/run/stopping.py); under SLURM's
-auto-requeue SIGUSR1 does too, and the job is requeued."""
+last.ckpt kept, one line, and exit status 128 + the signal (lightyaml/run/stopping.py); in a SLURM
+job SIGUSR1 does too, and the job is requeued (to continue from the last epoch's last.ckpt)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -11,8 +11,9 @@ import pytorch_lightning as pl
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from callbacks.last_checkpoint import LastCheckpoint
 from lightyaml.run.experiment_dir import ExperimentDir
-from lightyaml.run.stopping import StoppedBySignal, StopSignals
+from lightyaml.run.stopping import StoppedBySignal, StopSignals, in_slurm_job
 
 
 class SignalStop(pl.Callback):
@@ -46,13 +47,18 @@ class SignalStop(pl.Callback):
         self._stop.signum = trainer.strategy.broadcast(self._stop.signum, src=0)   # rank 0's signal
         if self._stop.signum is None:   # Lightning's own SIGTERM, without our handlers: as Lightning does
             return
-        trainer.save_checkpoint(Path(self._exp.ckpt_dir) / 'last.ckpt', weights_only=False)   # all of it
+        kept_epoch = self._stop.keeps_last_epoch(any(isinstance(c, LastCheckpoint) for c in trainer.callbacks))
+        if not kept_epoch:   # a requeue continues from the last epoch's last.ckpt, exactly
+            trainer.save_checkpoint(Path(self._exp.ckpt_dir) / 'last.ckpt', weights_only=False)   # all of it
         self.stopped = self._stop.stop(self._exp, self._command, (trainer.current_epoch + 1, trainer.global_step),
-                                       trainer.is_global_zero)
+                                       trainer.is_global_zero, kept_epoch)
 
 
 def slurm_requeues(trainer: pl.Trainer) -> bool:
-    """Whether Lightning would requeue this job on SIGUSR1: a SLURM job whose environment keeps
-    `auto_requeue` on (a `SLURMEnvironment(auto_requeue=False)` plugin turns it off)."""
+    """Whether SIGUSR1 requeues this job: where Lightning would (a SLURM environment that keeps
+    `auto_requeue` on; a `SLURMEnvironment(auto_requeue=False)` plugin turns it off), and in any other
+    SLURM job (one task of a batch script, which Lightning does not take for SLURM), as in train.py."""
     environment = trainer._accelerator_connector.cluster_environment
-    return isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+    if isinstance(environment, SLURMEnvironment):
+        return environment.auto_requeue
+    return in_slurm_job()

@@ -1,5 +1,5 @@
 """The process a run lives in: thread defaults, garbage collection around start-up and exit,
-glibc's memory policy, and the global rank as launchers set it.
+glibc's memory policy, the global rank as launchers set it, and srun's tasks as torchrun's.
 
 Lowest layer, torch-free: the entry points call `set_thread_defaults` before anything imports torch,
 and `set_cache_defaults` before anything imports matplotlib.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import re
 import stat
 import tempfile
 from collections.abc import MutableMapping
@@ -104,6 +105,37 @@ def global_rank_from_env() -> int:
         if os.environ.get(var, '').isdigit() and several_tasks:
             return int(os.environ[var])
     return int(os.environ.get('NODE_RANK', '0') or 0) + int(os.environ.get('LOCAL_RANK', '0') or 0)
+
+
+def srun_as_torchrun(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
+    """Under `srun` with several tasks, torchrun's variables from SLURM's, read as Lightning's
+    SLURMEnvironment reads them, so that train.py's tasks join one process group: RANK from
+    SLURM_PROCID, WORLD_SIZE from SLURM_NTASKS, LOCAL_RANK from SLURM_LOCALID, NODE_RANK from
+    SLURM_NODEID, MASTER_ADDR the first host of SLURM_NODELIST, MASTER_PORT 15000 + the job id's
+    last 4 digits (both kept if set). Nothing is set under torchrun (RANK set), in a job's batch
+    script (no SLURM_STEP_ID: srun did not start it), with one task, or for the job names `bash`
+    and `interactive` (Lightning's way out). Call it before `set_thread_defaults`. Returns what was set."""
+    if ('RANK' in environ or 'SLURM_STEP_ID' not in environ or int(environ.get('SLURM_NTASKS') or 1) < 2
+            or environ.get('SLURM_JOB_NAME') in ('bash', 'interactive')):
+        return {}
+    first_host = re.sub(r'\[(\d+).*?\]', r'\1', environ.get('SLURM_NODELIST', '127.0.0.1')).split(',')[0]
+    chosen = {'RANK': environ['SLURM_PROCID'], 'WORLD_SIZE': environ['SLURM_NTASKS'],
+              'LOCAL_RANK': environ.get('SLURM_LOCALID', '0'), 'NODE_RANK': environ.get('SLURM_NODEID', '0'),
+              'LOCAL_WORLD_SIZE': str(_tasks_on_this_node(environ)),
+              'MASTER_ADDR': environ.get('MASTER_ADDR') or first_host,
+              'MASTER_PORT': environ.get('MASTER_PORT') or str(15000 + int(environ.get('SLURM_JOB_ID', '0')[-4:]))}
+    environ.update(chosen)
+    return chosen
+
+
+def _tasks_on_this_node(environ: MutableMapping[str, str]) -> int:
+    """This node's tasks from SLURM_STEP_TASKS_PER_NODE ('2(x3),1': 2 on each of 3 nodes, then 1)."""
+    counts: list[int] = []
+    for part in (environ.get('SLURM_STEP_TASKS_PER_NODE') or environ.get('SLURM_NTASKS_PER_NODE') or '1').split(','):
+        match = re.fullmatch(r'(\d+)(?:\(x(\d+)\))?', part.strip())
+        if match:
+            counts += [int(match[1])] * int(match[2] or 1)
+    return counts[min(int(environ.get('SLURM_NODEID') or 0), len(counts) - 1)] if counts else 1
 
 
 def keep_freed_memory() -> bool:

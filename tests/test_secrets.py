@@ -195,7 +195,9 @@ def test_a_slurm_search_script_names_its_storage_without_the_password(save_root:
                                '--storage', url, '--launcher', 'slurm') == 0
     out = capfd.readouterr().out
     script = (save_root / 'digits-search' / 'slurm.sh').read_text()
+    summary = (save_root / 'digits-search' / 'summary.sh').read_text()
     assert '--storage postgresql://searcher@db.example.org/study' in script and password not in script + out
+    assert '--storage postgresql://searcher@db.example.org/study --summarize' in summary and password not in summary
     assert 'PGPASSWORD' in out
 
 
@@ -249,10 +251,15 @@ def test_a_sweep_script_run_by_bash_passes_a_hostile_value_on_as_one_argument(en
     assert not (ROOT / 'PWNED').exists()
     assert RUNNERS[entry](save_root, '--config', DIGITS, '--sweep', f'train_wrapper.args.target_key={HOSTILE}',
                           '--launcher', 'slurm') == 0
-    script = save_root / 'digits-sweep' / 'slurm.sh'
-    done = subprocess.run(['bash', str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, 'SLURM_ARRAY_TASK_ID': '0'})
+    folder = save_root / 'digits-sweep'
+    done = subprocess.run(['bash', str(folder / 'slurm.sh')], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, 'SLURM_ARRAY_TASK_ID': '0'})
     assert done.returncode == 2
     assert f'"train_wrapper.args.target_key={HOSTILE}"' in done.stderr, done.stderr[-2000:]
+    # The summary job repeats the sweep's command line: the value reaches it intact too.
+    summary = subprocess.run(['bash', str(folder / 'summary.sh')], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=120)
+    assert summary.returncode == 0 and f'| {HOSTILE} | nan ± 0.0000 | 0/1 |' in summary.stdout, summary.stderr
     assert not (tmp_path / 'PWNED').exists() and not (ROOT / 'PWNED').exists()
-    assert sorted(p.name for p in save_root.rglob('*')) == ['digits-sweep', 'slurm.sh']
+    assert sorted(p.name for p in save_root.rglob('*')) == ['digits-sweep', 'slurm.sh', 'summary.csv',
+                                                            'summary.md', 'summary.sh']

@@ -109,10 +109,11 @@ def slurm_job(tmp_path: Path, restarts: int) -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.parametrize('script', ['train.py', 'train_pl.py'])
 def test_a_slurm_requeue_keeps_the_run_and_the_requeued_job_finishes_it(tmp_path: Path, script: str) -> None:
-    """SIGUSR1 (SLURM's warning before the time limit) stops the run at the next batch with last.ckpt
-    and requeues the job, in both entry points (in train_pl.py in place of Lightning's handler, which
-    saves inside the signal handler and can hang); SLURM's SIGTERM that follows changes nothing, and
-    the requeued job, running the same command, continues the folder to the end."""
+    """SIGUSR1 (SLURM's warning before the time limit) stops the run at the next batch and requeues
+    the job, in both entry points (in train_pl.py in place of Lightning's handler, which saves inside
+    the signal handler and can hang), keeping the last epoch's last.ckpt; SLURM's SIGTERM that follows
+    changes nothing, and the requeued job, running the same command, continues the folder to the end,
+    bit-identical to a run never stopped. (tests/test_slurm.py does it on a real SLURM.)"""
     command = [sys.executable, script, '--config', DIGITS, '--save-root', str(tmp_path), '--name', 'x', *SMALL]
     process = subprocess.Popen(command, cwd=ROOT, env=slurm_job(tmp_path, 0), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -128,12 +129,19 @@ def test_a_slurm_requeue_keeps_the_run_and_the_requeued_job_finishes_it(tmp_path
     assert calls.read_text() == 'requeue 4242\n', err
     stopped = [line for line in err.splitlines() if line.startswith('stopped by')]
     assert len(stopped) == 1 and process.returncode == 128 + signal.SIGUSR1, err
-    assert stopped[0].startswith('stopped by SIGUSR1 at epoch ')
-    assert 'last.ckpt kept; SLURM job 4242 requeued; resume with: ' in stopped[0]
+    epoch = int(stopped[0].split('stopped by SIGUSR1 at epoch ')[1].split(',')[0])
+    assert f': last.ckpt of epoch {epoch - 1} kept, epoch {epoch} runs again; SLURM job 4242 requeued; resume with: ' \
+           in stopped[0]
     assert not list(tmp_path.rglob('hpc_ckpt_*.ckpt'))   # Lightning's handler never ran
-    step = torch.load(tmp_path / 'x' / 'ckpt' / 'last.ckpt', weights_only=True)['global_step']
+    state = torch.load(tmp_path / 'x' / 'ckpt' / 'last.ckpt', weights_only=True)
+    assert state['epoch'] == epoch - 2   # as the end of epoch `epoch - 1` (counted from 1) wrote it
     again = subprocess.run(command, cwd=ROOT, env=slurm_job(tmp_path, 1), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     log = (tmp_path / 'x' / 'log.txt').read_text()
     assert 'resumed: ' in log and 'epoch 200/200' in log and (tmp_path / 'x' / 'result.yaml').is_file()
-    assert torch.load(tmp_path / 'x' / 'ckpt' / 'last.ckpt', weights_only=True)['global_step'] > step
+    whole = subprocess.run([sys.executable, script, '--config', DIGITS, '--save-root', str(tmp_path), '--name',
+                            'whole', *SMALL], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    never_stopped = torch.load(tmp_path / 'whole' / 'ckpt' / 'last.ckpt', weights_only=True)['state_dict']
+    continued = torch.load(tmp_path / 'x' / 'ckpt' / 'last.ckpt', weights_only=True)['state_dict']
+    assert all(torch.equal(never_stopped[k], continued[k]) for k in never_stopped)

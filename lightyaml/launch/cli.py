@@ -208,6 +208,9 @@ def _add_launch_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--sbatch', action='append', default=[], metavar='OPTION=VALUE',
                         help='with --launcher slurm: an #SBATCH line, '
                              'e.g. --sbatch time=4:00:00 --sbatch partition=gpu')
+    parser.add_argument('--summarize', action='store_true',
+                        help='with --search/--sweep: write the summary of the runs so far and run nothing '
+                             "(what --launcher slurm's summary job does once the tasks have ended)")
     parser.add_argument('--list', nargs='*', metavar='KIND',
                         help='list registered names (all kinds, or the given ones)')
     parser.add_argument('--print-config', action='store_true',

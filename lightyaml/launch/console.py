@@ -1,8 +1,9 @@
 """What the console shows, the same for both entry points. Lightning-free.
 
-By default, no advertisements (Lightning's "💡 Tip: ..." lines) and no deprecation warnings raised
-inside the libraries (they are about the libraries' own code, which you cannot change); `--verbose`
-shows both, and `python -W ...` or PYTHONWARNINGS settings are left alone. Progress bars are drawn
+By default, no advertisements (Lightning's "💡 Tip: ..." lines), no deprecation warnings raised
+inside the libraries (they are about the libraries' own code, which you cannot change) and no hint to
+prepend `srun` where it does not apply (outside a SLURM job or in a one-node job); `--verbose` shows
+them all, and `python -W ...` or PYTHONWARNINGS settings are left alone. Progress bars are drawn
 only on a terminal: with output going to a file or a pipe, a run prints one line per epoch
 (`trainer_params.enable_progress_bar: true` draws the bar anyway).
 
@@ -25,6 +26,9 @@ from typing import IO, Any, Optional
 THIRD_PARTY = (r'(torch|torchvision|torchmetrics|pytorch_lightning|lightning_fabric|lightning_utilities|tensorboardX|'
                r'matplotlib|sklearn|scipy|numpy)(\.|$)')
 DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+# Lightning's hint, at every Trainer, wherever SLURM's tools are installed (any login node) and a run
+# has no SLURM tasks; it matters only in a job of several nodes, which only srun fills.
+SRUN_HINT = r'The `srun` command is available on your system but is not used'
 # The loggers Lightning's rank_zero_info writes its tips to.
 LIGHTNING_INFO_LOGGERS = ('pytorch_lightning.utilities.rank_zero', 'lightning_fabric.utilities.rank_zero')
 
@@ -68,6 +72,8 @@ def quiet_console(verbose: bool = False) -> None:
         return
     for category in DEPRECATIONS:
         warnings.filterwarnings('default' if verbose else 'ignore', category=category, module=THIRD_PARTY)
+    several_nodes = int(os.environ.get('SLURM_JOB_NUM_NODES') or 1) > 1
+    warnings.filterwarnings('default' if verbose or several_nodes else 'ignore', message=SRUN_HINT)
 
 
 def progress_bar_wanted(setting: Optional[bool], stream: IO[Any]) -> bool:

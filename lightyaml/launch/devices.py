@@ -1,4 +1,5 @@
-"""`--gpu`: which CUDA devices a run uses (or the CPU). Torch is imported only to count devices."""
+"""`--gpu`: which CUDA devices a run uses (or the CPU), and whether a count agrees with the processes srun or
+torchrun started. Torch is imported only to count devices."""
 from __future__ import annotations
 
 import os
@@ -62,3 +63,19 @@ def check_gpu_asked(cfg: Config, gpu: Optional[str], cuda_available: Optional[Ca
     problem = (f"{value!r} asks for a GPU, and this machine has none; to train on the CPU add "
                f"{' '.join(fix for _, _, fix in asked)}")
     raise ConfigError(cfg.error(key, problem))
+
+
+def check_launched_processes(count: int, gpu: Optional[str], cfg: Config,
+                             environ: Mapping[str, str] = os.environ) -> None:
+    """Under srun or torchrun every process is one device, started by the launcher: a device count
+    asked for (`--gpu 0,1`, `trainer_params.devices: 2`) must be its processes on this machine, as
+    Lightning requires; leaving the count out takes the launcher's."""
+    devices = (cfg.get('trainer_params') or {}).get('devices', 'auto')
+    launched = environ.get('LOCAL_WORLD_SIZE', '')
+    if ('WORLD_SIZE' not in environ or not launched.isdigit() or count == int(launched)
+            or (gpu is None and devices == 'auto') or (gpu or '').strip().lower() == 'cpu'):
+        return
+    launcher = f'srun (--ntasks-per-node={launched})' if 'SLURM_STEP_ID' in environ else 'the launcher'
+    problem = f'{count} devices, but {launcher} started {launched} processes on this machine, one per device'
+    raise ConfigError(f'--gpu {gpu}: {problem}; give {launched} devices or leave --gpu out' if gpu else
+                      cfg.error('trainer_params.devices', f'{problem}; set {launched} or leave it out'))

@@ -34,7 +34,7 @@ from lightyaml.config.secrets import (
     mask_text,
     mask_url,
 )
-from lightyaml.errors import PROJECT_ROOT, ConfigError
+from lightyaml.errors import PROJECT_ROOT, ConfigError, display_path
 from lightyaml.launch.cli import Plan
 from lightyaml.launch.devices import check_gpu_asked
 from lightyaml.launch.search_space import (
@@ -77,17 +77,23 @@ class PlannedSearch:
 
     def start(self) -> int:
         """Open (or continue) the study, run trials with `--workers` workers until it has n_trials,
-        then write the summary and plots. Exit status 0 if a trial completed."""
+        then write the summary and plots (with --summarize only these). Exit status 0 if a trial completed."""
         args, script = self.plan.args, self.plan.script
         slots = worker_slots(args.gpu, args.workers)
         folder = (Path(args.save_root) / f'{self.base}-search').resolve()
         url = args.storage or f'sqlite:///{folder}/study.db'
-        if args.launcher == 'slurm':
+        if args.summarize and args.storage is None and not (folder / 'study.db').is_file():
+            raise ConfigError(f'--summarize: no study in {display_path(folder)}; run the search first')
+        if args.launcher == 'slurm' and not args.summarize:
             return _write_slurm_script(self.plan, folder, url, len(slots))
         if args.storage is None:
             folder.mkdir(parents=True, exist_ok=True)   # the study's SQLite file lives in it
         study, storage = open_study(self.spec, self.cfg, url, self.base, shared=args.storage is not None)
         folder.mkdir(parents=True, exist_ok=True)   # with --storage: once its database has answered
+        if args.summarize:   # the trials as they are, none started
+            from lightyaml.launch.search_report import write_report  # optuna and matplotlib: only for a summary
+            print(write_report(study, folder, self.spec))
+            return 0 if _completed(study) else 1
         command = [sys.executable, str(PROJECT_ROOT / script), '--config', args.config, '--save-root', str(folder),
                    '--auto-resume', *args.overrides]
         search = Search(study, storage, url, self.spec, folder, command)
@@ -116,34 +122,22 @@ def plan_search(plan: Plan) -> PlannedSearch:
 
 
 def _write_slurm_script(plan: Plan, folder: Path, url: str, tasks: int) -> int:
-    """--launcher slurm: an array of `tasks` workers of this search, sharing its storage."""
-    from lightyaml.launch.slurm import write_array_script  # sbatch and friends: SLURM only
+    """--launcher slurm: an array of `tasks` workers of this search, sharing its storage, and the
+    summary job."""
+    from lightyaml.launch.slurm import LAUNCH_FLAGS, without_flags, write_array_script  # SLURM only
     args = plan.args
     # The script is a file: it names the storage without its password (the tasks' database client
     # takes it from its own setting, e.g. PGPASSWORD, which sbatch passes on from the environment).
-    task = [str(PROJECT_ROOT / plan.script), *_own_flags(plan.argv), '--storage', drop_password(url), '--workers',
-            '1', *(['--gpu', '0'] if args.gpu and args.gpu != 'cpu' else [])]
+    search = [str(PROJECT_ROOT / plan.script), *without_flags(plan.argv, {**LAUNCH_FLAGS, '--storage': 1}),
+              '--storage', drop_password(url)]
+    task = [*search, '--workers', '1', *(['--gpu', '0'] if args.gpu and args.gpu != 'cpu' else [])]
     if drop_password(url) != url:
         print(f'note: slurm.sh names --storage {drop_password(url)} without its password; give it to the tasks '
               f'through the database client\'s own setting (PostgreSQL: PGPASSWORD or ~/.pgpass)')
     if not args.storage and tasks > 1:
         print(f'note: the {tasks} tasks share {url}; SQLite is safe on one machine only: for tasks on '
               f'several nodes give --storage postgresql://...')
-    return write_array_script(folder, [task] * tasks, args)
-
-
-def _own_flags(argv: Sequence[str]) -> list[str]:
-    """The command line less the flags an array task sets itself."""
-    skip = {'--launcher': 1, '--submit': 0, '--sbatch': 1, '--storage': 1, '--workers': 1, '--gpu': 1}
-    kept, i = [], 0
-    while i < len(argv):
-        flag = argv[i].split('=', 1)[0]
-        if flag in skip:
-            i += 1 + (skip[flag] if '=' not in argv[i] else 0)
-            continue
-        kept.append(argv[i])
-        i += 1
-    return kept
+    return write_array_script(folder, [task] * tasks, [*search, '--summarize'], args)
 
 
 def open_study(spec: SearchSpec, cfg: Config, url: str, name: str, shared: bool) -> tuple[Any, Any]:
@@ -235,14 +229,15 @@ def _alive(pid: Optional[int]) -> bool:
 
 
 def _run_workers(search: Search, slots: list[tuple[list[str], dict[str, str]]]) -> int:
-    """One thread per slot asks for trials until the study has enough; SIGINT or SIGTERM stops
-    the trials running (they are failed and retried when the search is run again)."""
+    """One thread per slot asks for trials until the study has enough; SIGINT, SIGTERM or SIGUSR1
+    (slurm.sh's, before a requeue) stops the trials running (they are failed and retried when the
+    search is run again)."""
     from lightyaml.launch.search_report import write_report  # optuna and matplotlib: only at a search's end
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, interrupt) if in_main_thread else None
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGUSR1)} if in_main_thread else {}
     pool = concurrent.futures.ThreadPoolExecutor(len(slots))
     status = 0
     try:
@@ -255,13 +250,16 @@ def _run_workers(search: Search, slots: list[tuple[list[str], dict[str, str]]]) 
         status = 130
     finally:
         pool.shutdown(wait=True)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     print(write_report(search.study, search.folder, search.spec))
+    return 1 if status == 0 and not _completed(search.study) else status
+
+
+def _completed(study: Any) -> bool:
+    """Whether a trial of the study has completed."""
     import optuna  # optional: only for --search
-    if status == 0 and not search.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        status = 1
-    return status
+    return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
 def _worker(search: Search, slot: tuple[list[str], dict[str, str]]) -> None:

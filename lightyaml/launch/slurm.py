@@ -1,26 +1,55 @@
 """`--launcher slurm`: an sbatch array script whose tasks are a search's workers or a sweep's grid
-points, each continuing where it stopped when SLURM requeues it (preemption, time limit).
+points, each continuing where it stopped when SLURM requeues it (preemption, time limit), and the
+job that writes the summary once every task has ended.
 
-SLURM sends USR1 90 s before it stops a task; the script's trap stops the run (its last
-checkpoint stays) and requeues the task, which runs the same command again: a grid point with
---auto-resume, a search worker that fails and retries its interrupted trial from its folder.
-The script is plain bash: without SLURM, `SLURM_ARRAY_TASK_ID=1 bash slurm.sh` runs task 1 here.
-Lightning-free.
+SLURM sends USR1 90 s before it stops a task; the script's trap passes it to the run, which stops
+at its next batch (its last epoch's last.ckpt stays), and requeues the task, which runs the same
+command again: a grid point with --auto-resume, continuing bit-identical to an uninterrupted run;
+a search worker that fails and retries its interrupted trial from its folder. The first task
+submits summary.sh with `--dependency=afterany` on the array: it runs the sweep's or search's
+command with --summarize (summary.md, summary.csv) when the last task ends, however they ended.
+The scripts are plain bash: without SLURM, `SLURM_ARRAY_TASK_ID=1 bash slurm.sh` runs task 1 here
+and `bash summary.sh` writes the summary. Lightning-free.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from lightyaml.errors import PROJECT_ROOT, ConfigError, display_path
+from lightyaml.run.stopping import REQUEUED_BY
 from lightyaml.run.trackers import GROUP_ENV
+
+# The launching command's flags that its tasks and summary job set themselves or need not: left
+# out where they repeat it (each with the number of values it takes).
+LAUNCH_FLAGS = {'--launcher': 1, '--submit': 0, '--sbatch': 1, '--workers': 1, '--gpu': 1}
+
+
+def without_flags(argv: Sequence[str], flags: Mapping[str, int]) -> list[str]:
+    """`argv` less `flags` (each with the number of values it takes; `--flag=value` is one)."""
+    kept, i = [], 0
+    while i < len(argv):
+        flag = argv[i].split('=', 1)[0]
+        if flag in flags:
+            i += 1 + (flags[flag] if '=' not in argv[i] else 0)
+            continue
+        kept.append(argv[i])
+        i += 1
+    return kept
+
+
+def _header(folder: Path, options: Sequence[str], what: str) -> list[str]:
+    return ['#!/bin/bash', *(f'#SBATCH {o}' for o in options),
+            f'# Written {datetime.datetime.now().isoformat(timespec="seconds")} by lightyaml --launcher slurm: {what}',
+            'set -u', f'cd {shlex.quote(str(PROJECT_ROOT))}']
 
 
 def array_script(name: str, folder: Path, commands: Sequence[Sequence[str]], sbatch_options: Sequence[str],
@@ -30,37 +59,57 @@ def array_script(name: str, folder: Path, commands: Sequence[Sequence[str]], sba
                '--open-mode=append', '--requeue', '--signal=B:USR1@90', *(['--gres=gpu:1'] if gpu else []),
                *(f'--{o}' for o in sbatch_options)]
     cases = [f'  {i}) command=({shlex.join([sys.executable, *c])}) ;;' for i, c in enumerate(commands)]
+    summary = shlex.quote(str(folder / 'summary.sh'))
     return '\n'.join([
-        '#!/bin/bash',
-        *(f'#SBATCH {o}' for o in options),
-        f'# Written {datetime.datetime.now().isoformat(timespec="seconds")} by lightyaml --launcher slurm.',
-        f'# Submit: sbatch {folder}/slurm.sh   Run one task here: SLURM_ARRAY_TASK_ID=0 bash {folder}/slurm.sh',
-        'set -u',
-        f'cd {shlex.quote(str(PROJECT_ROOT))}',
+        *_header(folder, options, f'sbatch {folder}/slurm.sh; run one task here: '
+                                  f'SLURM_ARRAY_TASK_ID=0 bash {folder}/slurm.sh'),
         f'export {GROUP_ENV}={shlex.quote(name.rsplit("-", 1)[0])}'
         '   # the runs\' group (W&B) or experiment (MLflow) in trackers',
+        f'export {REQUEUED_BY}=slurm.sh   # on USR1 the run only stops; this script requeues the task',
         'task=${SLURM_ARRAY_TASK_ID:-0}',
         'case "$task" in',
         *cases,
         '  *) echo "lightyaml: no array task $task" >&2; exit 2 ;;',
         'esac',
         '',
-        '# USR1 comes 90 s before SLURM stops the task: stop the run (its last checkpoint stays) and',
-        '# put the task back in the queue; it then runs the same command, which continues the run.',
+        '# The summary, once every task has ended: the first task submits summary.sh, once.',
+        'if [ "$task" = 0 ] && [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then',
+        f'  sbatch --dependency=afterany:"$SLURM_ARRAY_JOB_ID" {summary} ||',
+        '    echo "lightyaml: summary.sh not submitted; run it with bash once every task has ended" >&2',
+        'fi',
+        '',
+        '# USR1 comes 90 s before SLURM stops the task: the run stops at its next batch (the last epoch\'s',
+        '# last.ckpt stays) and the task goes back in the queue; it then runs the same command, which',
+        '# continues the run as if it had not stopped.',
+        'child=',
         'requeue() {',
         '  echo "lightyaml: task $task stopping for a requeue"',
-        '  kill -TERM "$child" 2>/dev/null; wait "$child"',
-        '  if command -v scontrol >/dev/null; then scontrol requeue "${SLURM_ARRAY_JOB_ID}_${task}"; fi',
+        '  if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null; wait "$child"; fi',
+        '  if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then',
+        '    scontrol requeue "${SLURM_ARRAY_JOB_ID}_${task}"',
+        '  else',
+        '    echo "lightyaml: not a SLURM job, nothing to requeue: run task $task again to continue it"',
+        '  fi',
         '  exit 0',
         '}',
         'trap requeue USR1',
         '# TERM (scancel, the end of the time limit): pass it on; the run keeps last.ckpt and exits 143.',
-        'trap \'kill -TERM "$child" 2>/dev/null; wait "$child"; exit $?\' TERM',
+        'stop() { if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null; wait "$child"; exit $?; fi; exit 143; }',
+        'trap stop TERM',
         '"${command[@]}" &   # in the background, so that the trap runs as soon as USR1 arrives',
         'child=$!',
         'wait "$child"',
         '',
     ])
+
+
+def summary_script(name: str, folder: Path, command: Sequence[str], sbatch_options: Sequence[str]) -> str:
+    """The text of the summary job: `command` (the sweep's or search's, with --summarize) with this Python."""
+    options = [f'--job-name={name}-summary', f'--output={folder}/slurm-summary-%j.out',
+               *(f'--{o}' for o in sbatch_options if not re.match(r'(gres|gpus)', o))]
+    return '\n'.join([*_header(folder, options, f'the summary, submitted by the first task of {folder}/slurm.sh '
+                                                 f'to run once every task has ended; here: bash {folder}/summary.sh'),
+                       f'exec {shlex.join([sys.executable, *command])}', ''])
 
 
 def check_script_values(folder: Path, commands: Sequence[Sequence[str]], sbatch_options: Sequence[str]) -> None:
@@ -83,8 +132,10 @@ def check_script_values(folder: Path, commands: Sequence[Sequence[str]], sbatch_
 _CHARACTER_NAMES = {'\n': 'a newline', '\r': 'a carriage return', '\0': 'a NUL character'}
 
 
-def write_array_script(folder: Path, commands: Sequence[Sequence[str]], args: argparse.Namespace) -> int:
-    """Write <folder>/slurm.sh and, with --submit, submit it with sbatch."""
+def write_array_script(folder: Path, commands: Sequence[Sequence[str]], summary: Sequence[str],
+                       args: argparse.Namespace) -> int:
+    """Write <folder>/slurm.sh (task i runs `commands[i]`) and <folder>/summary.sh (runs `summary`)
+    and, with --submit, submit slurm.sh with sbatch."""
     if args.submit and shutil.which('sbatch') is None:
         raise ConfigError('--submit: sbatch is not on this machine; leave out --submit to only write the script')
     for option in args.sbatch:
@@ -92,12 +143,15 @@ def write_array_script(folder: Path, commands: Sequence[Sequence[str]], args: ar
             raise ConfigError(f'--sbatch {option!r}: expected OPTION=VALUE without dashes, e.g. time=4:00:00')
     gpu = bool(args.gpu) and args.gpu != 'cpu'
     commands = [[*c, '--gpu', '0'] if gpu and '--gpu' not in c else list(c) for c in commands]
-    check_script_values(folder, commands, args.sbatch)
+    check_script_values(folder, [*commands, summary], args.sbatch)
     folder.mkdir(parents=True, exist_ok=True)
+    for file, text in (('slurm.sh', array_script(folder.name, folder.resolve(), commands, args.sbatch, gpu)),
+                       ('summary.sh', summary_script(folder.name, folder.resolve(), summary, args.sbatch))):
+        (folder / file).write_text(text)
+        (folder / file).chmod(0o755)
     script = folder / 'slurm.sh'
-    script.write_text(array_script(folder.name, folder.resolve(), commands, args.sbatch, gpu))
-    script.chmod(0o755)
-    print(f'wrote {display_path(script)}: {len(commands)} array tasks')
+    print(f'wrote {display_path(script)}: {len(commands)} array tasks; the first submits summary.sh, which writes '
+          f'the summary once every task has ended')
     if not args.submit:
         print(f'submit it with: sbatch {display_path(script)}')
         return 0

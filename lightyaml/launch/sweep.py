@@ -137,15 +137,22 @@ class Sweep:
     def start(self) -> int:
         """Run the experiments, `--workers` (or one per --gpu device) at a time. Finished ones
         (result.yaml) are skipped and interrupted ones resumed, so running the same command again
-        continues a sweep. Then summary.csv and summary.md; status 1 if a run failed."""
+        continues a sweep. Then summary.csv and summary.md; status 1 if a run failed. With
+        --summarize only the summary of the runs as they are."""
         args, save_root = self.plan.args, Path(self.plan.args.save_root)
         commands = [[sys.executable, str(PROJECT_ROOT / self.plan.script), '--config', args.config, '--name', name,
                      '--save-root', args.save_root, '--auto-resume', *args.overrides, *combo]
                     for name, combo in zip(self.names, self.grid)]
         sweep_dir = save_root / f'{self.base}-sweep'
+        short = short_keys([c.partition('=')[0] for c in self.grid[0]])
+        if args.summarize:   # the runs as they are, none started
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            print(summarize_sweep(save_root, self.names, self.grid, short, self.configs[0], sweep_dir))
+            return 0
         if args.launcher == 'slurm':
-            from lightyaml.launch.slurm import write_array_script  # shutil.which('sbatch') and friends: SLURM only
-            return write_array_script(sweep_dir, [c[1:] for c in commands], args)
+            from lightyaml.launch.slurm import LAUNCH_FLAGS, without_flags, write_array_script  # SLURM only
+            summary = [str(PROJECT_ROOT / self.plan.script), *without_flags(self.plan.argv, LAUNCH_FLAGS)]
+            return write_array_script(sweep_dir, [c[1:] for c in commands], [*summary, '--summarize'], args)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(sweep_dir / 'sweep.yaml', dump_yaml({'command': ' '.join(mask_command(self.plan.command)),
                                                            'experiments': self.names}))
@@ -166,7 +173,6 @@ class Sweep:
                 free.append((gpu_flag, env))
         with concurrent.futures.ThreadPoolExecutor(len(free)) as pool:
             codes = list(pool.map(one, self.names, commands))
-        short = short_keys([c.partition('=')[0] for c in self.grid[0]])
         print(summarize_sweep(save_root, self.names, self.grid, short, self.configs[0], sweep_dir))
         return 0 if not any(codes) else 1
 
