@@ -147,6 +147,26 @@ def test_a_folder_is_replaced_whole_even_when_killed_between_the_two_renames(tmp
     assert (tmp_path / 'was.ckpt' / 'meta.pt').read_text() == 'epoch 4'
 
 
+def test_lightyamls_fsdp_strategy_writes_a_sharded_checkpoint_through_a_tmp_folder(tmp_path: Path) -> None:
+    # One process, no process group: torch.distributed.checkpoint writes a single shard.
+    from lightyaml.run.checkpoint_files import read_checkpoint
+    from lightyaml.train.fsdp import AtomicFSDPStrategy
+    strategy = AtomicFSDPStrategy(state_dict_type='sharded')
+    last = tmp_path / 'last.ckpt'
+    for epoch in (1, 2):
+        state = {'state_dict': {'model.w': torch.full((3,), float(epoch))}, 'optimizer_states': [{'state': {},
+                 'param_groups': [{'lr': 0.1, 'params': ['model.w']}]}], 'epoch': epoch,
+                 'hyper_parameters': {'net': torch.nn.Linear(2, 2)}}   # an object: saved as its class name
+        with warnings.catch_warnings():   # "assuming the intent is to save in a single process": it is
+            warnings.simplefilter('ignore', UserWarning)
+            strategy.save_checkpoint(state, last)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ['last.ckpt']   # no .tmp, no .old left
+    read = read_checkpoint(last, 'test')
+    assert read['epoch'] == 2 and torch.equal(read['state_dict']['model.w'], torch.full((3,), 2.0))
+    assert read['hyper_parameters'] == {'net': '<torch.nn.modules.linear.Linear>'}
+    assert read['optimizer_states'] == ['optimizer_0']
+
+
 def test_the_average_of_shard_views_is_the_average_of_the_state_dict() -> None:
     # The EMA under FSDP reads the tensors afresh each time (FSDP re-points its views); on plain tensors
     # it must give the same bits as the default.

@@ -35,7 +35,7 @@ from torch import nn
 from lightyaml.config.checking import build, check_kwargs
 from lightyaml.config.loading import Config
 from lightyaml.errors import ConfigError, did_you_mean
-from lightyaml.run.checkpoint_files import replace_folder
+from lightyaml.run.checkpoint_files import loadable_hyperparameters, replace_folder
 from lightyaml.train.sharding import module_classes
 
 KEY = 'trainer_params.strategy'
@@ -145,7 +145,8 @@ def make_strategy(cfg: Config, params: dict, module: nn.Module) -> dict:
 class AtomicFSDPStrategy(FSDPStrategy):
     """Lightning's FSDPStrategy whose sharded checkpoints (folders) are written whole or not at all:
     into `<name>.tmp` by every process, then moved over `<name>` by rank 0 (lightyaml/run/checkpoint_files.py's
-    `replace_folder`). Full checkpoints go through the Trainer's CheckpointIO (AtomicCheckpointIO)."""
+    `replace_folder`), its hyperparameters made loadable as AtomicCheckpointIO makes a file's. Full
+    checkpoints go through the Trainer's CheckpointIO (AtomicCheckpointIO)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Optional[Any] = None) -> None:
         if self._state_dict_type != 'sharded':
@@ -153,6 +154,9 @@ class AtomicFSDPStrategy(FSDPStrategy):
             return
         path = Path(self.broadcast(str(filepath)))
         tmp = path.with_name(path.name + '.tmp')
+        for key in ('hyper_parameters', 'datamodule_hyper_parameters'):   # meta.pt: read with weights_only
+            if key in checkpoint:
+                checkpoint[key] = loadable_hyperparameters(checkpoint[key])
         if self.is_global_zero:
             shutil.rmtree(tmp, ignore_errors=True)   # what a killed save left
         self.barrier()
