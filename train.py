@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
 import time
 import uuid
@@ -280,10 +281,18 @@ def launch_processes(nproc: int, argv: Sequence[str]) -> None:
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend='c10d', rdzv_endpoint='localhost:0', max_restarts=0, monitor_interval=0.5)
     from torch.distributed.elastic.multiprocessing.api import SignalException  # with the launcher above
+
+    def pass_on(signum: int, frame: Any) -> None:   # as the launcher does with SIGTERM: to every process
+        raise SignalException(f'got {signal.Signals(signum).name}', sigval=signal.Signals(signum))
+    # In a SLURM job, SIGUSR1 (the warning before a requeue) reaches the processes too.
+    previous = signal.signal(signal.SIGUSR1, pass_on) if in_slurm_job() else None
     try:
         elastic_launch(config, sys.executable)(os.path.abspath(__file__), *argv)
     except SignalException as e:   # it passed the signal on; rank 0 kept last.ckpt and wrote the line
         raise StoppedBySignal(128 + int(e.sigval)) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGUSR1, previous)
 
 
 @dataclass

@@ -85,6 +85,30 @@ def test_no_srun_hint_outside_a_slurm_job(tmp_path: Path) -> None:
         assert (done.stdout + done.stderr).count('The `srun` command is available on your system') == hints
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('entry,strategy', [('train.py', []), ('train_pl.py', ['trainer_params.strategy=ddp'])])
+def test_usr1_to_a_ddp_run_started_here_stops_every_process(tmp_path: Path, entry: str, strategy: list[str]) -> None:
+    """A task of slurm.sh training on two devices: USR1 reaches the process that started the others
+    (train.py's launcher passes it on, Lightning's rank 0 is that process), all stop at one batch and
+    the last epoch's last.ckpt stays for the requeue."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith('SLURM_')}, 'LIGHTYAML_REQUEUED_BY': 'slurm.sh'}
+    run = subprocess.Popen([sys.executable, entry, '--config', DIGITS, '--save-root', str(tmp_path), '--name', 'd',
+                            'trainer_params.max_epochs=200', 'trainer_params.accelerator=cpu',
+                            'trainer_params.devices=2', *strategy, *ONE_THREAD], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log, deadline = tmp_path / 'd' / 'log.txt', time.monotonic() + 180
+    while not (log.is_file() and '\nepoch 2/' in log.read_text()):
+        assert time.monotonic() < deadline and run.poll() is None, run.communicate()
+        time.sleep(0.05)
+    run.send_signal(signal.SIGUSR1)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 128 + signal.SIGUSR1 and 'Traceback' not in err, err[-3000:]
+    stopped = [line for line in log.read_text().splitlines() if line.startswith('stopped by')]
+    assert len(stopped) == 1 and ' kept, epoch ' in stopped[0] and 'slurm.sh requeues nothing' in stopped[0], stopped
+    epoch = int(stopped[0].split('at epoch ')[1].split(',')[0])
+    assert torch.load(log.parent / 'ckpt' / 'last.ckpt', weights_only=True)['epoch'] == epoch - 2
+
+
 @pytest.mark.skipif(importlib.util.find_spec('optuna') is None, reason='optuna is not installed')
 def test_summarize_writes_a_searchs_summary_and_runs_nothing(save_root: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture) -> None:
