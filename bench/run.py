@@ -2,7 +2,7 @@
 
     python bench/run.py                 # the full size: a few minutes on 2 CPU cores
     python bench/run.py --rounds 7      # more alternations, steadier medians
-    python bench/run.py --tiny          # seconds: checks that every run works (the smoke test)
+    python bench/run.py --tiny          # checks that every run works (the smoke test; no target judged)
     python bench/run.py --threads 1     # torch threads per run (default: torch's own choice)
     python bench/run.py --workload conv # one workload only
     python bench/run.py --workload images   # the image-folder loaders only

@@ -17,8 +17,9 @@ as a user pastes it, in a fresh copy of the project, and must exit as its page s
 
 Each block is a test of its own, named by its page and the line of its opening fence
 (`README.md:7`); run alone (`-k`), a block first runs the blocks before it on its page. All pages
-take about 4 minutes on 2 idle CPU cores (most of it sweeps_and_search.md's grid and search, and
-the start-up of some 60 runs), which is why the test is marked slow.
+took 5m35s on 2 CPU cores lightly busy with other work, 14 minutes at load average 5 (2026-12-07):
+about 60 runs' start-up, and docs/sweeps-and-search.md's grid and search (8 runs and 8 trials),
+hence the slow mark.
 """
 from __future__ import annotations
 

@@ -284,12 +284,13 @@ def test_sweep_names_use_the_shortest_unambiguous_key_and_seeds_alone_make_a_tab
     import lightyaml.launch.sweep
     values = iter([0.5, 0.7, 0.9, 0.4, 0.6, 0.8])
 
-    def fake_run(command: list[str], env: dict) -> subprocess.CompletedProcess:
+    def fake_run(command: list[str], env: dict, label: str | None) -> int:
+        assert label is None   # one run at a time: its lines go to the console as they are
         exp = Path(command[command.index('--save-root') + 1]) / command[command.index('--name') + 1]
         exp.mkdir(parents=True)
         (exp / 'result.yaml').write_text(f'final: {{}}\nbest: {{monitor: val/acc, value: {next(values)}}}\n')
-        return subprocess.CompletedProcess(command, 0)
-    monkeypatch.setattr(lightyaml.launch.sweep.subprocess, 'run', fake_run)
+        return 0
+    monkeypatch.setattr(lightyaml.launch.sweep, 'run_process', fake_run)
     assert run_py(tmp_path, '--config', DIGITS, '--name', 's', '--seeds', '0,1,2') == 0
     assert (tmp_path / 's-sweep' / 'summary.md').read_text() == (
         '| val/acc (mean ± std) | runs |\n| --- | --- |\n| 0.7000 ± 0.2000 | 3/3 |\n')
