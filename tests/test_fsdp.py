@@ -4,6 +4,7 @@ reading by --test, the EMA of shards."""
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -34,7 +35,9 @@ def test_gpu_cpu_on_an_fsdp_config_is_the_same_line(save_root: Path, capsys: pyt
     assert not save_root.exists()
 
 
-def test_a_strategy_spec_is_checked_against_its_class(save_root: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_strategy_spec_is_checked_against_its_class(save_root: Path, capsys: pytest.CaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)   # as on a GPU machine: past check_gpu_asked
     override = ('trainer_params.strategy={name: FSDPStrategy, args: {use_orig_params: false, state_dict_typ: full, '
                 'limit_all_gathers: true, auto_wrap_policy: Linear}}')
     assert run_pl(save_root, '--config', DIGITS, 'trainer_params.accelerator=gpu', override) == 2
@@ -51,8 +54,18 @@ def test_a_strategy_spec_is_checked_against_its_class(save_root: Path, capsys: p
 
 
 def test_a_spec_of_another_strategy_trains(save_root: Path) -> None:
-    assert run_pl(save_root, '--config', DIGITS, 'trainer_params.max_epochs=1', 'trainer_params.limit_train_batches=2',
-                  'trainer_params.strategy={name: ddp, args: {find_unused_parameters: true}}') == 0
+    environ = dict(os.environ)
+    try:
+        assert run_pl(save_root, '--config', DIGITS, 'trainer_params.max_epochs=1',
+                      'trainer_params.limit_train_batches=2',
+                      'trainer_params.strategy={name: ddp, args: {find_unused_parameters: true}}') == 0
+    finally:
+        # In-process DDP leaves its process group and MASTER_PORT & co. in this process: a later test's
+        # DDP subprocess would inherit the port the group still holds, and hang.
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def test_fsdp_specs_build_lightyamls_atomic_strategy_with_the_classes_named() -> None:
