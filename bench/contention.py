@@ -50,8 +50,9 @@ def measure(rounds: int, specs: dict, run: Callable[[str, str, dict, str, Option
                 with ThreadPoolExecutor(max_workers=2) as pool:
                     pair = list(pool.map(lambda i: run(variant, name, spec, f'{tag}-copy{i}', None), (0, 1)))  # noqa: B023 (used at once)
                 side = [overlapping_median(pair[i]['wall_steps'], pair[1 - i]['wall_steps']) for i in (0, 1)]
-                record = {'alone': alone['median'], 'one_thread': one_thread['median'], 'pair': [m for m, _ in side],
-                          'overlap': min(n for _, n in side)}
+                overlap = min(n for _, n in side)   # both copies, or neither: one copy's figure compares nothing
+                record = {'alone': alone['median'], 'one_thread': one_thread['median'],
+                          'pair': [m if overlap else float('nan') for m, _ in side], 'overlap': overlap}
                 results.setdefault((name, variant), []).append(record)
                 log(f"round {r + 1}/{rounds} two at once {name:4} {variant:11} alone {alone['median'] * 1e3:.2f} "
                     f"ms/step (1 thread {one_thread['median'] * 1e3:.2f}), beside another "

@@ -162,14 +162,16 @@ SORT_KEYS = ('name', 'state', 'epochs', 'time', 'started')
 def sort_runs(runs: list[RunState], key: Optional[str], reverse: bool) -> list[RunState]:
     """Newest first by default; by name, state, epochs, time or started; or by a metric, best first:
     its best value in runs that monitor it, else its last value; highest first unless the runs
-    that monitor it do so with mode min, or (monitored by none) its name says loss or error."""
+    that monitor it do so with mode min, or (monitored by none) its name says loss or error.
+    Ties stay newest first; --reverse turns the whole order round (runs without the metric stay last)."""
+    newest = sorted(runs, key=lambda r: r.started or '', reverse=True)
     key = key or 'started'
     if key in SORT_KEYS:
         value = {'name': lambda r: r.name, 'state': lambda r: STATES.index(r.state),
-                 'epochs': lambda r: r.epochs, 'time': lambda r: r.elapsed or 0.0,
-                 'started': lambda r: r.started or ''}[key]
-        descending = key in ('started', 'epochs', 'time')
-        return sorted(runs, key=value, reverse=descending != reverse)
+                 'epochs': lambda r: -r.epochs, 'time': lambda r: -(r.elapsed or 0.0),
+                 'started': lambda r: 0}[key]
+        ordered = sorted(newest, key=value)
+        return ordered[::-1] if reverse else ordered
     values = {id(run): metric_value(run, key) for run in runs}
     if runs and all(v is None for v in values.values()):
         known = sorted({m for run in runs for m in [run.monitor, *final_metrics(run)] if m})
@@ -177,9 +179,9 @@ def sort_runs(runs: list[RunState], key: Optional[str], reverse: bool) -> list[R
                           f"sort by {', '.join(SORT_KEYS)} or a metric: {', '.join(known) or 'none logged'}")
     modes = [checkpoint_mode(run) for run in runs if run.monitor == key]
     lowest_first = modes.count('min') > modes.count('max') if modes else any(w in key for w in ('loss', 'err'))
-    with_value = sorted((r for r in runs if values[id(r)] is not None), key=lambda r: values[id(r)],
-                        reverse=lowest_first == reverse)
-    return with_value + [r for r in runs if values[id(r)] is None]   # runs without the metric last
+    sign = 1 if lowest_first else -1
+    with_value = sorted((r for r in newest if values[id(r)] is not None), key=lambda r: sign * values[id(r)])
+    return (with_value[::-1] if reverse else with_value) + [r for r in newest if values[id(r)] is None]
 
 
 def metric_value(run: RunState, metric: str) -> Optional[float]:
