@@ -237,11 +237,13 @@ def test_wandb_is_offline_without_a_key_and_writes_inside_the_folder(script: str
         assert wandb_offline_run(second)[2] == pytest.approx(val_acc(exp)[2:])
 
 
-def test_lightnings_loggers_by_name_alone_write_below_the_folder_and_a_resume_continues_them(save_root: Path) -> None:
+def test_lightnings_loggers_by_name_alone_write_below_the_folder_and_a_resume_continues_them(
+        save_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """TensorBoardLogger and CSVLogger need `save_dir`, which lightyaml gives: the experiment folder,
     so they write save/<name>/lightning_logs/version_N/ (issue 28). --resume appends to TensorBoard's
     version; CSVLogger would delete the metrics.csv of a version it reopens, so it gets a new one."""
     loggers = 'loggers=[{name: TensorBoardLogger}, {name: CSVLogger}]'
+    one_second(monkeypatch)   # the resume's writer starts in the same second as the first one's
     assert run_pl(save_root, '--config', DIGITS, '--name', 'lg', EPOCHS2, loggers) == 0
     exp = save_root / 'lg'
     runs = parse_yaml((exp / 'trackers.yaml').read_text(), 'trackers.yaml')
@@ -384,6 +386,29 @@ def summaries(exp: Path) -> dict[str, list[tuple[int, str]]]:
         for value in event.summary.value:
             found.setdefault(value.tag, []).append((event.step, value.WhichOneof('value')))
     return found
+
+
+def one_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tensorboardX's clock stopped: every SummaryWriter starts in the same second (its file name's)."""
+    from types import SimpleNamespace
+
+    from tensorboardX import event_file_writer
+    monkeypatch.setattr(event_file_writer, 'time', SimpleNamespace(time=lambda: 1796680693.5, sleep=time.sleep))
+
+
+@pytest.mark.parametrize('script', ['train.py', 'train_pl.py'])
+def test_a_resume_in_the_same_second_keeps_the_events_of_the_first_session(
+        script: str, save_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tensorboardX names an event file by the second and the host and opens it with 'wb': without a
+    suffix of its own, a writer started in the same second wiped the first session's tb/ events."""
+    one_second(monkeypatch)
+    run = RUNNERS[script]
+    assert run(save_root, '--config', DIGITS, '--name', 'quick', EPOCHS2, *QUIET) == 0
+    assert run(save_root, '--resume', str(save_root / 'quick'), 'trainer_params.max_epochs=3', *QUIET) == 0
+    assert len(list((save_root / 'quick' / 'tb').glob('events.out.tfevents.1796680693.*'))) == 2
+    values = [value.simple_value for event in tensorboard_events(save_root / 'quick') for value in event.summary.value
+              if value.tag == 'val/acc']
+    assert sorted(values) == pytest.approx(sorted(val_acc(save_root / 'quick')), abs=1e-6)
 
 
 def test_a_lightning_module_writes_images_histograms_and_figures_to_tb(save_root: Path,

@@ -159,6 +159,34 @@ def test_the_lines_of_runs_going_at_once_carry_their_names(script: str, tmp_path
     assert [line for line in done.stdout.splitlines() if line.startswith('sweep: ')] == [f'sweep: {n}' for n in names]
 
 
+def test_lines_said_by_threads_at_once_stay_whole() -> None:
+    """A sweep's or search's workers are threads: print() writes a line and its newline apart, and two
+    workers printed `sweep: w-lr=1e-3sweep: w-lr=3e-3`. say() writes a whole line at a time."""
+    import threading
+
+    from lightyaml.launch.console import say
+
+    class Slow:   # a console slow enough that threads take turns inside a write
+        def __init__(self) -> None:
+            self.text = ''
+
+        def write(self, text: str) -> None:
+            for char in text:
+                time.sleep(0.0001)
+                self.text += char
+
+        def flush(self) -> None:
+            pass
+    console = Slow()
+    threads = [threading.Thread(target=lambda n=n: [say(f'sweep: run-{n} {i}', console) for i in range(20)])
+               for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(console.text.splitlines()) == sorted(f'sweep: run-{n} {i}' for n in range(3) for i in range(20))
+
+
 def test_a_sweep_with_gpus_runs_one_experiment_per_gpu_at_a_time(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import threading

@@ -131,6 +131,18 @@ def survive_closed_consoles() -> None:
             setattr(sys, name, ReaderGone(stream))
 
 
+_WRITING = threading.Lock()
+
+
+def say(line: str, target: Optional[IO[str]] = None) -> None:
+    """Write one whole line (to stdout by default) in one write: print() writes the text and the
+    newline apart, so two threads of a sweep or search could print `sweep: asweep: b` and two newlines."""
+    target = target or sys.stdout
+    with _WRITING:
+        target.write(line + '\n')
+        target.flush()
+
+
 def run_process(command: Sequence[str], env: Mapping[str, str], label: Optional[str] = None) -> int:
     """Run `command` (a sweep's run) and return its exit status. With a `label`, each line it prints
     comes out prefixed `[label] ` (stdout to stdout, stderr to stderr), so that the lines of runs
@@ -143,8 +155,7 @@ def run_process(command: Sequence[str], env: Mapping[str, str], label: Optional[
 
     def relay(source: IO[str], target: IO[str]) -> None:
         for line in source:
-            target.write(f'[{label}] {line}')
-            target.flush()
+            say(f'[{label}] ' + line.rstrip('\n'), target)
     relays = [threading.Thread(target=relay, args=pair, daemon=True)
               for pair in ((process.stdout, sys.stdout), (process.stderr, sys.stderr))]
     for thread in relays:

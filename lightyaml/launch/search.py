@@ -36,6 +36,7 @@ from lightyaml.config.secrets import (
 )
 from lightyaml.errors import PROJECT_ROOT, ConfigError, display_path
 from lightyaml.launch.cli import Plan
+from lightyaml.launch.console import say
 from lightyaml.launch.devices import check_gpu_asked
 from lightyaml.launch.search_space import (
     HEARTBEAT_SECONDS,
@@ -293,7 +294,7 @@ def _run_trial(search: Search, trial: Any, slot: tuple[list[str], dict[str, str]
     log = search.folder / 'logs' / f'{name}.log'
     log.parent.mkdir(exist_ok=True)
     gpu_flag, env = slot
-    print(f'search: trial {trial.number} ({name}): {" ".join(values)}', flush=True)
+    say(f'search: trial {trial.number} ({name}): {" ".join(values)}')
     # The trial reports to its study; the study's name is the runs' group in trackers (W&B, MLflow).
     env = {**os.environ, **env, GROUP_ENV: search.study.study_name,
            **trial_environment(search.storage_url, search.study.study_name, trial._trial_id, trial.number,
@@ -331,7 +332,7 @@ def _run_trial(search: Search, trial: Any, slot: tuple[list[str], dict[str, str]
         outcome, note = state.FAIL, f'failed (exit status {code}): {lines[-1][:200]}'
     trial.set_user_attr('note', note)
     search.study.tell(trial, value if outcome == state.COMPLETE else None, state=outcome)
-    print(f'search: trial {trial.number} {outcome.name}: {note}', flush=True)
+    say(f'search: trial {trial.number} {outcome.name}: {note}')
     if exp.is_dir():
         atomic_write(exp / 'trial.yaml', dump_yaml({
             'study': search.study.study_name, 'storage': mask_url(search.storage_url),

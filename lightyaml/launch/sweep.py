@@ -24,7 +24,7 @@ from lightyaml.config.loading import Config, config_differences, dump_yaml, load
 from lightyaml.config.secrets import check_no_masked_secrets, mask_command, mask_secrets
 from lightyaml.errors import PROJECT_ROOT, ConfigError, display_path
 from lightyaml.launch.cli import Plan
-from lightyaml.launch.console import run_process
+from lightyaml.launch.console import run_process, say
 from lightyaml.launch.devices import check_gpu_asked, parse_gpu_flag
 from lightyaml.process import machine_cores
 from lightyaml.run.experiment_dir import atomic_write, check_experiment_name
@@ -164,7 +164,7 @@ class Sweep:
                 return 0
             gpu_flag, env = free.pop()
             try:
-                print(f'sweep: {name}', flush=True)
+                say(f'sweep: {name}')
                 # The sweep's name becomes each run's group (W&B) or experiment (MLflow) in the trackers;
                 # runs going at once prefix their lines with their name.
                 return run_process([*command, *gpu_flag], {**os.environ, **env, GROUP_ENV: self.base},

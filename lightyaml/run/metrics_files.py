@@ -4,6 +4,7 @@ callbacks/base_logger.py."""
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import re
 from collections.abc import Mapping
@@ -22,6 +23,16 @@ def format_duration(seconds: float) -> str:
 
 
 # `train/loss`, `train_loss`, `valid/acc`, `val_acc_epoch`: a stage prefix, then the metric's name.
+_WRITERS = itertools.count()
+
+
+def event_file_suffix() -> str:
+    """A SummaryWriter's `filename_suffix` that no other writer has: tensorboardX names its file by
+    the second and the host only and opens it with 'wb', so a writer started in the same second
+    into the same folder (a quick --resume) would wipe the events of the first."""
+    return f'.{os.getpid()}.{next(_WRITERS)}'
+
+
 _STAGED_KEY = re.compile(r'^(train|training|val|valid|validation|test)[/_](.+)$')
 _STAGE_NAMES = {'training': 'train', 'valid': 'val', 'validation': 'val'}
 
@@ -114,7 +125,7 @@ class MetricsWriter:
         """The tensorboardX SummaryWriter of tb/ (made on first use): add_image, add_figure, ..."""
         if self._tb is None:
             from tensorboardX import SummaryWriter  # tensorboardX: only once the folder is written
-            self._tb = SummaryWriter(str(self.tb_dir))
+            self._tb = SummaryWriter(str(self.tb_dir), filename_suffix=event_file_suffix())
         return self._tb
 
     def flush(self) -> None:

@@ -21,6 +21,7 @@ from lightyaml.config.loading import Config, dump_yaml, parse_yaml
 from lightyaml.config.secrets import mask_secrets, mask_text, mask_url
 from lightyaml.errors import ConfigError, display_path
 from lightyaml.run.experiment_dir import ExperimentDir, atomic_write
+from lightyaml.run.metrics_files import event_file_suffix
 
 # Set by a sweep (lightyaml/launch/sweep.py) for each of its runs: the trackers' group / experiment name.
 GROUP_ENV = 'LIGHTYAML_GROUP'
@@ -191,6 +192,8 @@ class TrackedRun:
             previous = {}
         accepted = init_parameters(self._cls)
         args = tracker_args(self.name, self._args, accepted, self.exp, previous)
+        if any(c.__name__ == 'TensorBoardLogger' for c in self._cls.__mro__):
+            args.setdefault('filename_suffix', event_file_suffix())   # passed on to its SummaryWriter
         logger = self._cls(**args)
         if not previous:   # a continued run has the config already (MLflow refuses changed params)
             logger.log_hyperparams(mask_secrets(self._config))   # the tracker stores it: no secrets
