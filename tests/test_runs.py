@@ -185,6 +185,21 @@ def test_sort_filter_and_name_patterns(farm: Farm) -> None:
         0, f'no experiments in {farm.save} (for --runs nothing-like-it)\n')
 
 
+def test_ties_stay_newest_first_and_reverse_turns_the_whole_order_round(tmp_path: Path) -> None:
+    from lightyaml.launch.runs import sort_runs
+    from lightyaml.run.run_state import RunState
+
+    def run(name: str, best: float, started: str, epochs: int) -> RunState:
+        return RunState(tmp_path / name, 'finished', monitor='val/acc', mode='max', best=best, started=started,
+                        epochs=epochs)
+    runs = [run('old', 0.9, '2026-12-01T10:00:00', 3), run('new', 0.9, '2026-12-03T10:00:00', 3),
+            run('mid', 0.95, '2026-12-02T10:00:00', 3), run('low', 0.5, '2026-12-04T10:00:00', 1)]
+    for key, order in (('val/acc', ['mid', 'new', 'old', 'low']), ('epochs', ['new', 'mid', 'old', 'low']),
+                       (None, ['low', 'new', 'mid', 'old'])):
+        assert [r.name for r in sort_runs(runs, key, False)] == order, key
+        assert [r.name for r in sort_runs(runs, key, True)] == order[::-1], key
+
+
 @pytest.mark.parametrize('script', ['train.py', 'train_pl.py'])
 def test_the_answers_import_neither_torch_nor_lightning(farm: Farm, script: str, tmp_path: Path) -> None:
     code = ('import runpy, sys\nsys.argv = [{script!r}, *{argv!r}]\ntry:\n    runpy.run_path({script!r}, '

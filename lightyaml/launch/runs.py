@@ -167,10 +167,9 @@ def sort_runs(runs: list[RunState], key: Optional[str], reverse: bool) -> list[R
     newest = sorted(runs, key=lambda r: r.started or '', reverse=True)
     key = key or 'started'
     if key in SORT_KEYS:
-        value = {'name': lambda r: r.name, 'state': lambda r: STATES.index(r.state),
-                 'epochs': lambda r: -r.epochs, 'time': lambda r: -(r.elapsed or 0.0),
-                 'started': lambda r: 0}[key]
-        ordered = sorted(newest, key=value)
+        by = {'name': lambda r: r.name, 'state': lambda r: STATES.index(r.state),
+              'epochs': lambda r: -r.epochs, 'time': lambda r: -(r.elapsed or 0.0)}
+        ordered = sorted(newest, key=by[key]) if key in by else newest
         return ordered[::-1] if reverse else ordered
     values = {id(run): metric_value(run, key) for run in runs}
     if runs and all(v is None for v in values.values()):

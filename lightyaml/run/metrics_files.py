@@ -22,7 +22,6 @@ def format_duration(seconds: float) -> str:
     return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
 
 
-# `train/loss`, `train_loss`, `valid/acc`, `val_acc_epoch`: a stage prefix, then the metric's name.
 _WRITERS = itertools.count()
 
 
@@ -33,6 +32,7 @@ def event_file_suffix() -> str:
     return f'.{os.getpid()}.{next(_WRITERS)}'
 
 
+# `train/loss`, `train_loss`, `valid/acc`, `val_acc_epoch`: a stage prefix, then the metric's name.
 _STAGED_KEY = re.compile(r'^(train|training|val|valid|validation|test)[/_](.+)$')
 _STAGE_NAMES = {'training': 'train', 'valid': 'val', 'validation': 'val'}
 
