@@ -74,7 +74,7 @@ from lightyaml.launch.devices import check_launched_processes, parse_gpu_flag, s
 from lightyaml.launch.resolve import Evaluation, Run, resolve_evaluation, resolve_run
 from lightyaml.launch.search import plan_search
 from lightyaml.launch.sweep import plan_sweep
-from lightyaml.process import keep_freed_memory, resume_gc
+from lightyaml.process import join_process_group, keep_freed_memory, leave_process_group, resume_gc
 from lightyaml.registry import DATA_MODULES, TRACKERS
 from lightyaml.run.checkpoint_files import (
     Optimizers,
@@ -315,7 +315,7 @@ def setup_process(device_type: str) -> Process:
     if device.type == 'cuda':
         torch.cuda.set_device(device)
     if world_size > 1:
-        torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+        join_process_group('nccl' if device.type == 'cuda' else 'gloo')
         return Process(device, torch.distributed.get_rank(), world_size)
     return Process(device)
 
@@ -417,22 +417,27 @@ def train(run: Run) -> dict[str, float]:
         decide_threads(run.cfg, int(os.environ.get('LOCAL_WORLD_SIZE', '1')))   # once, recorded in config.yaml
         status = 'failed'
         try:
-            with stopped_run(run.exp, run.cfg):   # an error once under way: one line, the checkpoint to resume from
-                training = set_up(run, params, process)
-                if run.dry_run:
-                    if process.master:
-                        print(training.first_steps.report() if training.first_steps else
-                              'dry run: built everything and sharded the model; the first steps are not run on a '
-                              'sharded model (they would need all of it on one device); nothing was created')
-                    return {}
-                with training.stop.installed():   # SIGTERM, SIGINT, SIGHUP: stop at the next batch
-                    metrics = loop(start(training, trackers))
+            metrics = fit(run, params, process, trackers)
             status = 'success'
             return metrics
         finally:
             trackers.finish(status)
-            if torch.distributed.is_initialized():   # several processes, or the sharded path's group of one
-                torch.distributed.destroy_process_group()
+            leave_process_group()   # several processes, or the sharded path's group of one; fit's objects are gone
+
+
+def fit(run: Run, params: TrainerParams, process: Process, trackers: TrackedRuns) -> dict[str, float]:
+    """Build and train in this process (or, with --dry-run, check the first steps); returns the last
+    epoch's metrics. What it built is gone when it returns, the process group's holders included."""
+    with stopped_run(run.exp, run.cfg):   # an error once under way: one line, the checkpoint to resume from
+        training = set_up(run, params, process)
+        if run.dry_run:
+            if process.master:
+                print(training.first_steps.report() if training.first_steps else
+                      'dry run: built everything and sharded the model; the first steps are not run on a '
+                      'sharded model (they would need all of it on one device); nothing was created')
+            return {}
+        with training.stop.installed():   # SIGTERM, SIGINT, SIGHUP: stop at the next batch
+            return loop(start(training, trackers))
 
 
 @dataclass

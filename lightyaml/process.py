@@ -1,5 +1,6 @@
 """The process a run lives in: thread defaults, garbage collection around start-up and exit,
-glibc's memory policy, the global rank as launchers set it, and srun's tasks as torchrun's.
+glibc's memory policy, the global rank as launchers set it, srun's tasks as torchrun's, and the
+process group joined and left so that it ends before Python's own exit.
 
 Lowest layer, torch-free: the entry points call `set_thread_defaults` before anything imports torch,
 and `set_cache_defaults` before anything imports matplotlib.
@@ -11,9 +12,10 @@ import gc
 import os
 import re
 import stat
+import sys
 import tempfile
 from collections.abc import MutableMapping
-from typing import Optional
+from typing import Any, Optional
 
 
 def machine_cores() -> int:
@@ -94,8 +96,31 @@ def skip_collections_at_exit() -> None:
     """At exit Python collects garbage over every object again while it tears the modules down:
     after importing Lightning that was longer than the whole run's last epoch. Frozen objects are
     left to the operating system (files are still closed and flushed: reference counting frees
-    them). Call it just before a script's `sys.exit`."""
+    them). A process group still joined (Lightning leaves it to exit) is left first. Call it just
+    before a script's `sys.exit`."""
+    leave_process_group()
     gc.freeze()
+
+
+def join_process_group(backend: str, **kwargs: Any) -> None:
+    """`torch.distributed.init_process_group`, such that `leave_process_group` can free the group.
+    torch._dynamo comes first: imported once a group exists (DDP and fully_shard import it when
+    they first wrap a model), it keeps references to that group for good."""
+    import torch._dynamo  # before the group (see above); DDP and fully_shard import it anyway
+    import torch.distributed  # a run with a process group only
+    torch.distributed.init_process_group(backend, **kwargs)
+
+
+def leave_process_group() -> None:
+    """Destroy torch.distributed's groups, if any, while Python can still run their threads. gloo's
+    worker threads free each collective's tensors after it completes, which takes the GIL; one still
+    at it when Python's exit has begun aborts the whole process ('terminate called without an active
+    exception', exit 134). A group freed joins its threads first: it is freed here, or as soon as what
+    else holds it goes (the DDP wrapper, with the frames that hold it), provided torch._dynamo did
+    not take hold of it (`join_process_group`)."""
+    dist = sys.modules.get('torch.distributed')
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def global_rank_from_env() -> int:

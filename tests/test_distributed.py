@@ -143,7 +143,7 @@ def test_shuffles_differ_per_epoch_and_agree_across_processes(monkeypatch: pytes
     assert sorted(orders[0, 'val'] + orders[1, 'val']) == list(range(len(data.dataset('val'))))
 
 
-CRASHING_MODEL = '''
+CRASHING_MODELS = '''
 import torch.distributed as dist
 from models import register
 from models.mlp import MLP
@@ -152,12 +152,24 @@ from models.mlp import MLP
 @register('crashes_on_rank_1')
 class CrashesOnRank1(MLP):
     steps = 0
+    message = 'rank 1 fails on purpose'
+
+    def crashes(self):
+        return dist.is_initialized() and dist.get_rank() == 1
 
     def forward(self, batch):
         self.steps += 1
-        if dist.is_initialized() and dist.get_rank() == 1 and self.steps == 5:
-            raise RuntimeError('rank 1 fails on purpose')
+        if self.steps == 5 and self.crashes():
+            raise RuntimeError(self.message)
         return super().forward(batch)
+
+
+@register('fails_on_every_rank')
+class FailsOnEveryRank(CrashesOnRank1):
+    message = 'every rank fails on purpose'
+
+    def crashes(self):
+        return True
 '''
 
 
@@ -165,7 +177,7 @@ class CrashesOnRank1(MLP):
 def test_a_crashing_rank_ends_the_whole_job_quickly(tmp_path: Path, entry: str) -> None:
     project = tmp_path / 'project'
     shutil.copytree(ROOT, project, ignore=shutil.ignore_patterns('save', 'load', '.git', '__pycache__', 'tests'))
-    (project / 'models' / 'crashy.py').write_text(CRASHING_MODEL)
+    (project / 'models' / 'crashy.py').write_text(CRASHING_MODELS)
     command = ([*TORCHRUN, '--standalone', '--nproc_per_node=2', entry] if entry == 'train.py'
                else [sys.executable, entry, 'trainer_params.devices=2', 'trainer_params.strategy=ddp'])
     start = time.monotonic()
@@ -174,3 +186,61 @@ def test_a_crashing_rank_ends_the_whole_job_quickly(tmp_path: Path, entry: str) 
     assert done.returncode != 0
     assert 'rank 1 fails on purpose' in done.stdout + done.stderr
     assert time.monotonic() - start < 120
+
+
+# Registered first, so it runs last among the exit functions: what is still running when Python's
+# own teardown begins. gloo's worker threads then abort the process if one is freeing tensors.
+THREADS_AT_EXIT = '''
+import atexit
+import os
+import sys
+
+
+def _threads_at_exit():
+    names = []
+    for task in os.listdir('/proc/self/task'):
+        try:
+            with open(f'/proc/self/task/{task}/comm') as f:
+                names.append(f.read().strip())
+        except OSError:
+            pass
+    sys.stderr.write(f'threads at exit: {sorted(names)}\\n')
+
+
+atexit.register(_threads_at_exit)
+'''
+GLOO_THREADS = ('pt_gloo_runloop', 'gloo_tcp_loop')   # a TCPStore's thread (a launcher's) takes no GIL
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self/task'), reason="reads the threads' names from /proc")
+@pytest.mark.parametrize('entry, launch, fails', [
+    ('train.py', ['trainer_params.devices=2'], False),
+    ('train.py', ['trainer_params.devices=2'], True),
+    ('train.py', 'torchrun', False),
+    ('train_pl.py', ['trainer_params.devices=2', 'trainer_params.strategy=ddp'], False),
+    ('train_pl.py', ['trainer_params.devices=2', 'trainer_params.strategy=ddp'], True)])
+def test_the_process_group_and_its_threads_end_before_pythons_exit(tmp_path: Path, entry: str,
+                                                                    launch: object, fails: bool) -> None:
+    """Each process of a run of two, trained to the end or failed on every rank, has left its
+    process group, and gloo's threads are gone, when Python's exit begins: one still freeing a
+    collective's tensors then aborts the process ('terminate called without an active
+    exception', exit 134: srun's task 1 in CI)."""
+    project = tmp_path / 'project'
+    shutil.copytree(ROOT, project, ignore=shutil.ignore_patterns('save', 'load', '.git', '__pycache__', 'tests'))
+    (project / 'models' / 'crashy.py').write_text(CRASHING_MODELS)
+    probe = tmp_path / 'probe'
+    probe.mkdir()
+    (probe / 'sitecustomize.py').write_text(THREADS_AT_EXIT)
+    command = ([*TORCHRUN, '--standalone', '--nproc_per_node=2', entry] if launch == 'torchrun'
+               else [sys.executable, entry, *launch])
+    model = ['train_wrapper.args.model_spec.name=fails_on_every_rank'] if fails else []
+    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LIGHTYAML_SEED')}
+    env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(probe), env.get('PYTHONPATH')]))
+    done = subprocess.run([*command, '--config', DIGITS, '--save-root', str(tmp_path / 'save'), *ODD_VAL, *QUIET,
+                           'trainer_params.max_epochs=1', *model], cwd=project, capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == (1 if fails else 0), done.stderr[-3000:]
+    assert ('every rank fails on purpose' in done.stdout + done.stderr) == fails
+    threads = [line for line in done.stderr.splitlines() if line.startswith('threads at exit: ')]
+    assert len(threads) >= 2, done.stderr[-3000:]   # the two processes of the run (and a launcher's)
+    assert [line for line in threads if any(name in line for name in GLOO_THREADS)] == []

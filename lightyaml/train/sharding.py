@@ -27,6 +27,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from lightyaml.config.loading import Config
 from lightyaml.errors import ConfigError, did_you_mean
+from lightyaml.process import join_process_group
 
 
 def module_classes(cfg: Config, key: str, names: Any, model: nn.Module) -> tuple[type, ...]:
@@ -70,8 +71,8 @@ def shard(task: nn.Module, classes: tuple[type, ...], device: torch.device) -> N
     from torch.distributed.device_mesh import init_device_mesh  # with the sharded path only
     from torch.distributed.fsdp import fully_shard  # with the sharded path only
     if not dist.is_initialized():
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', store=dist.HashStore(), rank=0,
-                                world_size=1)
+        join_process_group('nccl' if device.type == 'cuda' else 'gloo', store=dist.HashStore(), rank=0,
+                           world_size=1)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     # Resharded after every forward, the model's own unit too: between steps every weight is a
     # shard, which is what the checkpoint and the EMA read.
