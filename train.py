@@ -848,5 +848,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 if __name__ == '__main__':
     status = main()
-    skip_collections_at_exit()
+    skip_collections_at_exit(status)
     sys.exit(status)

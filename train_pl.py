@@ -428,5 +428,5 @@ def lightning_data_for(data: Any, stage: str) -> None:
 
 if __name__ == '__main__':
     status = main()
-    skip_collections_at_exit()
+    skip_collections_at_exit(status)
     sys.exit(status)

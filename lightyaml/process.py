@@ -7,6 +7,7 @@ and `set_cache_defaults` before anything imports matplotlib.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import gc
 import os
@@ -92,14 +93,38 @@ def resume_gc() -> None:
         gc.enable()
 
 
-def skip_collections_at_exit() -> None:
+def skip_collections_at_exit(status: Optional[int] = None) -> None:
     """At exit Python collects garbage over every object again while it tears the modules down:
     after importing Lightning that was longer than the whole run's last epoch. Frozen objects are
     left to the operating system (files are still closed and flushed: reference counting frees
-    them). A process group still joined (Lightning leaves it to exit) is left first. Call it just
-    before a script's `sys.exit`."""
+    them). A process group still joined (Lightning leaves it to exit) is left first. If gloo's
+    threads outlive it all the same (torch holds a group that fully_shard used), Python's own
+    teardown is skipped: the exit functions run, the consoles are flushed, and the process ends
+    with `status` (see `leave_process_group`). Call it just before a script's `sys.exit(status)`."""
     leave_process_group()
     gc.freeze()
+    if status is not None and _gloo_threads_left():
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        os._exit(status)
+
+
+def _gloo_threads_left() -> bool:
+    """Whether a gloo thread is still running in this process (Linux names them; elsewhere: no)."""
+    try:
+        tasks = os.listdir('/proc/self/task')
+    except OSError:
+        return False
+    for task in tasks:
+        try:
+            with open(f'/proc/self/task/{task}/comm') as f:
+                if f.read().startswith(('pt_gloo', 'gloo_')):
+                    return True
+        except OSError:
+            pass   # the thread has ended
+    return False
 
 
 def join_process_group(backend: str, **kwargs: Any) -> None:
